@@ -1,0 +1,445 @@
+//! Typed settings for every Dispatcher binary.
+//!
+//! Sources, later ones winning: the defaults compiled into the binary (`config/default.toml`), the
+//! same file on disk if present, `config/$APP_ENV.toml`, a `--config FILE`, then `DISPATCHER__`
+//! environment variables (`DISPATCHER__DELIVERY__ALLOW_HTTP=true`). The result is validated once at
+//! start-up so a bad value stops the process with a clear message instead of failing later.
+
+use config::{Config, Environment, File, FileFormat};
+use serde::{Deserialize, Deserializer};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const DEFAULTS: &str = include_str!("../../../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// A value that must not appear in logs (database URLs carry passwords).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_timeout: Duration,
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub outbox: OutboxSettings,
+    pub ingest: IngestSettings,
+    pub status: StatusSettings,
+    pub worker: WorkerSettings,
+    pub deliverer: DelivererSettings,
+    pub delivery: DeliverySettings,
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: Secret,
+    pub pool_size: usize,
+    pub migrate: bool,
+    #[serde(deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub acquire_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AmqpSettings {
+    pub url: Secret,
+    #[serde(deserialize_with = "de_string")]
+    pub prefix: String,
+    pub prefetch: u16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutboxSettings {
+    pub batch_size: usize,
+    #[serde(deserialize_with = "de_duration")]
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct IngestSettings {
+    pub listen: SocketAddr,
+    #[serde(deserialize_with = "de_duration")]
+    pub sync_timeout: Duration,
+    pub batch_max: usize,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StatusSettings {
+    pub listen: SocketAddr,
+    pub public_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    pub listen: SocketAddr,
+    pub batch_max: usize,
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DelivererSettings {
+    pub listen: SocketAddr,
+    pub batch_max: usize,
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeliverySettings {
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    #[serde(deserialize_with = "de_schedule")]
+    pub retry_schedule: Vec<Duration>,
+    pub allow_http: bool,
+    #[serde(deserialize_with = "de_list")]
+    pub allow_hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    pub log_level: String,
+    #[serde(deserialize_with = "de_string")]
+    pub otlp_endpoint: String,
+}
+
+/// Where settings come from besides the compiled-in defaults.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// An extra file layered before the environment (`--config FILE`).
+    pub file: Option<PathBuf>,
+    /// Environment to read `DISPATCHER__*` keys from; `None` reads the process environment.
+    /// Tests pass their own map so parallel tests never share settings.
+    pub env: Option<HashMap<String, String>>,
+    /// Skip `config/*.toml` in the working directory (tests must not depend on it).
+    pub skip_cwd_files: bool,
+}
+
+impl Settings {
+    /// Settings for a binary: process environment, `--config FILE` from the command line.
+    pub fn from_process() -> Result<Self, SettingsError> {
+        Self::load(Sources {
+            file: config_file_arg(std::env::args()),
+            ..Sources::default()
+        })
+    }
+
+    pub fn load(sources: Sources) -> Result<Self, SettingsError> {
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        if !sources.skip_cwd_files {
+            let app_env = sources
+                .env
+                .as_ref()
+                .and_then(|e| e.get("APP_ENV").cloned())
+                .or_else(|| std::env::var("APP_ENV").ok());
+            builder = builder.add_source(File::with_name("config/default").required(false));
+            if let Some(app_env) = app_env {
+                builder =
+                    builder.add_source(File::with_name(&format!("config/{app_env}")).required(false));
+            }
+        }
+        if let Some(file) = &sources.file {
+            builder = builder.add_source(File::from(file.as_path()).required(true));
+        }
+        let env = Environment::with_prefix("DISPATCHER")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(sources.env.clone());
+        let settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        let bad = |m: String| Err(SettingsError::Invalid(m));
+        if self.amqp.prefix.is_empty()
+            || !self
+                .amqp
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return bad(format!(
+                "amqp.prefix `{}` must be non-empty and use only letters, digits, '-', '_' and '.'",
+                self.amqp.prefix
+            ));
+        }
+        if self.amqp.prefetch == 0 {
+            return bad("amqp.prefetch must be at least 1".into());
+        }
+        if self.database.pool_size == 0 {
+            return bad("database.pool_size must be at least 1".into());
+        }
+        for (name, v) in [
+            ("ingest.batch_max", self.ingest.batch_max),
+            ("worker.batch_max", self.worker.batch_max),
+            ("worker.concurrency", self.worker.concurrency),
+            ("deliverer.batch_max", self.deliverer.batch_max),
+            ("deliverer.concurrency", self.deliverer.concurrency),
+            ("outbox.batch_size", self.outbox.batch_size),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        if self.delivery.timeout.is_zero() {
+            return bad("delivery.timeout must be positive".into());
+        }
+        if !self.status.public_url.starts_with("http://")
+            && !self.status.public_url.starts_with("https://")
+        {
+            return bad("status.public_url must be an http(s) URL".into());
+        }
+        Ok(())
+    }
+
+    /// `status.public_url` without a trailing slash.
+    pub fn public_base(&self) -> &str {
+        self.status.public_url.trim_end_matches('/')
+    }
+}
+
+/// The value of `--config FILE` or `--config=FILE`, if given.
+pub fn config_file_arg(args: impl IntoIterator<Item = String>) -> Option<PathBuf> {
+    let mut args = args.into_iter();
+    while let Some(a) = args.next() {
+        if a == "--config" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(v) = a.strip_prefix("--config=") {
+            return Some(PathBuf::from(v));
+        }
+    }
+    None
+}
+
+/// Accepts strings, and numbers that the environment parser turned into numbers (`PREFIX=123`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    S(String),
+    I(i64),
+    F(f64),
+    B(bool),
+}
+
+impl Scalar {
+    fn into_string(self) -> String {
+        match self {
+            Scalar::S(s) => s,
+            Scalar::I(i) => i.to_string(),
+            Scalar::F(f) => f.to_string(),
+            Scalar::B(b) => b.to_string(),
+        }
+    }
+}
+
+fn de_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Scalar::deserialize(d)?.into_string())
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = Scalar::deserialize(d)?.into_string();
+    dispatcher_core::retry::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration `{s}`: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StringOrList {
+    List(Vec<Scalar>),
+    One(Scalar),
+}
+
+fn split_list(v: StringOrList) -> Vec<String> {
+    match v {
+        StringOrList::List(items) => items.into_iter().map(Scalar::into_string).collect(),
+        StringOrList::One(s) => s
+            .into_string()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    }
+}
+
+fn de_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(split_list(StringOrList::deserialize(d)?))
+}
+
+fn de_schedule<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    split_list(StringOrList::deserialize(d)?)
+        .iter()
+        .map(|e| {
+            dispatcher_core::retry::parse_duration(e).map_err(|r| {
+                serde::de::Error::custom(format!("invalid retry_schedule entry `{e}`: {r}"))
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        Settings::load(Sources {
+            env: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            skip_cwd_files: true,
+            ..Sources::default()
+        })
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.ingest.listen.port(), 8080);
+        assert_eq!(s.status.listen.port(), 8081);
+        assert_eq!(s.worker.listen.port(), 9091);
+        assert_eq!(s.deliverer.listen.port(), 9092);
+        assert_eq!(s.ingest.sync_timeout, Duration::from_secs(120));
+        assert_eq!(s.delivery.timeout, Duration::from_secs(10));
+        assert_eq!(s.delivery.retry_schedule.len(), 8);
+        assert!(!s.delivery.allow_http);
+        assert!(s.delivery.allow_hosts.is_empty());
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(25));
+        assert_eq!(s.telemetry.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn environment_overrides_every_documented_key() {
+        let s = load(&[
+            ("DISPATCHER__DATABASE__URL", "postgres://x@127.0.0.1/db"),
+            ("DISPATCHER__AMQP__URL", "amqp://a:b@127.0.0.1:5673/%2f"),
+            ("DISPATCHER__AMQP__PREFIX", "t123"),
+            ("DISPATCHER__INGEST__LISTEN", "127.0.0.1:0"),
+            ("DISPATCHER__STATUS__LISTEN", "127.0.0.1:0"),
+            ("DISPATCHER__WORKER__LISTEN", "127.0.0.1:0"),
+            ("DISPATCHER__DELIVERER__LISTEN", "127.0.0.1:0"),
+            ("DISPATCHER__INGEST__SYNC_TIMEOUT", "3s"),
+            ("DISPATCHER__DELIVERY__RETRY_SCHEDULE", "1s, 2s,500ms"),
+            ("DISPATCHER__DELIVERY__TIMEOUT", "2s"),
+            ("DISPATCHER__DELIVERY__ALLOW_HTTP", "true"),
+            ("DISPATCHER__DELIVERY__ALLOW_HOSTS", "127.0.0.1,hooks.internal"),
+            ("DISPATCHER__TELEMETRY__LOG_FORMAT", "json"),
+        ])
+        .unwrap();
+        assert_eq!(s.database.url.expose(), "postgres://x@127.0.0.1/db");
+        assert_eq!(s.amqp.url.expose(), "amqp://a:b@127.0.0.1:5673/%2f");
+        assert_eq!(s.amqp.prefix, "t123");
+        assert_eq!(s.ingest.listen.port(), 0);
+        assert_eq!(s.ingest.sync_timeout, Duration::from_secs(3));
+        assert_eq!(
+            s.delivery.retry_schedule,
+            vec![
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+                Duration::from_millis(500)
+            ]
+        );
+        assert_eq!(s.delivery.timeout, Duration::from_secs(2));
+        assert!(s.delivery.allow_http);
+        assert_eq!(s.delivery.allow_hosts, vec!["127.0.0.1", "hooks.internal"]);
+        assert_eq!(s.telemetry.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn numeric_prefixes_stay_strings() {
+        assert_eq!(load(&[("DISPATCHER__AMQP__PREFIX", "12345")]).unwrap().amqp.prefix, "12345");
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let err = load(&[("DISPATCHER__INGEST__SYNC_TIMEOUT", "soon")]).unwrap_err();
+        assert!(err.to_string().contains("soon"), "{err}");
+        let err = load(&[("DISPATCHER__DELIVERY__RETRY_SCHEDULE", "5s,x")]).unwrap_err();
+        assert!(err.to_string().contains("retry_schedule"), "{err}");
+        let err = load(&[("DISPATCHER__AMQP__PREFIX", "a b")]).unwrap_err();
+        assert!(err.to_string().contains("amqp.prefix"), "{err}");
+        assert!(load(&[("DISPATCHER__INGEST__LISTEN", "nowhere")]).is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = load(&[("DISPATCHER__DATABASE__URL", "postgres://u:hunter2@h/db")]).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn config_flag_is_found() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            config_file_arg(args(&["bin", "--config", "x.toml"])),
+            Some(PathBuf::from("x.toml"))
+        );
+        assert_eq!(
+            config_file_arg(args(&["bin", "--config=y.toml"])),
+            Some(PathBuf::from("y.toml"))
+        );
+        assert_eq!(config_file_arg(args(&["bin"])), None);
+    }
+
+    #[test]
+    fn extra_file_is_layered_before_the_environment() {
+        let dir = std::env::temp_dir().join(format!("dispatcher-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("extra.toml");
+        std::fs::write(&file, "[amqp]\nprefix = \"fromfile\"\nprefetch = 7\n").unwrap();
+        let s = Settings::load(Sources {
+            file: Some(file.clone()),
+            env: Some(HashMap::from([(
+                "DISPATCHER__AMQP__PREFIX".to_owned(),
+                "fromenv".to_owned(),
+            )])),
+            skip_cwd_files: true,
+        })
+        .unwrap();
+        assert_eq!(s.amqp.prefix, "fromenv");
+        assert_eq!(s.amqp.prefetch, 7);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

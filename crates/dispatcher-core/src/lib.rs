@@ -1,0 +1,19 @@
+//! The Dispatcher domain: what a dispatch is, which state changes are legal, what the messages on the
+//! broker and the webhooks on the wire look like, how webhooks are signed and how templates render.
+//!
+//! Nothing in this crate performs I/O, so every rule here is unit-tested without a database or broker.
+
+pub mod error;
+pub mod event;
+pub mod netpolicy;
+pub mod retry;
+pub mod signing;
+pub mod status;
+pub mod template;
+
+pub use error::{DispatchError, ErrorCode};
+pub use event::{
+    DeliveryTask, DispatchRequested, EventType, OutcomeEvent, WebhookData, WebhookPayload,
+};
+pub use status::{DispatchStatus, TransitionError};
+pub use template::{RenderError, TemplateFormat, TemplateSyntaxError};

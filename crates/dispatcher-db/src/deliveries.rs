@@ -1,0 +1,259 @@
+//! Webhook deliveries (one per outcome event and endpoint) and their attempts.
+
+use crate::{DbError, Pool};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub dispatch_id: Uuid,
+    pub event_id: Uuid,
+    pub webhook_id: Option<Uuid>,
+    pub url: String,
+    pub msg_id: String,
+    pub event_type: String,
+    pub payload: Vec<u8>,
+}
+
+/// A delivery as the deliverer needs it to make an attempt.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub dispatch_id: Uuid,
+    pub webhook_id: Option<Uuid>,
+    pub url: String,
+    pub msg_id: String,
+    pub payload: Vec<u8>,
+    pub status: String,
+    pub attempts: i32,
+}
+
+const DELIVERY_COLUMNS: &str =
+    "id, account_id, dispatch_id, webhook_id, url, msg_id, payload, status, attempts";
+
+fn delivery_from_row(r: &tokio_postgres::Row) -> Delivery {
+    Delivery {
+        id: r.get("id"),
+        account_id: r.get("account_id"),
+        dispatch_id: r.get("dispatch_id"),
+        webhook_id: r.get("webhook_id"),
+        url: r.get("url"),
+        msg_id: r.get("msg_id"),
+        payload: r.get("payload"),
+        status: r.get("status"),
+        attempts: r.get("attempts"),
+    }
+}
+
+/// Creates the deliveries that do not exist yet and returns every one of them in its current
+/// state, so a redelivered event sees what was already done.
+pub async fn upsert_batch(pool: &Pool, rows: &[NewDelivery]) -> Result<Vec<Delivery>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(&format!(
+            "WITH input AS (
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[],
+                                      $6::text[], $7::text[], $8::text[], $9::bytea[])
+                 AS t(id, account_id, dispatch_id, event_id, webhook_id, url, msg_id, event_type, payload)
+             ), ins AS (
+                 INSERT INTO deliveries (id, account_id, dispatch_id, event_id, webhook_id, url,
+                                         msg_id, event_type, payload)
+                 SELECT * FROM input
+                 ON CONFLICT (id) DO NOTHING
+                 RETURNING {DELIVERY_COLUMNS}
+             )
+             SELECT {DELIVERY_COLUMNS} FROM ins
+             UNION ALL
+             SELECT {cols} FROM deliveries d JOIN input i USING (id)",
+            cols = "d.id, d.account_id, d.dispatch_id, d.webhook_id, d.url, d.msg_id, d.payload, d.status, d.attempts"
+        ))
+        .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let accounts: Vec<Uuid> = rows.iter().map(|r| r.account_id).collect();
+    let dispatches: Vec<Uuid> = rows.iter().map(|r| r.dispatch_id).collect();
+    let events: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+    let webhooks: Vec<Option<Uuid>> = rows.iter().map(|r| r.webhook_id).collect();
+    let urls: Vec<&str> = rows.iter().map(|r| r.url.as_str()).collect();
+    let msg_ids: Vec<&str> = rows.iter().map(|r| r.msg_id.as_str()).collect();
+    let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
+    let payloads: Vec<&[u8]> = rows.iter().map(|r| r.payload.as_slice()).collect();
+    Ok(client
+        .query(
+            &stmt,
+            &[&ids, &accounts, &dispatches, &events, &webhooks, &urls, &msg_ids, &types, &payloads],
+        )
+        .await?
+        .iter()
+        .map(delivery_from_row)
+        .collect())
+}
+
+pub async fn get_many(pool: &Pool, ids: &[Uuid]) -> Result<Vec<Delivery>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ANY($1)"
+        ))
+        .await?;
+    Ok(client
+        .query(&stmt, &[&ids])
+        .await?
+        .iter()
+        .map(delivery_from_row)
+        .collect())
+}
+
+/// The outcome of one attempt, and what happens next.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub id: Uuid,
+    pub delivery_id: Uuid,
+    pub dispatch_id: Uuid,
+    pub account_id: Uuid,
+    pub attempt: i32,
+    pub succeeded: bool,
+    pub response_status: Option<i32>,
+    pub error: Option<String>,
+    pub duration_ms: i32,
+    pub attempted_at: DateTime<Utc>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The delivery's state after this attempt: `succeeded`, `pending` (a retry is scheduled),
+    /// `failed` (will not be retried) or `dead` (retries exhausted).
+    pub new_status: &'static str,
+    /// The retry message to publish through the outbox, if one is scheduled.
+    pub retry: Option<RetryMessage>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryMessage {
+    pub message_id: Uuid,
+    pub routing_key: String,
+    pub payload: Vec<u8>,
+}
+
+/// Records attempts, advances their deliveries and enqueues scheduled retries, in one statement.
+/// A delivery only moves if it is still `pending` at the attempt number the worker saw, so a
+/// duplicate message cannot record a second outcome for the same attempt.
+pub async fn record_attempts(pool: &Pool, rows: &[AttemptRecord]) -> Result<u64, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "WITH input AS (
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int4[],
+                                      $6::text[], $7::int4[], $8::text[], $9::int4[],
+                                      $10::timestamptz[], $11::timestamptz[], $12::text[],
+                                      $13::uuid[], $14::text[], $15::bytea[])
+                 AS t(id, delivery_id, dispatch_id, account_id, attempt, status, response_status,
+                      error, duration_ms, attempted_at, next_attempt_at, new_status,
+                      retry_id, retry_key, retry_payload)
+             ), upd AS (
+                 UPDATE deliveries d
+                 SET status = i.new_status, attempts = i.attempt, next_attempt_at = i.next_attempt_at,
+                     last_error = i.error, updated_at = now()
+                 FROM input i
+                 WHERE d.id = i.delivery_id AND d.status = 'pending' AND d.attempts = i.attempt - 1
+                 RETURNING d.id
+             ), att AS (
+                 INSERT INTO delivery_attempts (id, delivery_id, dispatch_id, account_id, attempt,
+                                                status, response_status, error, duration_ms,
+                                                attempted_at, next_attempt_at)
+                 SELECT i.id, i.delivery_id, i.dispatch_id, i.account_id, i.attempt, i.status,
+                        i.response_status, i.error, i.duration_ms, i.attempted_at, i.next_attempt_at
+                 FROM input i JOIN upd ON upd.id = i.delivery_id
+                 ON CONFLICT DO NOTHING
+             ), ob AS (
+                 INSERT INTO outbox (message_id, routing_key, payload)
+                 SELECT i.retry_id, i.retry_key, i.retry_payload
+                 FROM input i JOIN upd ON upd.id = i.delivery_id
+                 WHERE i.retry_id IS NOT NULL
+             )
+             SELECT count(*) FROM upd",
+        )
+        .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let deliveries: Vec<Uuid> = rows.iter().map(|r| r.delivery_id).collect();
+    let dispatches: Vec<Uuid> = rows.iter().map(|r| r.dispatch_id).collect();
+    let accounts: Vec<Uuid> = rows.iter().map(|r| r.account_id).collect();
+    let attempts: Vec<i32> = rows.iter().map(|r| r.attempt).collect();
+    let statuses: Vec<&str> = rows
+        .iter()
+        .map(|r| if r.succeeded { "succeeded" } else { "failed" })
+        .collect();
+    let codes: Vec<Option<i32>> = rows.iter().map(|r| r.response_status).collect();
+    let errors: Vec<Option<&str>> = rows.iter().map(|r| r.error.as_deref()).collect();
+    let durations: Vec<i32> = rows.iter().map(|r| r.duration_ms).collect();
+    let at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.attempted_at).collect();
+    let next: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.next_attempt_at).collect();
+    let new_status: Vec<&str> = rows.iter().map(|r| r.new_status).collect();
+    let retry_ids: Vec<Option<Uuid>> = rows.iter().map(|r| r.retry.as_ref().map(|m| m.message_id)).collect();
+    let retry_keys: Vec<Option<&str>> = rows
+        .iter()
+        .map(|r| r.retry.as_ref().map(|m| m.routing_key.as_str()))
+        .collect();
+    let retry_payloads: Vec<Option<&[u8]>> = rows
+        .iter()
+        .map(|r| r.retry.as_ref().map(|m| m.payload.as_slice()))
+        .collect();
+    let row = client
+        .query_one(
+            &stmt,
+            &[
+                &ids, &deliveries, &dispatches, &accounts, &attempts, &statuses, &codes, &errors,
+                &durations, &at, &next, &new_status, &retry_ids, &retry_keys, &retry_payloads,
+            ],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// One row of `GET /v1/dispatches/{id}/attempts`.
+#[derive(Debug, Clone)]
+pub struct AttemptView {
+    pub id: Uuid,
+    pub webhook_id: Option<Uuid>,
+    pub url: String,
+    pub attempt: i32,
+    pub status: String,
+    pub response_status: Option<i32>,
+    pub error: Option<String>,
+    pub duration_ms: i32,
+    pub attempted_at: DateTime<Utc>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+pub async fn list_attempts(
+    pool: &Pool,
+    account_id: Uuid,
+    dispatch_id: Uuid,
+) -> Result<Vec<AttemptView>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT a.id, d.webhook_id, d.url, a.attempt, a.status, a.response_status, a.error,
+                    a.duration_ms, a.attempted_at, a.next_attempt_at
+             FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id
+             WHERE a.dispatch_id = $1 AND a.account_id = $2
+             ORDER BY a.attempted_at, a.attempt",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[&dispatch_id, &account_id])
+        .await?
+        .iter()
+        .map(|r| AttemptView {
+            id: r.get(0),
+            webhook_id: r.get(1),
+            url: r.get(2),
+            attempt: r.get(3),
+            status: r.get(4),
+            response_status: r.get(5),
+            error: r.get(6),
+            duration_ms: r.get(7),
+            attempted_at: r.get(8),
+            next_attempt_at: r.get(9),
+        })
+        .collect())
+}

@@ -1,0 +1,325 @@
+//! Dispatches: batched acceptance (dispatch row + outbox row in one statement), conditional state
+//! transitions for workers, and tenant-scoped reads.
+
+use crate::{DbError, Pool};
+use chrono::{DateTime, Utc};
+use dispatcher_core::{DispatchError, DispatchStatus, TemplateFormat};
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+/// A dispatch about to be accepted, with its `dispatch.requested` message already serialized.
+#[derive(Debug, Clone)]
+pub struct NewDispatch {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub template_id: Option<Uuid>,
+    pub template_format: TemplateFormat,
+    pub template_body: String,
+    pub data: serde_json::Value,
+    pub provider: serde_json::Value,
+    pub callback_url: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    pub idempotency_key: Option<String>,
+    pub request_hash: Option<Vec<u8>>,
+    pub idempotency_response: Option<serde_json::Value>,
+    pub notify_on_finish: bool,
+    pub queued_at: DateTime<Utc>,
+    pub message_id: Uuid,
+    pub message: Vec<u8>,
+}
+
+/// Inserts many dispatches and their outbox rows in one statement (so in one transaction).
+/// Returns the ids actually inserted: a row whose idempotency key already exists is skipped, and
+/// gets no outbox row.
+pub async fn insert_batch(pool: &Pool, rows: &[NewDispatch]) -> Result<Vec<Uuid>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "WITH input AS (
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
+                                      $6::jsonb[], $7::jsonb[], $8::text[], $9::jsonb[], $10::text[],
+                                      $11::bytea[], $12::jsonb[], $13::bool[], $14::timestamptz[],
+                                      $15::uuid[], $16::bytea[])
+                 AS t(id, account_id, template_id, template_format, template_body, data, provider,
+                      callback_url, metadata, idempotency_key, request_hash, idempotency_response,
+                      notify_on_finish, queued_at, message_id, message)
+             ), ins AS (
+                 INSERT INTO dispatches (id, account_id, template_id, template_format, template_body,
+                                         data, provider, callback_url, metadata, idempotency_key,
+                                         request_hash, idempotency_response, notify_on_finish, queued_at)
+                 SELECT id, account_id, template_id, template_format, template_body, data, provider,
+                        callback_url, metadata, idempotency_key, request_hash, idempotency_response,
+                        notify_on_finish, queued_at
+                 FROM input
+                 ON CONFLICT (account_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                 RETURNING id
+             ), ob AS (
+                 INSERT INTO outbox (message_id, routing_key, payload)
+                 SELECT i.message_id, 'dispatch.requested', i.message FROM input i JOIN ins USING (id)
+             )
+             SELECT id FROM ins",
+        )
+        .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let accounts: Vec<Uuid> = rows.iter().map(|r| r.account_id).collect();
+    let template_ids: Vec<Option<Uuid>> = rows.iter().map(|r| r.template_id).collect();
+    let formats: Vec<&str> = rows.iter().map(|r| r.template_format.as_str()).collect();
+    let bodies: Vec<&str> = rows.iter().map(|r| r.template_body.as_str()).collect();
+    let data: Vec<&serde_json::Value> = rows.iter().map(|r| &r.data).collect();
+    let providers: Vec<&serde_json::Value> = rows.iter().map(|r| &r.provider).collect();
+    let callbacks: Vec<Option<&str>> = rows.iter().map(|r| r.callback_url.as_deref()).collect();
+    let metadata: Vec<Option<&serde_json::Value>> =
+        rows.iter().map(|r| r.metadata.as_ref()).collect();
+    let keys: Vec<Option<&str>> = rows.iter().map(|r| r.idempotency_key.as_deref()).collect();
+    let hashes: Vec<Option<&[u8]>> = rows.iter().map(|r| r.request_hash.as_deref()).collect();
+    let responses: Vec<Option<&serde_json::Value>> =
+        rows.iter().map(|r| r.idempotency_response.as_ref()).collect();
+    let notify: Vec<bool> = rows.iter().map(|r| r.notify_on_finish).collect();
+    let queued: Vec<DateTime<Utc>> = rows.iter().map(|r| r.queued_at).collect();
+    let msg_ids: Vec<Uuid> = rows.iter().map(|r| r.message_id).collect();
+    let messages: Vec<&[u8]> = rows.iter().map(|r| r.message.as_slice()).collect();
+    let out = client
+        .query(
+            &stmt,
+            &[
+                &ids, &accounts, &template_ids, &formats, &bodies, &data, &providers, &callbacks,
+                &metadata, &keys, &hashes, &responses, &notify, &queued, &msg_ids, &messages,
+            ],
+        )
+        .await?;
+    Ok(out.iter().map(|r| r.get(0)).collect())
+}
+
+/// What an earlier submission with the same Idempotency-Key stored.
+#[derive(Debug, Clone)]
+pub struct IdempotentHit {
+    pub id: Uuid,
+    pub request_hash: Option<Vec<u8>>,
+    pub response: Option<serde_json::Value>,
+}
+
+pub async fn find_by_idempotency_key(
+    pool: &Pool,
+    account_id: Uuid,
+    key: &str,
+) -> Result<Option<IdempotentHit>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT id, request_hash, idempotency_response FROM dispatches
+             WHERE account_id = $1 AND idempotency_key = $2",
+        )
+        .await?;
+    Ok(client.query_opt(&stmt, &[&account_id, &key]).await?.map(|r| IdempotentHit {
+        id: r.get(0),
+        request_hash: r.get(1),
+        response: r.get(2),
+    }))
+}
+
+/// The client-visible state of a dispatch.
+#[derive(Debug, Clone)]
+pub struct DispatchView {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub status: DispatchStatus,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub has_result: bool,
+    pub error: Option<DispatchError>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+const VIEW_COLUMNS: &str = "id, account_id, status, queued_at, started_at, completed_at,
+     result_content_type IS NOT NULL AS has_result, error, metadata";
+
+fn view_from_row(r: &Row) -> Result<DispatchView, DbError> {
+    let status: String = r.get("status");
+    let error: Option<serde_json::Value> = r.get("error");
+    Ok(DispatchView {
+        id: r.get("id"),
+        account_id: r.get("account_id"),
+        status: status.parse().map_err(DbError::Corrupt)?,
+        queued_at: r.get("queued_at"),
+        started_at: r.get("started_at"),
+        completed_at: r.get("completed_at"),
+        has_result: r.get("has_result"),
+        error: error
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| DbError::Corrupt(format!("dispatch error column: {e}")))?,
+        metadata: r.get("metadata"),
+    })
+}
+
+pub async fn get(pool: &Pool, account_id: Uuid, id: Uuid) -> Result<Option<DispatchView>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {VIEW_COLUMNS} FROM dispatches WHERE id = $1 AND account_id = $2"
+        ))
+        .await?;
+    client
+        .query_opt(&stmt, &[&id, &account_id])
+        .await?
+        .as_ref()
+        .map(view_from_row)
+        .transpose()
+}
+
+/// Newest first, optionally filtered by status; `before` is the keyset cursor of the last row seen.
+pub async fn list(
+    pool: &Pool,
+    account_id: Uuid,
+    status: Option<DispatchStatus>,
+    before: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<DispatchView>, DbError> {
+    let client = pool.get().await?;
+    let (ts, id) = before.unzip();
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {VIEW_COLUMNS} FROM dispatches
+             WHERE account_id = $1
+               AND ($2::text IS NULL OR status = $2)
+               AND ($3::timestamptz IS NULL OR (queued_at, id) < ($3, $4))
+             ORDER BY queued_at DESC, id DESC LIMIT $5"
+        ))
+        .await?;
+    let status = status.map(|s| s.as_str());
+    client
+        .query(&stmt, &[&account_id, &status, &ts, &id, &limit])
+        .await?
+        .iter()
+        .map(view_from_row)
+        .collect()
+}
+
+/// The rendered document and its content type, once the dispatch has one.
+pub async fn get_result(
+    pool: &Pool,
+    account_id: Uuid,
+    id: Uuid,
+) -> Result<Option<(Option<Vec<u8>>, Option<String>)>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT result, result_content_type FROM dispatches WHERE id = $1 AND account_id = $2",
+        )
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[&id, &account_id])
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
+/// A dispatch a worker has claimed (`processing`), with everything needed to run it.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub template_format: TemplateFormat,
+    pub template_body: String,
+    pub data: serde_json::Value,
+    pub provider: serde_json::Value,
+    pub callback_url: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Moves the given dispatches to `processing` where that is legal (`queued`, or `processing` left
+/// by a worker that died) and returns them. Finished dispatches are not returned: their redelivered
+/// messages are simply acknowledged.
+pub async fn claim(pool: &Pool, ids: &[Uuid]) -> Result<Vec<Claimed>, DbError> {
+    let client = pool.get().await?;
+    let sources: Vec<&str> = DispatchStatus::sources_of(DispatchStatus::Processing)
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    let stmt = client
+        .prepare_cached(
+            "UPDATE dispatches
+             SET status = 'processing', started_at = COALESCE(started_at, now()),
+                 processing_attempts = processing_attempts + 1
+             WHERE id = ANY($1) AND status = ANY($2)
+             RETURNING id, account_id, template_format, template_body, data, provider,
+                       callback_url, metadata",
+        )
+        .await?;
+    client
+        .query(&stmt, &[&ids, &sources])
+        .await?
+        .iter()
+        .map(|r| {
+            let f: String = r.get("template_format");
+            Ok(Claimed {
+                id: r.get("id"),
+                account_id: r.get("account_id"),
+                template_format: TemplateFormat::parse(&f)
+                    .ok_or_else(|| DbError::Corrupt(format!("template format `{f}`")))?,
+                template_body: r.get("template_body"),
+                data: r.get("data"),
+                provider: r.get("provider"),
+                callback_url: r.get("callback_url"),
+                metadata: r.get("metadata"),
+            })
+        })
+        .collect()
+}
+
+/// The outcome of one claimed dispatch, with its outcome event already serialized.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub id: Uuid,
+    pub status: DispatchStatus,
+    pub completed_at: DateTime<Utc>,
+    pub result: Option<Vec<u8>>,
+    pub content_type: Option<String>,
+    pub error: Option<serde_json::Value>,
+    pub event_id: Uuid,
+    pub routing_key: &'static str,
+    pub event: Vec<u8>,
+}
+
+/// Records outcomes and their outbox events in one statement. Only dispatches still `processing`
+/// change, so a duplicate worker cannot finish a dispatch twice or emit two outcome events.
+pub async fn finish_batch(pool: &Pool, rows: &[Finished]) -> Result<Vec<Uuid>, DbError> {
+    debug_assert!(rows.iter().all(|r| r.status.is_terminal()));
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "WITH input AS (
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::bytea[],
+                                      $5::text[], $6::jsonb[], $7::uuid[], $8::text[], $9::bytea[])
+                 AS t(id, status, completed_at, result, content_type, error, event_id, routing_key, event)
+             ), upd AS (
+                 UPDATE dispatches d
+                 SET status = i.status, completed_at = i.completed_at, result = i.result,
+                     result_content_type = i.content_type, error = i.error
+                 FROM input i
+                 WHERE d.id = i.id AND d.status = 'processing'
+                 RETURNING d.id
+             ), ob AS (
+                 INSERT INTO outbox (message_id, routing_key, payload)
+                 SELECT i.event_id, i.routing_key, i.event FROM input i JOIN upd USING (id)
+             )
+             SELECT id FROM upd",
+        )
+        .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+    let completed: Vec<DateTime<Utc>> = rows.iter().map(|r| r.completed_at).collect();
+    let results: Vec<Option<&[u8]>> = rows.iter().map(|r| r.result.as_deref()).collect();
+    let types: Vec<Option<&str>> = rows.iter().map(|r| r.content_type.as_deref()).collect();
+    let errors: Vec<Option<&serde_json::Value>> = rows.iter().map(|r| r.error.as_ref()).collect();
+    let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+    let keys: Vec<&str> = rows.iter().map(|r| r.routing_key).collect();
+    let events: Vec<&[u8]> = rows.iter().map(|r| r.event.as_slice()).collect();
+    let out = client
+        .query(
+            &stmt,
+            &[&ids, &statuses, &completed, &results, &types, &errors, &event_ids, &keys, &events],
+        )
+        .await?;
+    Ok(out.iter().map(|r| r.get(0)).collect())
+}

@@ -1,0 +1,19 @@
+//! Postgres access for every service: the connection pool, embedded migrations, and one small module
+//! per table family. SQL lives here and in `migrations/`, nowhere else; every statement that touches
+//! client data takes the account id and filters on it, so tenant isolation is enforced in SQL.
+//!
+//! Writes on the hot path are multi-row statements over `unnest(...)` arrays: one round trip for a
+//! whole batch of dispatches, completions or delivery attempts.
+
+pub mod accounts;
+pub mod deliveries;
+pub mod dispatches;
+pub mod error;
+pub mod listen;
+pub mod migrate;
+pub mod outbox;
+pub mod pool;
+pub mod templates;
+
+pub use error::DbError;
+pub use pool::{connect_pool, Pool};

@@ -1,0 +1,61 @@
+//! Embedded, ordered SQL migrations. Applied under an advisory lock so replicas starting together
+//! (or a k8s Job racing a pod with `database.migrate=true`) apply each one exactly once.
+
+use crate::{DbError, Pool};
+use tracing::info;
+
+/// (version, name, sql), in order. Files live in `migrations/` at the repository root.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../../migrations/0001_init.sql"),
+)];
+
+const LOCK_KEY: i64 = 0x0d15_9a7c_4e00_0001;
+
+/// Applies pending migrations; returns the versions applied.
+pub async fn run(pool: &Pool) -> Result<Vec<i32>, DbError> {
+    let mut client = pool.get().await?;
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version integer PRIMARY KEY,
+                 name text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await?;
+    let result = apply_pending(&mut client).await;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await?;
+    result
+}
+
+async fn apply_pending(client: &mut deadpool_postgres::Object) -> Result<Vec<i32>, DbError> {
+    let applied: Vec<i32> = client
+        .query("SELECT version FROM schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut done = Vec::new();
+    for (version, name, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        let tx = client.transaction().await?;
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+            &[version, name],
+        )
+        .await?;
+        tx.commit().await?;
+        info!(version, name, "applied migration");
+        done.push(*version);
+    }
+    Ok(done)
+}
