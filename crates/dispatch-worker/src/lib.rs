@@ -1,1 +1,64 @@
+//! dispatch-worker: consumes `dispatch.requested`, renders, runs the provider, and records the
+//! outcome together with its outcome event (outbox) in one statement per batch.
 
+mod process;
+
+pub use process::WorkerHandler;
+
+use dispatcher_config::Settings;
+use dispatcher_http::{health_router, HealthState};
+use dispatcher_mq::consumer::ConsumerConfig;
+use dispatcher_mq::{Readiness, Topology};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(settings.worker.listen).await?;
+    serve(settings, listener, cancel).await
+}
+
+/// Runs the consumer, the outbox relay and the health/metrics server until `cancel`.
+pub async fn serve(settings: Settings, listener: TcpListener, cancel: CancellationToken) -> anyhow::Result<()> {
+    let settings = Arc::new(settings);
+    let pool = dispatcher_db::connect_pool(&settings.database)?;
+    if settings.database.migrate {
+        dispatcher_db::migrate::run(&pool).await?;
+    }
+    let readiness = Readiness::default();
+    let tasks = TaskTracker::new();
+    let topology = Topology::new(&settings.amqp.prefix, &settings.delivery.retry_schedule);
+
+    let handler = Arc::new(WorkerHandler::new(settings.clone(), pool.clone()));
+    tasks.spawn(dispatcher_mq::run_consumer(
+        settings.clone(),
+        ConsumerConfig {
+            name: "dispatch-worker".into(),
+            queue: topology.dispatch_queue(),
+            batch_max: settings.worker.batch_max,
+        },
+        handler,
+        readiness.register("consumer"),
+        cancel.clone(),
+    ));
+    tasks.spawn(dispatcher_mq::relay::run_relay(
+        settings.clone(),
+        pool.clone(),
+        "dispatch-worker".into(),
+        readiness.register("outbox-relay"),
+        cancel.clone(),
+    ));
+    let app = health_router(HealthState {
+        pool,
+        readiness,
+        metrics: dispatcher_telemetry::metrics_handle(),
+    });
+    tracing::info!(addr = %listener.local_addr()?, "dispatch-worker health listening");
+    dispatcher_http::serve(listener, app, cancel.clone()).await?;
+    tasks.close();
+    if tokio::time::timeout(settings.shutdown_timeout, tasks.wait()).await.is_err() {
+        tracing::warn!("worker tasks did not stop within shutdown_timeout");
+    }
+    Ok(())
+}

@@ -1,1 +1,121 @@
+//! dispatchctl: the operator CLI (migrations, accounts, dead letters).
 
+use clap::{Parser, Subcommand};
+use dispatcher_config::{Settings, Sources};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "dispatchctl", about = "Operate a Dispatcher deployment")]
+struct Cli {
+    /// Extra config file, layered before the environment.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply pending database migrations.
+    Migrate,
+    /// Manage accounts.
+    Accounts {
+        #[command(subcommand)]
+        command: AccountsCommand,
+    },
+    /// Inspect dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountsCommand {
+    /// Create an account; prints its password and webhook secret once, as one JSON line.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Set a new password (generated unless given); prints it once.
+    RotatePassword {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead-lettered deliveries and unprocessable messages, newest first.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+}
+
+/// Runs the CLI with `args` (including the program name) and the process environment.
+pub async fn main_from_args(args: Vec<String>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    let settings = match Settings::load(Sources {
+        file: cli.config.clone(),
+        ..Sources::default()
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(settings, cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
+    let pool = dispatcher_db::connect_pool(&settings.database)?;
+    match command {
+        Command::Migrate => {
+            let applied = dispatcher_db::migrate::run(&pool).await?;
+            println!("{}", serde_json::json!({"applied": applied}));
+        }
+        Command::Accounts { command } => match command {
+            AccountsCommand::Create { email, password } => {
+                let created = dispatcher_db::accounts::create(&pool, &email, password).await?;
+                println!("{}", serde_json::to_string(&created)?);
+            }
+            AccountsCommand::RotatePassword { email, password } => {
+                let pw = dispatcher_db::accounts::rotate_password(&pool, &email, password).await?;
+                println!("{}", serde_json::json!({"email": email, "password": pw}));
+            }
+        },
+        Command::Dlq { command } => match command {
+            DlqCommand::List { limit } => {
+                for d in dispatcher_db::dead_letters::list(&pool, limit).await? {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "kind": "message", "id": d.id, "queue": d.queue,
+                            "messageId": d.message_id, "reason": d.reason, "createdAt": d.created_at,
+                        })
+                    );
+                }
+            }
+        },
+    }
+    Ok(())
+}

@@ -170,3 +170,101 @@ mod tests {
         assert!(!host_allowed("localhost", &allow));
     }
 }
+
+/// Why a callback or provider URL is refused at registration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("`{0}` is not a valid absolute URL")]
+    Invalid(String),
+    #[error("only https:// URLs are accepted (http:// needs delivery.allow_http)")]
+    SchemeNotAllowed,
+    #[error("URL must not contain credentials")]
+    Credentials,
+    #[error("URL host {0} is a {1} address")]
+    AddressRefused(String, &'static str),
+    #[error("URL host `{0}` is not allowed")]
+    HostRefused(String),
+}
+
+/// Checks a client-supplied outbound URL when it is registered. Addresses behind host names are
+/// checked again at delivery time, on every resolution; here only literal IPs and obviously
+/// internal names are refused.
+pub fn check_url(s: &str, allow_http: bool, allow_hosts: &[String]) -> Result<url::Url, UrlError> {
+    let u = url::Url::parse(s).map_err(|_| UrlError::Invalid(s.chars().take(200).collect()))?;
+    match u.scheme() {
+        "https" => {}
+        "http" if allow_http => {}
+        _ => return Err(UrlError::SchemeNotAllowed),
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(UrlError::Credentials);
+    }
+    let host = match u.host() {
+        Some(h) => h,
+        None => return Err(UrlError::Invalid(s.chars().take(200).collect())),
+    };
+    let host_str = host.to_string();
+    if host_allowed(&host_str, allow_hosts) {
+        return Ok(u);
+    }
+    match host {
+        url::Host::Ipv4(ip) => {
+            if let Some(why) = refused_reason(IpAddr::V4(ip)) {
+                return Err(UrlError::AddressRefused(host_str, why));
+            }
+        }
+        url::Host::Ipv6(ip) => {
+            if let Some(why) = refused_reason(IpAddr::V6(ip)) {
+                return Err(UrlError::AddressRefused(host_str, why));
+            }
+        }
+        url::Host::Domain(d) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            if d == "localhost" || d.ends_with(".localhost") || d.ends_with(".internal") || d.ends_with(".local") {
+                return Err(UrlError::HostRefused(d));
+            }
+        }
+    }
+    Ok(u)
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn registration_checks() {
+        let none: Vec<String> = vec![];
+        assert!(check_url("https://hooks.example.com/x", false, &none).is_ok());
+        assert_eq!(
+            check_url("http://hooks.example.com/x", false, &none),
+            Err(UrlError::SchemeNotAllowed)
+        );
+        assert!(check_url("http://hooks.example.com/x", true, &none).is_ok());
+        assert_eq!(check_url("ftp://x.example/", true, &none), Err(UrlError::SchemeNotAllowed));
+        assert_eq!(
+            check_url("https://u:p@x.example/", false, &none),
+            Err(UrlError::Credentials)
+        );
+        assert!(matches!(
+            check_url("https://127.0.0.1/", false, &none),
+            Err(UrlError::AddressRefused(..))
+        ));
+        assert!(matches!(
+            check_url("https://[::ffff:127.0.0.1]/", false, &none),
+            Err(UrlError::AddressRefused(..))
+        ));
+        assert!(matches!(
+            check_url("https://169.254.169.254/latest", false, &none),
+            Err(UrlError::AddressRefused(..))
+        ));
+        assert!(matches!(
+            check_url("https://localhost/", false, &none),
+            Err(UrlError::HostRefused(..))
+        ));
+        assert!(matches!(check_url("not a url", false, &none), Err(UrlError::Invalid(_))));
+        let allow = vec!["127.0.0.1".to_owned()];
+        assert!(check_url("http://127.0.0.1:9/x", true, &allow).is_ok());
+        assert!(check_url("http://127.0.0.2:9/x", true, &allow).is_err());
+    }
+}

@@ -6,6 +6,7 @@
 //! whole batch of dispatches, completions or delivery attempts.
 
 pub mod accounts;
+pub mod dead_letters;
 pub mod deliveries;
 pub mod dispatches;
 pub mod error;

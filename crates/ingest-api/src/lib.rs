@@ -1,1 +1,94 @@
+//! ingest-api: authenticates clients, validates and accepts dispatches (dispatch row and outbox row
+//! in one transaction, many requests per transaction), answers sync submissions when their
+//! dispatch finishes, manages templates, and relays the outbox to RabbitMQ.
 
+mod routes;
+mod templates_cache;
+mod waiters;
+mod writer;
+
+use axum::extract::FromRef;
+use axum::Router;
+use dispatcher_config::Settings;
+use dispatcher_db::Pool;
+use dispatcher_http::{health_router, with_common_layers, Authenticator, HealthState};
+use dispatcher_mq::Readiness;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub pool: Pool,
+    pub auth: Arc<Authenticator>,
+    pub writer: writer::BatchWriter,
+    pub waiters: Arc<waiters::Waiters>,
+    pub templates: Arc<templates_cache::TemplateCache>,
+}
+
+impl FromRef<AppState> for Arc<Authenticator> {
+    fn from_ref(s: &AppState) -> Self {
+        s.auth.clone()
+    }
+}
+
+/// Binds `ingest.listen` and serves until `cancel`.
+pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(settings.ingest.listen).await?;
+    serve(settings, listener, cancel).await
+}
+
+/// Serves on an already-bound listener (tests bind port 0) until `cancel`, then drains: the HTTP
+/// server stops accepting, queued writes are committed, and the relay finishes its batch.
+pub async fn serve(settings: Settings, listener: TcpListener, cancel: CancellationToken) -> anyhow::Result<()> {
+    let settings = Arc::new(settings);
+    let pool = dispatcher_db::connect_pool(&settings.database)?;
+    if settings.database.migrate {
+        dispatcher_db::migrate::run(&pool).await?;
+    }
+    let metrics = dispatcher_telemetry::metrics_handle();
+    let readiness = Readiness::default();
+    let tasks = TaskTracker::new();
+    let background = cancel.child_token();
+
+    let relay_ready = readiness.register("outbox-relay");
+    tasks.spawn(dispatcher_mq::relay::run_relay(
+        settings.clone(),
+        pool.clone(),
+        "ingest-api".into(),
+        relay_ready,
+        background.clone(),
+    ));
+    let waiters = waiters::Waiters::start(&settings.database, background.clone());
+    let writer_stop = CancellationToken::new();
+    let (writer, writer_task) = writer::BatchWriter::start(pool.clone(), settings.ingest.batch_max, writer_stop.clone());
+
+    let state = AppState {
+        settings: settings.clone(),
+        pool: pool.clone(),
+        auth: Authenticator::new(pool.clone()),
+        writer,
+        waiters,
+        templates: Arc::new(templates_cache::TemplateCache::default()),
+    };
+    let app: Router = routes::router(state).merge(health_router(HealthState {
+        pool,
+        readiness,
+        metrics,
+    }));
+    let app = with_common_layers(app, settings.ingest.max_body_bytes);
+    tracing::info!(addr = %listener.local_addr()?, "ingest-api listening");
+    dispatcher_http::serve(listener, app, cancel.clone()).await?;
+
+    // Requests have drained; commit what the writer still holds, then stop the background tasks.
+    writer_stop.cancel();
+    let _ = writer_task.await;
+    background.cancel();
+    tasks.close();
+    if tokio::time::timeout(settings.shutdown_timeout, tasks.wait()).await.is_err() {
+        tracing::warn!("background tasks did not stop within shutdown_timeout");
+    }
+    Ok(())
+}

@@ -1,1 +1,54 @@
+//! status-api: tenant-scoped reads of dispatch state, rendered results and delivery attempts.
 
+mod routes;
+
+use axum::extract::FromRef;
+use dispatcher_config::Settings;
+use dispatcher_db::Pool;
+use dispatcher_http::{health_router, with_common_layers, Authenticator, HealthState};
+use dispatcher_mq::Readiness;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub pool: Pool,
+    pub auth: Arc<Authenticator>,
+}
+
+impl FromRef<AppState> for Arc<Authenticator> {
+    fn from_ref(s: &AppState) -> Self {
+        s.auth.clone()
+    }
+}
+
+pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(settings.status.listen).await?;
+    serve(settings, listener, cancel).await
+}
+
+pub async fn serve(settings: Settings, listener: TcpListener, cancel: CancellationToken) -> anyhow::Result<()> {
+    let settings = Arc::new(settings);
+    let pool = dispatcher_db::connect_pool(&settings.database)?;
+    if settings.database.migrate {
+        dispatcher_db::migrate::run(&pool).await?;
+    }
+    // The status API reads Postgres only; its readiness has no broker part.
+    let readiness = Readiness::default();
+    let state = AppState {
+        settings: settings.clone(),
+        pool: pool.clone(),
+        auth: Authenticator::new(pool.clone()),
+    };
+    let app = routes::router(state).merge(health_router(HealthState {
+        pool,
+        readiness,
+        metrics: dispatcher_telemetry::metrics_handle(),
+    }));
+    let app = with_common_layers(app, 64 * 1024);
+    tracing::info!(addr = %listener.local_addr()?, "status-api listening");
+    dispatcher_http::serve(listener, app, cancel).await?;
+    Ok(())
+}

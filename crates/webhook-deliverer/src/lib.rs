@@ -1,1 +1,75 @@
+//! webhook-deliverer: turns outcome events into signed webhook deliveries, records every attempt,
+//! schedules retries through delay queues and dead-letters deliveries whose schedule ran out.
 
+mod attempt;
+mod handlers;
+
+pub use handlers::{EventHandler, RetryHandler};
+
+use dispatcher_config::Settings;
+use dispatcher_http::{health_router, HealthState};
+use dispatcher_mq::consumer::ConsumerConfig;
+use dispatcher_mq::{Readiness, Topology};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(settings.deliverer.listen).await?;
+    serve(settings, listener, cancel).await
+}
+
+pub async fn serve(settings: Settings, listener: TcpListener, cancel: CancellationToken) -> anyhow::Result<()> {
+    let settings = Arc::new(settings);
+    let pool = dispatcher_db::connect_pool(&settings.database)?;
+    if settings.database.migrate {
+        dispatcher_db::migrate::run(&pool).await?;
+    }
+    let readiness = Readiness::default();
+    let tasks = TaskTracker::new();
+    let topology = Topology::new(&settings.amqp.prefix, &settings.delivery.retry_schedule);
+    let deliverer = Arc::new(attempt::Deliverer::new(settings.clone(), pool.clone()));
+
+    tasks.spawn(dispatcher_mq::run_consumer(
+        settings.clone(),
+        ConsumerConfig {
+            name: "webhook-deliverer-events".into(),
+            queue: topology.webhook_events_queue(),
+            batch_max: settings.deliverer.batch_max,
+        },
+        Arc::new(EventHandler::new(deliverer.clone(), topology.webhook_events_queue())),
+        readiness.register("events-consumer"),
+        cancel.clone(),
+    ));
+    tasks.spawn(dispatcher_mq::run_consumer(
+        settings.clone(),
+        ConsumerConfig {
+            name: "webhook-deliverer-retries".into(),
+            queue: topology.webhook_retry_queue(),
+            batch_max: settings.deliverer.batch_max,
+        },
+        Arc::new(RetryHandler::new(deliverer, topology.webhook_retry_queue())),
+        readiness.register("retry-consumer"),
+        cancel.clone(),
+    ));
+    tasks.spawn(dispatcher_mq::relay::run_relay(
+        settings.clone(),
+        pool.clone(),
+        "webhook-deliverer".into(),
+        readiness.register("outbox-relay"),
+        cancel.clone(),
+    ));
+    let app = health_router(HealthState {
+        pool,
+        readiness,
+        metrics: dispatcher_telemetry::metrics_handle(),
+    });
+    tracing::info!(addr = %listener.local_addr()?, "webhook-deliverer health listening");
+    dispatcher_http::serve(listener, app, cancel.clone()).await?;
+    tasks.close();
+    if tokio::time::timeout(settings.shutdown_timeout, tasks.wait()).await.is_err() {
+        tracing::warn!("deliverer tasks did not stop within shutdown_timeout");
+    }
+    Ok(())
+}

@@ -1,0 +1,8 @@
+use dispatcher_config::Settings;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::from_process()?;
+    dispatcher_telemetry::init(&settings.telemetry);
+    dispatch_worker::run(settings, dispatcher_http::shutdown_signal()).await
+}

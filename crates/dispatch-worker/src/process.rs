@@ -1,0 +1,184 @@
+//! One batch of `dispatch.requested` messages: claim, render, provide, finish.
+
+use chrono::Utc;
+use dispatcher_config::Settings;
+use dispatcher_core::{
+    template, DispatchError, DispatchRequested, DispatchStatus, ErrorCode, EventType, OutcomeEvent,
+    WebhookData, WebhookPayload,
+};
+use dispatcher_db::dead_letters::{self, NewDeadLetter};
+use dispatcher_db::dispatches::{self, Claimed, Finished};
+use dispatcher_db::Pool;
+use dispatcher_mq::{BatchHandler, HandlerError, Incoming, Topology};
+use dispatcher_outbound::Policy;
+use futures::StreamExt;
+use serde::Deserialize;
+use std::sync::Arc;
+use uuid::Uuid;
+
+pub struct WorkerHandler {
+    settings: Arc<Settings>,
+    pool: Pool,
+    http: reqwest::Client,
+    policy: Policy,
+    queue: String,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Provider {
+    Store,
+    Http { url: String },
+}
+
+impl WorkerHandler {
+    pub fn new(settings: Arc<Settings>, pool: Pool) -> Self {
+        let http = dispatcher_outbound::client(&settings.delivery, "dispatcher-provider/1");
+        let policy = Policy::from_settings(&settings.delivery);
+        let queue = Topology::new(&settings.amqp.prefix, &[]).dispatch_queue();
+        Self {
+            settings,
+            pool,
+            http,
+            policy,
+            queue,
+        }
+    }
+
+    /// Renders and hands one dispatch to its provider; never fails, the outcome says what happened.
+    async fn run_one(&self, d: Claimed) -> Finished {
+        let outcome = match template::render(d.template_format, &d.template_body, &d.data) {
+            Err(e) => Err(DispatchError::new(ErrorCode::TemplateRenderError, e.message)),
+            Ok(doc) => self.provide(&d, doc).await,
+        };
+        let completed_at = Utc::now();
+        let base = self.settings.public_base();
+        let (status, result, content_type, error) = match outcome {
+            Ok(doc) => (
+                DispatchStatus::Completed,
+                Some(doc.into_bytes()),
+                Some(d.template_format.content_type().to_owned()),
+                None,
+            ),
+            Err(e) => (DispatchStatus::Failed, None, None, Some(e)),
+        };
+        let event_type = EventType::for_outcome(status).expect("terminal status");
+        let event = OutcomeEvent {
+            event_id: Uuid::now_v7(),
+            account_id: d.account_id,
+            dispatch_id: d.id,
+            payload: WebhookPayload {
+                event_type,
+                timestamp: completed_at,
+                data: WebhookData {
+                    dispatch_id: d.id,
+                    status,
+                    completed_at,
+                    result_url: result
+                        .is_some()
+                        .then(|| dispatcher_http::views::result_url(base, d.id)),
+                    error: error.clone(),
+                    metadata: d.metadata.clone(),
+                },
+            },
+        };
+        metrics::counter!("dispatcher_dispatches_finished_total", "status" => status.as_str())
+            .increment(1);
+        Finished {
+            id: d.id,
+            status,
+            completed_at,
+            result,
+            content_type,
+            error: error.map(|e| serde_json::to_value(e).expect("error serializes")),
+            event_id: event.event_id,
+            routing_key: event_type.as_str(),
+            event: serde_json::to_vec(&event).expect("event serializes"),
+        }
+    }
+
+    async fn provide(&self, d: &Claimed, doc: String) -> Result<String, DispatchError> {
+        let provider: Provider = serde_json::from_value(d.provider.clone()).map_err(|e| {
+            DispatchError::new(ErrorCode::ProviderError, format!("unknown provider: {e}"))
+        })?;
+        match provider {
+            Provider::Store => Ok(doc),
+            Provider::Http { url } => {
+                let parsed: url::Url = url.parse().map_err(|_| {
+                    DispatchError::new(ErrorCode::ProviderUrlRefused, "provider URL is invalid")
+                })?;
+                self.policy
+                    .check(&parsed)
+                    .map_err(|e| DispatchError::new(ErrorCode::ProviderUrlRefused, e))?;
+                let resp = self
+                    .http
+                    .post(parsed)
+                    .header("content-type", d.template_format.content_type())
+                    .header("dispatch-id", d.id.to_string())
+                    .body(doc.clone())
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        DispatchError::new(ErrorCode::ProviderError, format!("provider request failed: {}", error_chain(&e)))
+                    })?;
+                if resp.status().is_success() {
+                    Ok(doc)
+                } else {
+                    Err(DispatchError::new(
+                        ErrorCode::ProviderError,
+                        format!("provider answered {}", resp.status()),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+impl BatchHandler for WorkerHandler {
+    async fn handle(&self, batch: &[Incoming]) -> Result<(), HandlerError> {
+        let mut ids = Vec::with_capacity(batch.len());
+        let mut poison = Vec::new();
+        for m in batch {
+            match serde_json::from_slice::<DispatchRequested>(&m.data) {
+                Ok(msg) => ids.push(msg.dispatch_id),
+                Err(e) => poison.push(NewDeadLetter {
+                    queue: self.queue.clone(),
+                    message_id: m.message_id.clone(),
+                    reason: format!("unparseable dispatch.requested: {e}"),
+                    body: m.data.clone(),
+                }),
+            }
+        }
+        let transient = |e: dispatcher_db::DbError| HandlerError::Transient(e.to_string());
+        dead_letters::insert_batch(&self.pool, &poison).await.map_err(transient)?;
+        if !poison.is_empty() {
+            metrics::counter!("dispatcher_messages_dead_lettered_total", "queue" => self.queue.clone())
+                .increment(poison.len() as u64);
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // Finished dispatches are not claimed: a redelivered message is acknowledged untouched.
+        let claimed = dispatches::claim(&self.pool, &ids).await.map_err(transient)?;
+        let finished: Vec<Finished> = futures::stream::iter(claimed)
+            .map(|d| self.run_one(d))
+            .buffer_unordered(self.settings.worker.concurrency)
+            .collect()
+            .await;
+        if !finished.is_empty() {
+            dispatches::finish_batch(&self.pool, &finished).await.map_err(transient)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,4 @@
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    dispatchctl::main_from_args(std::env::args().collect()).await
+}

@@ -1,0 +1,134 @@
+//! HTTP Basic authentication against argon2 hashes, with a bounded cache of verified credentials.
+//!
+//! argon2 costs tens of milliseconds by design; a client sending thousands of requests per second
+//! with the same credentials must not pay it each time. The cache key is a SHA-256 of email and
+//! password, so the cache never holds a password, and a changed password simply misses. Entries
+//! expire after `CACHE_TTL`, which bounds how long a rotated-away password keeps working on a
+//! replica that verified it recently.
+
+use crate::ApiError;
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::request::Parts;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use dispatcher_db::{accounts, Pool};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const CACHE_TTL: Duration = Duration::from_secs(60);
+const CACHE_MAX: usize = 10_000;
+
+pub struct Authenticator {
+    pool: Pool,
+    cache: Mutex<HashMap<[u8; 32], (Uuid, Instant)>>,
+}
+
+impl Authenticator {
+    pub fn new(pool: Pool) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn key(email: &str, password: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(email.trim().to_ascii_lowercase().as_bytes());
+        h.update([0]);
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+
+    /// The account for these credentials, or `Unauthorized` (same answer for unknown email and
+    /// wrong password).
+    pub async fn authenticate(&self, email: &str, password: &str) -> Result<Uuid, ApiError> {
+        let key = Self::key(email, password);
+        if let Some((id, at)) = self.cache.lock().expect("auth cache").get(&key).copied() {
+            if at.elapsed() < CACHE_TTL {
+                return Ok(id);
+            }
+        }
+        match accounts::authenticate(&self.pool, email, password).await? {
+            Some(id) => {
+                let mut cache = self.cache.lock().expect("auth cache");
+                if cache.len() >= CACHE_MAX {
+                    cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+                    if cache.len() >= CACHE_MAX {
+                        cache.clear();
+                    }
+                }
+                cache.insert(key, (id, Instant::now()));
+                Ok(id)
+            }
+            None => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// Parses `Authorization: Basic base64(email:password)`.
+pub fn parse_basic(header: &str) -> Option<(String, String)> {
+    let (scheme, rest) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = B64.decode(rest.trim()).ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (user, pass) = decoded.split_once(':')?;
+    Some((user.to_owned(), pass.to_owned()))
+}
+
+/// The authenticated account of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthAccount(pub Uuid);
+
+impl<S> FromRequestParts<S> for AuthAccount
+where
+    S: Send + Sync,
+    Arc<Authenticator>: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(ApiError::Unauthorized)?;
+        let (email, password) = parse_basic(header).ok_or(ApiError::Unauthorized)?;
+        let auth = Arc::<Authenticator>::from_ref(state);
+        auth.authenticate(&email, &password).await.map(AuthAccount)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_basic_credentials() {
+        let h = format!("Basic {}", B64.encode("ada@example.com:pa:ss"));
+        assert_eq!(
+            parse_basic(&h),
+            Some(("ada@example.com".into(), "pa:ss".into()))
+        );
+        assert_eq!(parse_basic("Bearer abc"), None);
+        assert_eq!(parse_basic("Basic !!!"), None);
+        assert_eq!(parse_basic(&format!("Basic {}", B64.encode("nocolon"))), None);
+        assert_eq!(parse_basic(""), None);
+    }
+
+    #[test]
+    fn cache_keys_differ_by_password_not_email_case() {
+        assert_eq!(
+            Authenticator::key("Ada@X.io", "pw"),
+            Authenticator::key("ada@x.io", "pw")
+        );
+        assert_ne!(
+            Authenticator::key("ada@x.io", "pw"),
+            Authenticator::key("ada@x.io", "pw2")
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! A batched, reconnecting consumer loop.
+//!
+//! Messages arrive under a bounded prefetch window; whatever is already buffered (up to
+//! `batch_max`) is handed to the handler as one batch, and the whole batch is acknowledged with a
+//! single multiple-ack after the handler's database commit. If the handler cannot reach the
+//! database, the batch is retried with backoff while the messages stay unacknowledged (the broker
+//! keeps them; nothing is requeued in a loop, so delivery limits are not burned by an outage).
+
+use crate::{Backoff, Topology};
+use dispatcher_config::Settings;
+use futures::{FutureExt, StreamExt};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// One received message.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub delivery_tag: u64,
+    pub routing_key: String,
+    pub message_id: Option<String>,
+    pub redelivered: bool,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Nothing was committed; the same batch is retried after a backoff.
+    #[error("transient: {0}")]
+    Transient(String),
+}
+
+pub trait BatchHandler: Send + Sync + 'static {
+    /// Processes a batch and commits its effects. `Ok` means every message in it is done (handled,
+    /// skipped as a duplicate, or stored as a dead letter) and may be acknowledged.
+    fn handle(&self, batch: &[Incoming]) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    #[error("consumer stream closed by the broker")]
+    Closed,
+}
+
+pub struct ConsumerConfig {
+    pub name: String,
+    pub queue: String,
+    pub batch_max: usize,
+}
+
+/// Consumes `cfg.queue` until `cancel`, reconnecting as needed. On cancel the current batch is
+/// finished and acknowledged; prefetched messages not yet handled go back to the queue when the
+/// channel closes.
+pub async fn run_consumer<H: BatchHandler>(
+    settings: Arc<Settings>,
+    cfg: ConsumerConfig,
+    handler: Arc<H>,
+    ready: Arc<AtomicBool>,
+    cancel: CancellationToken,
+) {
+    let topology = Topology::new(&settings.amqp.prefix, &settings.delivery.retry_schedule);
+    let mut backoff = Backoff::default();
+    while !cancel.is_cancelled() {
+        let result = session(&settings, &cfg, &topology, handler.as_ref(), &ready, &cancel, &mut backoff).await;
+        ready.store(false, Ordering::Relaxed);
+        match result {
+            Ok(()) => break,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                warn!(consumer = %cfg.name, error = %e, ?delay, "consumer lost the broker; reconnecting");
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    info!(consumer = %cfg.name, "consumer stopped");
+}
+
+async fn session<H: BatchHandler>(
+    settings: &Settings,
+    cfg: &ConsumerConfig,
+    topology: &Topology,
+    handler: &H,
+    ready: &AtomicBool,
+    cancel: &CancellationToken,
+    backoff: &mut Backoff,
+) -> Result<(), SessionError> {
+    let conn = crate::connect(settings.amqp.url.expose(), &cfg.name).await?;
+    let ch = conn.create_channel().await?;
+    topology.declare(&ch).await?;
+    ch.basic_qos(settings.amqp.prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumer = ch
+        .basic_consume(
+            cfg.queue.clone().into(),
+            format!("{}-{}", cfg.name, uuid::Uuid::new_v4().simple()).into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    ready.store(true, Ordering::Relaxed);
+    backoff.reset();
+    info!(consumer = %cfg.name, queue = %cfg.queue, "consuming");
+
+    loop {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => break,
+            d = consumer.next() => d,
+        };
+        let Some(first) = first else {
+            return Err(SessionError::Closed);
+        };
+        let mut batch = vec![to_incoming(first?)];
+        // Take whatever else is already buffered, without waiting for more.
+        while batch.len() < cfg.batch_max {
+            match consumer.next().now_or_never() {
+                Some(Some(d)) => batch.push(to_incoming(d?)),
+                _ => break,
+            }
+        }
+        metrics::counter!("dispatcher_messages_consumed_total", "queue" => cfg.queue.clone())
+            .increment(batch.len() as u64);
+
+        let mut retry = Backoff::new(
+            std::time::Duration::from_millis(200),
+            std::time::Duration::from_secs(5),
+        );
+        loop {
+            match handler.handle(&batch).await {
+                Ok(()) => break,
+                Err(HandlerError::Transient(e)) => {
+                    let delay = retry.next_delay();
+                    warn!(consumer = %cfg.name, error = %e, ?delay, size = batch.len(), "batch not committed; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => {
+                            // Hand the batch back to the broker for another consumer.
+                            let last = batch.last().expect("non-empty").delivery_tag;
+                            ch.basic_nack(last, BasicNackOptions { multiple: true, requeue: true }).await?;
+                            metrics::counter!("dispatcher_messages_nacked_total", "queue" => cfg.queue.clone())
+                                .increment(batch.len() as u64);
+                            let _ = ch.close(200, "shutdown".into()).await;
+                            let _ = conn.close(200, "shutdown".into()).await;
+                            return Ok(());
+                        }
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        let last = batch.last().expect("non-empty").delivery_tag;
+        ch.basic_ack(last, BasicAckOptions { multiple: true }).await?;
+        metrics::counter!("dispatcher_messages_acked_total", "queue" => cfg.queue.clone())
+            .increment(batch.len() as u64);
+    }
+    let _ = ch.close(200, "shutdown".into()).await;
+    let _ = conn.close(200, "shutdown".into()).await;
+    Ok(())
+}
+
+fn to_incoming(d: lapin::message::Delivery) -> Incoming {
+    Incoming {
+        delivery_tag: d.delivery_tag,
+        routing_key: d.routing_key.to_string(),
+        message_id: d.properties.message_id().as_ref().map(|m| m.to_string()),
+        redelivered: d.redelivered,
+        data: d.data,
+    }
+}

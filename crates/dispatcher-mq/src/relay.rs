@@ -1,0 +1,138 @@
+//! The outbox relay: moves committed outbox rows to RabbitMQ.
+//!
+//! Each round locks a batch with `FOR UPDATE SKIP LOCKED` (so any number of relays, in any
+//! service replica, share the table without publishing the same row concurrently), publishes it
+//! with confirms, marks it sent and commits. A crash between publish and commit publishes the batch
+//! again later: duplicates are possible, losses are not, and consumers are idempotent.
+//!
+//! The relay sleeps until a NOTIFY from the inserting transaction (or a slow fallback poll) and
+//! then drains the backlog.
+
+use crate::publisher::{OutgoingMessage, PublishError, Publisher};
+use crate::{Backoff, Topology};
+use dispatcher_config::Settings;
+use dispatcher_db::{outbox, DbError, Pool};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// How long sent rows are kept (for inspection) before they are purged.
+const KEEP_SENT: Duration = Duration::from_secs(600);
+const PURGE_EVERY: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    #[error("broker connection closed")]
+    Disconnected,
+}
+
+/// Runs until `cancel`. `ready` is true while the relay holds a broker connection.
+pub async fn run_relay(
+    settings: Arc<Settings>,
+    pool: Pool,
+    name: String,
+    ready: Arc<AtomicBool>,
+    cancel: CancellationToken,
+) {
+    let topology = Topology::new(&settings.amqp.prefix, &settings.delivery.retry_schedule);
+    let mut wake = dispatcher_db::listen::spawn_listener(
+        settings.database.clone(),
+        &["dispatcher_outbox"],
+        cancel.child_token(),
+    );
+    let mut backoff = Backoff::default();
+    let mut last_purge = Instant::now();
+    while !cancel.is_cancelled() {
+        let session = async {
+            let conn = crate::connect(settings.amqp.url.expose(), &name).await?;
+            let ch = conn.create_channel().await?;
+            topology.declare(&ch).await?;
+            let publisher = Publisher::new(&conn, topology.events_exchange(), &name).await?;
+            ready.store(true, Ordering::Relaxed);
+            backoff.reset();
+            info!(relay = %name, "outbox relay connected");
+            loop {
+                match drain(&pool, &publisher, settings.outbox.batch_size as i64).await {
+                    Ok(n) if n > 0 => debug!(relay = %name, published = n, "outbox drained"),
+                    Ok(_) => {}
+                    Err(RelayError::Db(e)) => {
+                        warn!(error = %e, "outbox relay cannot reach the database; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+                if last_purge.elapsed() > PURGE_EVERY {
+                    last_purge = Instant::now();
+                    if let Err(e) = outbox::purge_sent(&pool, KEEP_SENT.as_secs_f64(), 10_000).await {
+                        debug!(error = %e, "outbox purge skipped");
+                    }
+                }
+                if !conn.status().connected() {
+                    return Err(RelayError::Disconnected);
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok::<(), RelayError>(()),
+                    _ = wake.recv() => {}
+                    _ = tokio::time::sleep(settings.outbox.poll_interval) => {}
+                }
+            }
+        };
+        match session.await {
+            Ok(()) => break,
+            Err(e) => {
+                ready.store(false, Ordering::Relaxed);
+                let delay = backoff.next_delay();
+                warn!(relay = %name, error = %e, ?delay, "outbox relay lost the broker; reconnecting");
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    ready.store(false, Ordering::Relaxed);
+}
+
+/// Publishes batches until a batch comes back short. Returns rows published.
+async fn drain(pool: &Pool, publisher: &Publisher, batch: i64) -> Result<usize, RelayError> {
+    let mut total = 0;
+    loop {
+        let n = relay_once(pool, publisher, batch).await?;
+        total += n;
+        if (n as i64) < batch {
+            return Ok(total);
+        }
+    }
+}
+
+async fn relay_once(pool: &Pool, publisher: &Publisher, batch: i64) -> Result<usize, RelayError> {
+    let mut client = pool.get().await.map_err(DbError::from)?;
+    let tx = client.transaction().await.map_err(DbError::from)?;
+    let rows = outbox::lock_batch(&tx, batch).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let messages: Vec<OutgoingMessage> = rows
+        .iter()
+        .map(|r| OutgoingMessage {
+            message_id: r.message_id,
+            routing_key: r.routing_key.clone(),
+            payload: r.payload.clone(),
+        })
+        .collect();
+    publisher.publish_batch(&messages).await?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    outbox::mark_sent(&tx, &ids).await?;
+    tx.commit().await.map_err(DbError::from)?;
+    metrics::counter!("dispatcher_outbox_relayed_total").increment(rows.len() as u64);
+    Ok(rows.len())
+}

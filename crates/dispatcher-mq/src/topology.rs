@@ -1,0 +1,244 @@
+//! Exchange and queue names (all under the configured prefix) and their idempotent declaration.
+//!
+//! ```text
+//!                        ┌── dispatch.requested ──► {p}.dispatch.requested  (dispatch-worker)
+//! {p}.events (topic) ────┼── dispatch.completed ─┐
+//!                        │   dispatch.failed ────┴► {p}.webhook.events      (webhook-deliverer)
+//!                        ├── webhook.delay.{ms} ──► {p}.webhook.delay.{ms}  (TTL, no consumer)
+//!                        │                              └─ expires ─► webhook.retry
+//!                        └── webhook.retry ───────► {p}.webhook.retry       (webhook-deliverer)
+//! work queues past x-delivery-limit ──► {p}.dead (fanout) ──► {p}.dead
+//! ```
+
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, ExchangeKind};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// Routing key of retry tasks once their delay expired.
+pub const RETRY_KEY: &str = "webhook.retry";
+/// A message redelivered this many times (consumer crashes, nacks) is dead-lettered.
+pub const DELIVERY_LIMIT: i64 = 20;
+/// Retry delays are these multiples of the scheduled delay (±20 % jitter, and up to 2x for a
+/// receiver's Retry-After), one delay queue each, because a queue's TTL is fixed and per-message
+/// TTLs only expire at the head of a queue.
+pub use dispatcher_core::retry::DELAY_FACTORS as JITTER_STEPS;
+
+#[derive(Debug, Clone)]
+pub struct Topology {
+    prefix: String,
+    delays_ms: BTreeSet<u64>,
+}
+
+impl Topology {
+    pub fn new(prefix: &str, retry_schedule: &[Duration]) -> Self {
+        let delays_ms = retry_schedule
+            .iter()
+            .flat_map(|d| JITTER_STEPS.iter().map(move |f| jittered_ms(*d, *f)))
+            .collect();
+        Self {
+            prefix: prefix.to_owned(),
+            delays_ms,
+        }
+    }
+
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+    pub fn dead_exchange(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+    pub fn dead_queue(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+    pub fn dispatch_queue(&self) -> String {
+        format!("{}.dispatch.requested", self.prefix)
+    }
+    pub fn webhook_events_queue(&self) -> String {
+        format!("{}.webhook.events", self.prefix)
+    }
+    pub fn webhook_retry_queue(&self) -> String {
+        format!("{}.webhook.retry", self.prefix)
+    }
+    pub fn delay_queue(&self, ms: u64) -> String {
+        format!("{}.webhook.delay.{ms}", self.prefix)
+    }
+
+    /// Routing key that parks a retry for `ms` milliseconds. `ms` must be one of the declared
+    /// delays; see [`Topology::delay_for`].
+    pub fn delay_key(ms: u64) -> String {
+        format!("webhook.delay.{ms}")
+    }
+
+    /// The declared delay for `base` scaled by `factor` (one of [`JITTER_STEPS`]).
+    pub fn delay_for(base: Duration, factor: f64) -> u64 {
+        jittered_ms(base, factor)
+    }
+
+    fn work_queue_args(&self) -> FieldTable {
+        let mut args = quorum();
+        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(self.dead_exchange().into()),
+        );
+        args
+    }
+
+    /// Declares everything. Safe to run concurrently from every replica at every start.
+    pub async fn declare(&self, ch: &Channel) -> Result<(), lapin::Error> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        ch.exchange_declare(
+            self.events_exchange().into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+        ch.exchange_declare(
+            self.dead_exchange().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+        declare_queue(ch, &self.dead_queue(), quorum()).await?;
+        bind(ch, &self.dead_queue(), &self.dead_exchange(), "").await?;
+
+        let events = self.events_exchange();
+        declare_queue(ch, &self.dispatch_queue(), self.work_queue_args()).await?;
+        bind(ch, &self.dispatch_queue(), &events, "dispatch.requested").await?;
+        declare_queue(ch, &self.webhook_events_queue(), self.work_queue_args()).await?;
+        bind(ch, &self.webhook_events_queue(), &events, "dispatch.completed").await?;
+        bind(ch, &self.webhook_events_queue(), &events, "dispatch.failed").await?;
+        declare_queue(ch, &self.webhook_retry_queue(), self.work_queue_args()).await?;
+        bind(ch, &self.webhook_retry_queue(), &events, RETRY_KEY).await?;
+
+        for ms in &self.delays_ms {
+            let mut args = quorum();
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(*ms as i64));
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(events.clone().into()),
+            );
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(RETRY_KEY.into()),
+            );
+            args.insert(
+                "x-dead-letter-strategy".into(),
+                AMQPValue::LongString("at-least-once".into()),
+            );
+            args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+            declare_queue(ch, &self.delay_queue(*ms), args).await?;
+            bind(ch, &self.delay_queue(*ms), &events, &Self::delay_key(*ms)).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything this topology declared (tests clean up after themselves with this).
+    pub async fn delete(&self, ch: &Channel) -> Result<(), lapin::Error> {
+        let mut queues = vec![
+            self.dispatch_queue(),
+            self.webhook_events_queue(),
+            self.webhook_retry_queue(),
+            self.dead_queue(),
+        ];
+        queues.extend(self.delays_ms.iter().map(|ms| self.delay_queue(*ms)));
+        for q in queues {
+            ch.queue_delete(q.into(), QueueDeleteOptions::default()).await?;
+        }
+        for x in [self.events_exchange(), self.dead_exchange()] {
+            ch.exchange_delete(x.into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Messages ready in a queue (a passive declare), for estimates and tests.
+    pub async fn depth(ch: &Channel, queue: &str) -> Result<u32, lapin::Error> {
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(q.message_count())
+    }
+}
+
+fn jittered_ms(base: Duration, factor: f64) -> u64 {
+    ((base.as_millis() as f64) * factor).round().max(1.0) as u64
+}
+
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args
+}
+
+async fn declare_queue(ch: &Channel, name: &str, args: FieldTable) -> Result<(), lapin::Error> {
+    ch.queue_declare(
+        ShortString::from(name.to_owned()),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        args,
+    )
+    .await?;
+    Ok(())
+}
+
+async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> Result<(), lapin::Error> {
+    ch.queue_bind(
+        queue.to_owned().into(),
+        exchange.to_owned().into(),
+        key.to_owned().into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_live_under_the_prefix() {
+        let t = Topology::new("t1", &[Duration::from_secs(5)]);
+        for n in [
+            t.events_exchange(),
+            t.dead_queue(),
+            t.dispatch_queue(),
+            t.webhook_events_queue(),
+            t.webhook_retry_queue(),
+            t.delay_queue(5000),
+        ] {
+            assert!(n.starts_with("t1."), "{n}");
+        }
+    }
+
+    #[test]
+    fn delay_queues_cover_every_jitter_step() {
+        let t = Topology::new("p", &[Duration::from_secs(5), Duration::from_secs(30)]);
+        assert_eq!(t.delays_ms.len(), 2 * JITTER_STEPS.len());
+        for f in JITTER_STEPS {
+            assert!(t.delays_ms.contains(&Topology::delay_for(Duration::from_secs(5), f)));
+        }
+        assert_eq!(Topology::delay_for(Duration::from_secs(5), 0.8), 4000);
+        assert_eq!(Topology::delay_for(Duration::from_secs(5), 2.0), 10000);
+    }
+}

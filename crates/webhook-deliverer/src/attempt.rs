@@ -1,0 +1,204 @@
+//! Making delivery attempts and deciding what comes next.
+
+use chrono::Utc;
+use dispatcher_config::Settings;
+use dispatcher_core::retry::{next_step, AttemptOutcome, NextStep};
+use dispatcher_core::signing::{signature_header, WebhookSecret};
+use dispatcher_core::DeliveryTask;
+use dispatcher_db::deliveries::{self, AttemptRecord, Delivery, RetryMessage};
+use dispatcher_db::{accounts, DbError, Pool};
+use dispatcher_mq::Topology;
+use dispatcher_outbound::Policy;
+use futures::StreamExt;
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+pub struct Deliverer {
+    settings: Arc<Settings>,
+    pub pool: Pool,
+    http: reqwest::Client,
+    policy: Policy,
+}
+
+/// What one POST came back with.
+struct PostResult {
+    outcome: AttemptOutcome,
+    response_status: Option<i32>,
+    error: Option<String>,
+    duration: Duration,
+}
+
+impl Deliverer {
+    pub fn new(settings: Arc<Settings>, pool: Pool) -> Self {
+        let http = dispatcher_outbound::client(&settings.delivery, "dispatcher-webhooks/1");
+        let policy = Policy::from_settings(&settings.delivery);
+        Self {
+            settings,
+            pool,
+            http,
+            policy,
+        }
+    }
+
+    /// Attempts every delivery (each one's attempt number is `attempts + 1`) and records the
+    /// outcomes, retries and dead letters in one statement.
+    pub async fn attempt_all(&self, deliveries: Vec<Delivery>) -> Result<(), DbError> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let mut secrets: HashMap<Uuid, Arc<Vec<WebhookSecret>>> = HashMap::new();
+        for d in &deliveries {
+            if !secrets.contains_key(&d.account_id) {
+                let s = accounts::signing_secrets(&self.pool, d.account_id).await?;
+                secrets.insert(d.account_id, Arc::new(s));
+            }
+        }
+        let records: Vec<(AttemptRecord, Option<Uuid>)> = futures::stream::iter(deliveries)
+            .map(|d| {
+                let keys = secrets[&d.account_id].clone();
+                async move { self.attempt_one(d, &keys).await }
+            })
+            .buffer_unordered(self.settings.deliverer.concurrency)
+            .collect()
+            .await;
+        let (records, disable): (Vec<AttemptRecord>, Vec<Option<Uuid>>) = records.into_iter().unzip();
+        deliveries::record_attempts(&self.pool, &records).await?;
+        for webhook_id in disable.into_iter().flatten() {
+            deliveries::disable_subscription(&self.pool, webhook_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn attempt_one(&self, d: Delivery, keys: &[WebhookSecret]) -> (AttemptRecord, Option<Uuid>) {
+        let attempt = d.attempts + 1;
+        let attempted_at = Utc::now();
+        let post = self.post(&d, keys).await;
+        let schedule = &self.settings.delivery.retry_schedule;
+        let step = next_step(attempt as u32, schedule, post.outcome, || {
+            rand::thread_rng().gen_range(0..5)
+        });
+        let (new_status, next_attempt_at, retry, disable) = match step {
+            NextStep::Succeeded => ("succeeded", None, None, None),
+            NextStep::Disabled => ("failed", None, None, d.webhook_id),
+            NextStep::Dead => ("dead", None, None, None),
+            NextStep::Retry { base, factor } => {
+                let ms = Topology::delay_for(base, factor);
+                let task = DeliveryTask {
+                    delivery_id: d.id,
+                    attempt: (attempt + 1) as u32,
+                };
+                (
+                    "pending",
+                    Some(attempted_at + chrono::Duration::milliseconds(ms as i64)),
+                    Some(RetryMessage {
+                        message_id: Uuid::now_v7(),
+                        routing_key: Topology::delay_key(ms),
+                        payload: serde_json::to_vec(&task).expect("task serializes"),
+                    }),
+                    None,
+                )
+            }
+        };
+        metrics::counter!("dispatcher_delivery_attempts_total", "outcome" => new_status).increment(1);
+        metrics::histogram!("dispatcher_delivery_duration_seconds").record(post.duration.as_secs_f64());
+        let succeeded = matches!(post.outcome, AttemptOutcome::Success);
+        (
+            AttemptRecord {
+                id: Uuid::now_v7(),
+                delivery_id: d.id,
+                dispatch_id: d.dispatch_id,
+                account_id: d.account_id,
+                attempt,
+                succeeded,
+                response_status: post.response_status,
+                error: post.error,
+                duration_ms: post.duration.as_millis().min(i32::MAX as u128) as i32,
+                attempted_at,
+                next_attempt_at,
+                new_status,
+                retry,
+            },
+            disable,
+        )
+    }
+
+    async fn post(&self, d: &Delivery, keys: &[WebhookSecret]) -> PostResult {
+        let start = Instant::now();
+        let fail = |error: String, status: Option<i32>, retry_after: Option<Duration>| PostResult {
+            outcome: AttemptOutcome::Failure { retry_after },
+            response_status: status,
+            error: Some(error),
+            duration: start.elapsed(),
+        };
+        let url: url::Url = match d.url.parse() {
+            Ok(u) => u,
+            Err(_) => return fail("callback URL is invalid".into(), None, None),
+        };
+        if let Err(e) = self.policy.check(&url) {
+            return fail(format!("callback URL refused: {e}"), None, None);
+        }
+        let ts = Utc::now().timestamp();
+        let signature = signature_header(keys, &d.msg_id, ts, &d.payload);
+        let sent = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &d.msg_id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature)
+            .body(d.payload.clone())
+            .send()
+            .await;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                let kind = if e.is_timeout() { "timeout" } else { "connection error" };
+                return fail(format!("{kind}: {}", error_chain(&e)), None, None);
+            }
+        };
+        let status = resp.status();
+        let code = Some(status.as_u16() as i32);
+        if status.is_success() {
+            return PostResult {
+                outcome: AttemptOutcome::Success,
+                response_status: code,
+                error: None,
+                duration: start.elapsed(),
+            };
+        }
+        if status.as_u16() == 410 {
+            return PostResult {
+                outcome: AttemptOutcome::Gone,
+                response_status: code,
+                error: Some("endpoint answered 410 Gone; subscription disabled".into()),
+                duration: start.elapsed(),
+            };
+        }
+        let retry_after = matches!(status.as_u16(), 429 | 503)
+            .then(|| resp.headers().get("retry-after"))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let what = if status.is_redirection() {
+            format!("endpoint answered {status} (redirects are not followed)")
+        } else {
+            format!("endpoint answered {status}")
+        };
+        fail(what, code, retry_after)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

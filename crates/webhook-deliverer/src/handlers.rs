@@ -1,0 +1,141 @@
+//! The two consumers: new outcome events, and retries coming back from the delay queues.
+
+use crate::attempt::Deliverer;
+use dispatcher_core::event::{delivery_id, webhook_message_id};
+use dispatcher_core::{DeliveryTask, OutcomeEvent};
+use dispatcher_db::dead_letters::{self, NewDeadLetter};
+use dispatcher_db::deliveries::{self, NewDelivery};
+use dispatcher_db::DbError;
+use dispatcher_mq::{BatchHandler, HandlerError, Incoming};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+fn transient(e: DbError) -> HandlerError {
+    HandlerError::Transient(e.to_string())
+}
+
+fn poison(queue: &str, m: &Incoming, e: serde_json::Error) -> NewDeadLetter {
+    NewDeadLetter {
+        queue: queue.to_owned(),
+        message_id: m.message_id.clone(),
+        reason: format!("unparseable message: {e}"),
+        body: m.data.clone(),
+    }
+}
+
+async fn store_poison(d: &Deliverer, queue: &str, rows: &[NewDeadLetter]) -> Result<(), HandlerError> {
+    if !rows.is_empty() {
+        dead_letters::insert_batch(&d.pool, rows).await.map_err(transient)?;
+        metrics::counter!("dispatcher_messages_dead_lettered_total", "queue" => queue.to_owned())
+            .increment(rows.len() as u64);
+    }
+    Ok(())
+}
+
+pub struct EventHandler {
+    deliverer: Arc<Deliverer>,
+    queue: String,
+}
+
+impl EventHandler {
+    pub fn new(deliverer: Arc<Deliverer>, queue: String) -> Self {
+        Self { deliverer, queue }
+    }
+}
+
+impl BatchHandler for EventHandler {
+    async fn handle(&self, batch: &[Incoming]) -> Result<(), HandlerError> {
+        let mut events = Vec::with_capacity(batch.len());
+        let mut bad = Vec::new();
+        for m in batch {
+            match serde_json::from_slice::<OutcomeEvent>(&m.data) {
+                Ok(e) => events.push(e),
+                Err(e) => bad.push(poison(&self.queue, m, e)),
+            }
+        }
+        store_poison(&self.deliverer, &self.queue, &bad).await?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<_> = events.iter().map(|e| e.dispatch_id).collect();
+        let mut targets: HashMap<uuid::Uuid, Vec<(Option<uuid::Uuid>, String)>> = HashMap::new();
+        for (dispatch, webhook, url) in deliveries::targets(&self.deliverer.pool, &ids)
+            .await
+            .map_err(transient)?
+        {
+            targets.entry(dispatch).or_default().push((webhook, url));
+        }
+        let mut rows = Vec::new();
+        for e in &events {
+            let payload = serde_json::to_vec(&e.payload).expect("payload serializes");
+            for (webhook, url) in targets.get(&e.dispatch_id).into_iter().flatten() {
+                // The endpoint key: the subscription for subscribed deliveries, else the URL.
+                let endpoint = webhook.map(|w| format!("webhook:{w}")).unwrap_or_else(|| url.clone());
+                rows.push(NewDelivery {
+                    id: delivery_id(e.event_id, &endpoint),
+                    account_id: e.account_id,
+                    dispatch_id: e.dispatch_id,
+                    event_id: e.event_id,
+                    webhook_id: *webhook,
+                    url: url.clone(),
+                    msg_id: webhook_message_id(e.event_id, &endpoint),
+                    event_type: e.payload.event_type.as_str().to_owned(),
+                    payload: payload.clone(),
+                });
+            }
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let current = deliveries::upsert_batch(&self.deliverer.pool, &rows)
+            .await
+            .map_err(transient)?;
+        // Only never-attempted deliveries are attempted here; a delivery with attempts already
+        // has its retry scheduled (the same commit wrote it), or is finished.
+        let todo = current
+            .into_iter()
+            .filter(|d| d.status == "pending" && d.attempts == 0)
+            .collect();
+        self.deliverer.attempt_all(todo).await.map_err(transient)
+    }
+}
+
+pub struct RetryHandler {
+    deliverer: Arc<Deliverer>,
+    queue: String,
+}
+
+impl RetryHandler {
+    pub fn new(deliverer: Arc<Deliverer>, queue: String) -> Self {
+        Self { deliverer, queue }
+    }
+}
+
+impl BatchHandler for RetryHandler {
+    async fn handle(&self, batch: &[Incoming]) -> Result<(), HandlerError> {
+        let mut tasks: HashMap<uuid::Uuid, u32> = HashMap::new();
+        let mut bad = Vec::new();
+        for m in batch {
+            match serde_json::from_slice::<DeliveryTask>(&m.data) {
+                Ok(t) => {
+                    tasks.insert(t.delivery_id, t.attempt);
+                }
+                Err(e) => bad.push(poison(&self.queue, m, e)),
+            }
+        }
+        store_poison(&self.deliverer, &self.queue, &bad).await?;
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<_> = tasks.keys().copied().collect();
+        let current = deliveries::get_many(&self.deliverer.pool, &ids)
+            .await
+            .map_err(transient)?;
+        // A stale or duplicated task (its attempt already made) is acknowledged without action.
+        let todo = current
+            .into_iter()
+            .filter(|d| d.status == "pending" && tasks.get(&d.id) == Some(&((d.attempts + 1) as u32)))
+            .collect();
+        self.deliverer.attempt_all(todo).await.map_err(transient)
+    }
+}
