@@ -1,1 +1,3 @@
+//! End-to-end tests: real services, real Postgres and RabbitMQ, a local receiver.
 
+mod foundation;

@@ -1,0 +1,419 @@
+//! Test harness: the real services (the same `serve` functions the binaries call) on port 0,
+//! against the local Postgres (a fresh database per test) and RabbitMQ (a unique prefix per test),
+//! plus a local webhook receiver that records what it gets. Everything is removed on drop.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use dispatcher_config::{Settings, Sources};
+use dispatcher_db::accounts::CreatedAccount;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Upper bound for anything a test waits for: a liveness bound, not a performance assertion.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HashMap<String, String>,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("webhook body is JSON")
+    }
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(String::as_str).unwrap_or("")
+    }
+}
+
+/// A local webhook endpoint. It answers `fail_status` to the first `fail_first` requests, then 200.
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    fail_first: Arc<AtomicUsize>,
+    hits: Arc<AtomicUsize>,
+    _stop: Arc<CancelOnDrop>,
+}
+
+struct CancelOnDrop(CancellationToken);
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+#[derive(Clone)]
+struct ReceiverState {
+    received: Arc<Mutex<Vec<Received>>>,
+    fail_first: Arc<AtomicUsize>,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let n = s.hits.fetch_add(1, Ordering::SeqCst);
+    let headers = headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    s.received.lock().unwrap().push(Received { headers, body });
+    if n < s.fail_first.load(Ordering::SeqCst) {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    }
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        Self::failing_first(0).await
+    }
+
+    pub async fn failing_first(k: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let fail_first = Arc::new(AtomicUsize::new(k));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let state = ReceiverState {
+            received: received.clone(),
+            fail_first: fail_first.clone(),
+            hits: hits.clone(),
+        };
+        let app = Router::new()
+            .route("/hook", post(receive))
+            .route("/provider", post(receive))
+            .with_state(state);
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { s.cancelled().await })
+                .await
+                .unwrap();
+        });
+        Self {
+            addr,
+            received,
+            fail_first,
+            hits,
+            _stop: Arc::new(CancelOnDrop(stop)),
+        }
+    }
+
+    /// Makes the next `k` requests fail (a receiver that goes down and recovers).
+    pub fn fail_next(&self, k: usize) {
+        self.fail_first
+            .store(self.hits.load(Ordering::SeqCst) + k, Ordering::SeqCst);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived.
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let got = self.requests();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "receiver got {} of {n} requests",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Which services a test runs.
+#[derive(Clone, Copy)]
+pub struct Services {
+    pub ingest: bool,
+    pub worker: bool,
+    pub deliverer: bool,
+    pub status: bool,
+}
+
+impl Services {
+    pub const ALL: Services = Services {
+        ingest: true,
+        worker: true,
+        deliverer: true,
+        status: true,
+    };
+}
+
+/// One isolated Dispatcher: its own database and AMQP prefix.
+pub struct TestApp {
+    pub db_name: String,
+    pub prefix: String,
+    pub env: HashMap<String, String>,
+    pub settings: Settings,
+    pub ingest_url: String,
+    pub status_url: String,
+    pub http: reqwest::Client,
+    pub pool: dispatcher_db::Pool,
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub fn settings_from(env: &HashMap<String, String>) -> Settings {
+    Settings::load(Sources {
+        env: Some(env.clone()),
+        skip_cwd_files: true,
+        ..Sources::default()
+    })
+    .expect("test settings are valid")
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Services::ALL, &[]).await
+    }
+
+    /// Starts the chosen services; `overrides` are extra `DISPATCHER__*` variables.
+    pub async fn spawn_with(services: Services, overrides: &[(&str, &str)]) -> Self {
+        let id = Uuid::new_v4().simple().to_string();
+        let db_name = format!("dispatcher_test_{id}");
+        let prefix = format!("t{}", &id[..16]);
+        let (admin, conn) = tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls)
+            .await
+            .expect("local Postgres on 127.0.0.1:5432");
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db_name}"))
+            .await
+            .unwrap();
+
+        let status_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let status_addr = status_listener.local_addr().unwrap();
+        let mut env: HashMap<String, String> = [
+            ("DISPATCHER__DATABASE__URL", format!("postgres://postgres@127.0.0.1:5432/{db_name}")),
+            ("DISPATCHER__DATABASE__POOL_SIZE", "8".into()),
+            ("DISPATCHER__AMQP__URL", AMQP_URL.into()),
+            ("DISPATCHER__AMQP__PREFIX", prefix.clone()),
+            ("DISPATCHER__STATUS__PUBLIC_URL", format!("http://{status_addr}")),
+            ("DISPATCHER__INGEST__SYNC_TIMEOUT", "20s".into()),
+            ("DISPATCHER__DELIVERY__RETRY_SCHEDULE", "200ms,400ms".into()),
+            ("DISPATCHER__DELIVERY__TIMEOUT", "5s".into()),
+            ("DISPATCHER__DELIVERY__ALLOW_HTTP", "true".into()),
+            ("DISPATCHER__DELIVERY__ALLOW_HOSTS", "127.0.0.1".into()),
+            ("DISPATCHER__OUTBOX__POLL_INTERVAL", "200ms".into()),
+            ("DISPATCHER__SHUTDOWN_TIMEOUT", "5s".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        for (k, v) in overrides {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let settings = settings_from(&env);
+        let pool = dispatcher_db::connect_pool(&settings.database).unwrap();
+        dispatcher_db::migrate::run(&pool).await.unwrap();
+
+        let cancel = CancellationToken::new();
+        let mut app = TestApp {
+            db_name,
+            prefix,
+            env,
+            settings: settings.clone(),
+            ingest_url: String::new(),
+            status_url: format!("http://{status_addr}"),
+            http: reqwest::Client::new(),
+            pool,
+            cancel,
+            tasks: Vec::new(),
+        };
+        if services.status {
+            let c = app.cancel.child_token();
+            let s = settings.clone();
+            app.tasks.push(tokio::spawn(async move {
+                status_api::serve(s, status_listener, c).await.unwrap();
+            }));
+        }
+        if services.ingest {
+            app.ingest_url = app.start_ingest(&[]).await.0;
+        }
+        if services.worker {
+            app.start_worker(app.cancel.child_token());
+        }
+        if services.deliverer {
+            app.start_deliverer(app.cancel.child_token());
+        }
+        app
+    }
+
+    /// Starts an(other) ingest with extra overrides; returns its URL and its stop token.
+    pub async fn start_ingest(&mut self, overrides: &[(&str, &str)]) -> (String, CancellationToken) {
+        let mut env = self.env.clone();
+        for (k, v) in overrides {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let s = settings_from(&env);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let c = self.cancel.child_token();
+        let stop = c.clone();
+        self.tasks.push(tokio::spawn(async move {
+            ingest_api::serve(s, listener, c).await.unwrap();
+        }));
+        (url, stop)
+    }
+
+    /// A token that stops with the app (and can be cancelled alone to stop one service).
+    pub fn child_token(&self) -> CancellationToken {
+        self.cancel.child_token()
+    }
+
+    pub fn start_worker(&mut self, cancel: CancellationToken) {
+        let s = self.settings.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            dispatch_worker::serve(s, l, cancel).await.unwrap();
+        }));
+    }
+
+    pub fn start_deliverer(&mut self, cancel: CancellationToken) {
+        let s = self.settings.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            webhook_deliverer::serve(s, l, cancel).await.unwrap();
+        }));
+    }
+
+    pub async fn create_account(&self, email: &str) -> CreatedAccount {
+        dispatcher_db::accounts::create(&self.pool, email, None)
+            .await
+            .unwrap()
+    }
+
+    pub async fn post(
+        &self,
+        base: &str,
+        path: &str,
+        who: &CreatedAccount,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        self.http
+            .post(format!("{base}{path}"))
+            .basic_auth(&who.email, Some(&who.password))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, base: &str, path: &str, who: &CreatedAccount) -> reqwest::Response {
+        self.http
+            .get(format!("{base}{path}"))
+            .basic_auth(&who.email, Some(&who.password))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Polls `GET /v1/dispatches/{id}` until the status is final.
+    pub async fn wait_finished(&self, who: &CreatedAccount, id: &str) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let body: serde_json::Value = self
+                .get(&self.status_url, &format!("/v1/dispatches/{id}"), who)
+                .await
+                .json()
+                .await
+                .unwrap();
+            if matches!(body["status"].as_str(), Some("completed" | "failed")) {
+                return body;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "dispatch {id} stuck: {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops every service and waits for them to drain.
+    pub async fn shutdown(&mut self) {
+        self.cancel.cancel();
+        for t in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        let db = self.db_name.clone();
+        let topology = dispatcher_mq::Topology::new(&self.prefix, &self.settings.delivery.retry_schedule);
+        // Drop runs inside the test's runtime; clean up from a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok(conn) = dispatcher_mq::connect(AMQP_URL, "test-cleanup").await {
+                    if let Ok(ch) = conn.create_channel().await {
+                        let _ = topology.delete(&ch).await;
+                    }
+                    let _ = conn.close(200, "bye".into()).await;
+                }
+                if let Ok((admin, conn)) = tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await {
+                    tokio::spawn(conn);
+                    let _ = admin
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Standard Webhooks verification as a receiver would do it: returns the parsed body if valid.
+pub fn verify_webhook(secret: &str, r: &Received) -> bool {
+    let Ok(key) = dispatcher_core::signing::WebhookSecret::parse(secret) else {
+        return false;
+    };
+    let Ok(ts) = r.header("webhook-timestamp").parse::<i64>() else {
+        return false;
+    };
+    key.verify(r.header("webhook-id"), ts, &r.body, r.header("webhook-signature"))
+}
+
+/// Test-only copy of credentials (the production type deliberately has no Clone).
+pub trait CloneForTest {
+    fn clone_for_test(&self) -> CreatedAccount;
+}
+
+impl CloneForTest for CreatedAccount {
+    fn clone_for_test(&self) -> CreatedAccount {
+        CreatedAccount {
+            account_id: self.account_id,
+            email: self.email.clone(),
+            password: self.password.clone(),
+            webhook_secret: self.webhook_secret.clone(),
+        }
+    }
+}
