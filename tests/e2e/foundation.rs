@@ -1,9 +1,19 @@
 use dispatcher_e2e::{verify_webhook, CloneForTest, Receiver, Services, TestApp};
 use serde_json::json;
 
-async fn template(app: &TestApp, who: &dispatcher_db::accounts::CreatedAccount, format: &str, body: &str) -> String {
+async fn template(
+    app: &TestApp,
+    who: &dispatcher_db::accounts::CreatedAccount,
+    format: &str,
+    body: &str,
+) -> String {
     let resp = app
-        .post(&app.ingest_url, "/v1/templates", who, &json!({"name": "t", "format": format, "body": body}))
+        .post(
+            &app.ingest_url,
+            "/v1/templates",
+            who,
+            &json!({"name": "t", "format": format, "body": body}),
+        )
         .await;
     assert_eq!(resp.status(), 201);
     let v: serde_json::Value = resp.json().await.unwrap();
@@ -32,11 +42,17 @@ async fn async_dispatch_is_rendered_delivered_signed_and_readable() {
     for field in ["queuedAt", "estimatedCompletionTime", "statusUrl"] {
         assert!(accepted[field].is_string(), "{field} missing in {accepted}");
     }
-    assert!(accepted["statusUrl"].as_str().unwrap().starts_with(&app.status_url));
+    assert!(accepted["statusUrl"]
+        .as_str()
+        .unwrap()
+        .starts_with(&app.status_url));
 
     let hooks = rx.wait_for(1).await;
     let hook = &hooks[0];
-    assert!(verify_webhook(&acct.webhook_secret, hook), "signature must verify");
+    assert!(
+        verify_webhook(&acct.webhook_secret, hook),
+        "signature must verify"
+    );
     assert!(hook.header("webhook-id").starts_with("msg_"));
     assert_eq!(hook.header("content-type"), "application/json");
     let body = hook.json();
@@ -51,7 +67,13 @@ async fn async_dispatch_is_rendered_delivered_signed_and_readable() {
     assert_eq!(status["resultUrl"], result_url.as_str());
     assert!(status["startedAt"].is_string() && status["completedAt"].is_string());
 
-    let doc = app.http.get(&result_url).basic_auth(&acct.email, Some(&acct.password)).send().await.unwrap();
+    let doc = app
+        .http
+        .get(&result_url)
+        .basic_auth(&acct.email, Some(&acct.password))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(doc.status(), 200);
     assert_eq!(doc.headers()["content-type"], "text/html; charset=utf-8");
     assert_eq!(doc.text().await.unwrap(), "<h1>Hello Ada &amp; co</h1>");
@@ -60,7 +82,11 @@ async fn async_dispatch_is_rendered_delivered_signed_and_readable() {
     let deadline = tokio::time::Instant::now() + dispatcher_e2e::PATIENCE;
     let attempts = loop {
         let a: serde_json::Value = app
-            .get(&app.status_url, &format!("/v1/dispatches/{id}/attempts"), &acct)
+            .get(
+                &app.status_url,
+                &format!("/v1/dispatches/{id}/attempts"),
+                &acct,
+            )
             .await
             .json()
             .await
@@ -101,7 +127,10 @@ async fn sync_submit_answers_with_the_outcome() {
         .send()
         .await
         .unwrap();
-    assert_eq!(result.headers()["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(
+        result.headers()["content-type"],
+        "text/plain; charset=utf-8"
+    );
     assert_eq!(result.text().await.unwrap(), "Dear Bob");
 }
 
@@ -109,13 +138,21 @@ async fn sync_submit_answers_with_the_outcome() {
 async fn sync_submit_times_out_to_202_and_still_completes() {
     // No worker at first: the sync wait must give up with the async body, and nothing is lost.
     let mut app = TestApp::spawn_with(
-        Services { worker: false, ..Services::ALL },
+        Services {
+            worker: false,
+            ..Services::ALL
+        },
         &[("DISPATCHER__INGEST__SYNC_TIMEOUT", "1s")],
     )
     .await;
     let acct = app.create_account("slow@example.com").await;
     let resp = app
-        .post(&app.ingest_url, "/v1/dispatches", &acct, &json!({"template": {"format": "text", "body": "x"}, "data": {}}))
+        .post(
+            &app.ingest_url,
+            "/v1/dispatches",
+            &acct,
+            &json!({"template": {"format": "text", "body": "x"}, "data": {}}),
+        )
         .await;
     assert_eq!(resp.status(), 202);
     let body: serde_json::Value = resp.json().await.unwrap();
@@ -140,7 +177,10 @@ async fn render_errors_fail_the_dispatch_and_send_dispatch_failed() {
         )
         .await;
     assert_eq!(resp.status(), 202);
-    let id = resp.json::<serde_json::Value>().await.unwrap()["dispatchId"].as_str().unwrap().to_owned();
+    let id = resp.json::<serde_json::Value>().await.unwrap()["dispatchId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let status = app.wait_finished(&acct, &id).await;
     assert_eq!(status["status"], "failed");
     assert_eq!(status["error"]["code"], "template_render_error");
@@ -160,37 +200,93 @@ async fn authentication_and_tenant_isolation() {
 
     let mut wrong = a.clone_for_test();
     wrong.password = "not-the-password".into();
-    let resp = app.post(&app.ingest_url, "/v1/templates", &wrong, &json!({"name": "x", "format": "text", "body": "x"})).await;
+    let resp = app
+        .post(
+            &app.ingest_url,
+            "/v1/templates",
+            &wrong,
+            &json!({"name": "x", "format": "text", "body": "x"}),
+        )
+        .await;
     assert_eq!(resp.status(), 401);
-    assert!(resp.headers()["www-authenticate"].to_str().unwrap().starts_with("Basic"));
+    assert!(resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Basic"));
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unauthorized");
-    let anon = app.http.get(format!("{}/v1/dispatches/x", app.status_url)).send().await.unwrap();
+    let anon = app
+        .http
+        .get(format!("{}/v1/dispatches/x", app.status_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(anon.status(), 401);
 
     let tid = template(&app, &a, "text", "hello").await;
     let resp = app
-        .post(&app.ingest_url, "/v1/dispatches", &a, &json!({"templateId": tid, "data": {}}))
+        .post(
+            &app.ingest_url,
+            "/v1/dispatches",
+            &a,
+            &json!({"templateId": tid, "data": {}}),
+        )
         .await;
     assert_eq!(resp.status(), 200);
-    let id = resp.json::<serde_json::Value>().await.unwrap()["dispatchId"].as_str().unwrap().to_owned();
+    let id = resp.json::<serde_json::Value>().await.unwrap()["dispatchId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     for path in [
         format!("/v1/dispatches/{id}"),
         format!("/v1/dispatches/{id}/result"),
         format!("/v1/dispatches/{id}/attempts"),
     ] {
-        assert_eq!(app.get(&app.status_url, &path, &b).await.status(), 404, "{path}");
-        assert_eq!(app.get(&app.status_url, &path, &a).await.status(), 200, "{path}");
+        assert_eq!(
+            app.get(&app.status_url, &path, &b).await.status(),
+            404,
+            "{path}"
+        );
+        assert_eq!(
+            app.get(&app.status_url, &path, &a).await.status(),
+            200,
+            "{path}"
+        );
     }
-    assert_eq!(app.get(&app.ingest_url, &format!("/v1/templates/{tid}"), &b).await.status(), 404);
+    assert_eq!(
+        app.get(&app.ingest_url, &format!("/v1/templates/{tid}"), &b)
+            .await
+            .status(),
+        404
+    );
     // B cannot use A's template either.
-    let resp = app.post(&app.ingest_url, "/v1/dispatches?async=true", &b, &json!({"templateId": tid, "data": {}})).await;
+    let resp = app
+        .post(
+            &app.ingest_url,
+            "/v1/dispatches?async=true",
+            &b,
+            &json!({"templateId": tid, "data": {}}),
+        )
+        .await;
     assert_eq!(resp.status(), 422);
-    assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["error"]["code"], "unknown_template");
-    let list: serde_json::Value = app.get(&app.status_url, "/v1/dispatches", &b).await.json().await.unwrap();
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap()["error"]["code"],
+        "unknown_template"
+    );
+    let list: serde_json::Value = app
+        .get(&app.status_url, "/v1/dispatches", &b)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["data"].as_array().unwrap().len(), 0);
-    let list: serde_json::Value = app.get(&app.status_url, "/v1/dispatches", &a).await.json().await.unwrap();
+    let list: serde_json::Value = app
+        .get(&app.status_url, "/v1/dispatches", &a)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
 }
 
@@ -221,9 +317,21 @@ async fn idempotency_keys_replay_or_conflict() {
     assert_eq!(again.json::<serde_json::Value>().await.unwrap(), first);
     let other = send(json!({"template": {"format": "text", "body": "x"}, "data": {"n": 2}})).await;
     assert_eq!(other.status(), 409);
-    assert_eq!(other.json::<serde_json::Value>().await.unwrap()["error"]["code"], "idempotency_key_reused");
-    let list: serde_json::Value = app.get(&app.status_url, "/v1/dispatches", &acct).await.json().await.unwrap();
-    assert_eq!(list["data"].as_array().unwrap().len(), 1, "one key, one dispatch");
+    assert_eq!(
+        other.json::<serde_json::Value>().await.unwrap()["error"]["code"],
+        "idempotency_key_reused"
+    );
+    let list: serde_json::Value = app
+        .get(&app.status_url, "/v1/dispatches", &acct)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        1,
+        "one key, one dispatch"
+    );
 }
 
 #[tokio::test]
@@ -231,13 +339,21 @@ async fn accepted_while_the_broker_is_unreachable_then_published() {
     // The first ingest's relay points at a port where no broker listens: it must still accept.
     // Worker and deliverer run relays too (relays share the outbox), so they start only later.
     let mut app = TestApp::spawn_with(
-        Services { ingest: false, worker: false, deliverer: false, status: true },
+        Services {
+            ingest: false,
+            worker: false,
+            deliverer: false,
+            status: true,
+        },
         &[],
     )
     .await;
     let rx = Receiver::start().await;
     let (cut_off, stop_cut_off) = app
-        .start_ingest(&[("DISPATCHER__AMQP__URL", "amqp://guest:guest@127.0.0.1:1/%2f")])
+        .start_ingest(&[(
+            "DISPATCHER__AMQP__URL",
+            "amqp://guest:guest@127.0.0.1:1/%2f",
+        )])
         .await;
     let acct = app.create_account("offline@example.com").await;
     let mut ids = Vec::new();
@@ -251,13 +367,28 @@ async fn accepted_while_the_broker_is_unreachable_then_published() {
             )
             .await;
         assert_eq!(resp.status(), 202);
-        ids.push(resp.json::<serde_json::Value>().await.unwrap()["dispatchId"].as_str().unwrap().to_owned());
+        ids.push(
+            resp.json::<serde_json::Value>().await.unwrap()["dispatchId"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
-    let ready = app.http.get(format!("{cut_off}/readyz")).send().await.unwrap();
+    let ready = app
+        .http
+        .get(format!("{cut_off}/readyz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503, "not ready without a broker");
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     for id in &ids {
-        let s: serde_json::Value = app.get(&app.status_url, &format!("/v1/dispatches/{id}"), &acct).await.json().await.unwrap();
+        let s: serde_json::Value = app
+            .get(&app.status_url, &format!("/v1/dispatches/{id}"), &acct)
+            .await
+            .json()
+            .await
+            .unwrap();
         assert_eq!(s["status"], "queued", "nothing can be published yet");
     }
     let unsent: i64 = app
@@ -281,7 +412,9 @@ async fn accepted_while_the_broker_is_unreachable_then_published() {
         assert_eq!(app.wait_finished(&acct, id).await["status"], "completed");
     }
     let hooks = rx.wait_for(5).await;
-    assert!(hooks.iter().all(|h| verify_webhook(&acct.webhook_secret, h)));
+    assert!(hooks
+        .iter()
+        .all(|h| verify_webhook(&acct.webhook_secret, h)));
 }
 
 #[tokio::test]
@@ -297,14 +430,28 @@ async fn a_receiver_that_fails_first_gets_retried_with_the_same_webhook_id() {
             &json!({"template": {"format": "text", "body": "x"}, "data": {}, "callbackUrl": rx.url()}),
         )
         .await;
-    let id = resp.json::<serde_json::Value>().await.unwrap()["dispatchId"].as_str().unwrap().to_owned();
+    let id = resp.json::<serde_json::Value>().await.unwrap()["dispatchId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let hooks = rx.wait_for(3).await;
-    let ids: std::collections::HashSet<_> = hooks.iter().map(|h| h.header("webhook-id").to_owned()).collect();
-    assert_eq!(ids.len(), 1, "one event to one endpoint keeps one webhook-id");
+    let ids: std::collections::HashSet<_> = hooks
+        .iter()
+        .map(|h| h.header("webhook-id").to_owned())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "one event to one endpoint keeps one webhook-id"
+    );
     let deadline = tokio::time::Instant::now() + dispatcher_e2e::PATIENCE;
     loop {
         let a: serde_json::Value = app
-            .get(&app.status_url, &format!("/v1/dispatches/{id}/attempts"), &acct)
+            .get(
+                &app.status_url,
+                &format!("/v1/dispatches/{id}/attempts"),
+                &acct,
+            )
             .await
             .json()
             .await

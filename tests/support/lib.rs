@@ -210,11 +210,17 @@ impl TestApp {
         let status_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let status_addr = status_listener.local_addr().unwrap();
         let mut env: HashMap<String, String> = [
-            ("DISPATCHER__DATABASE__URL", format!("postgres://postgres@127.0.0.1:5432/{db_name}")),
+            (
+                "DISPATCHER__DATABASE__URL",
+                format!("postgres://postgres@127.0.0.1:5432/{db_name}"),
+            ),
             ("DISPATCHER__DATABASE__POOL_SIZE", "8".into()),
             ("DISPATCHER__AMQP__URL", AMQP_URL.into()),
             ("DISPATCHER__AMQP__PREFIX", prefix.clone()),
-            ("DISPATCHER__STATUS__PUBLIC_URL", format!("http://{status_addr}")),
+            (
+                "DISPATCHER__STATUS__PUBLIC_URL",
+                format!("http://{status_addr}"),
+            ),
             ("DISPATCHER__INGEST__SYNC_TIMEOUT", "20s".into()),
             ("DISPATCHER__DELIVERY__RETRY_SCHEDULE", "200ms,400ms".into()),
             ("DISPATCHER__DELIVERY__TIMEOUT", "5s".into()),
@@ -266,7 +272,10 @@ impl TestApp {
     }
 
     /// Starts an(other) ingest with extra overrides; returns its URL and its stop token.
-    pub async fn start_ingest(&mut self, overrides: &[(&str, &str)]) -> (String, CancellationToken) {
+    pub async fn start_ingest(
+        &mut self,
+        overrides: &[(&str, &str)],
+    ) -> (String, CancellationToken) {
         let mut env = self.env.clone();
         for (k, v) in overrides {
             env.insert((*k).to_owned(), (*v).to_owned());
@@ -347,7 +356,10 @@ impl TestApp {
             if matches!(body["status"].as_str(), Some("completed" | "failed")) {
                 return body;
             }
-            assert!(tokio::time::Instant::now() < deadline, "dispatch {id} stuck: {body}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "dispatch {id} stuck: {body}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -365,7 +377,8 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.cancel.cancel();
         let db = self.db_name.clone();
-        let topology = dispatcher_mq::Topology::new(&self.prefix, &self.settings.delivery.retry_schedule);
+        let topology =
+            dispatcher_mq::Topology::new(&self.prefix, &self.settings.delivery.retry_schedule);
         // Drop runs inside the test's runtime; clean up from a thread with its own.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -379,7 +392,9 @@ impl Drop for TestApp {
                     }
                     let _ = conn.close(200, "bye".into()).await;
                 }
-                if let Ok((admin, conn)) = tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await {
+                if let Ok((admin, conn)) =
+                    tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await
+                {
                     tokio::spawn(conn);
                     let _ = admin
                         .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
@@ -399,7 +414,12 @@ pub fn verify_webhook(secret: &str, r: &Received) -> bool {
     let Ok(ts) = r.header("webhook-timestamp").parse::<i64>() else {
         return false;
     };
-    key.verify(r.header("webhook-id"), ts, &r.body, r.header("webhook-signature"))
+    key.verify(
+        r.header("webhook-id"),
+        ts,
+        &r.body,
+        r.header("webhook-signature"),
+    )
 }
 
 /// Test-only copy of credentials (the production type deliberately has no Clone).

@@ -20,7 +20,11 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
 }
 
 /// Runs the consumer, the outbox relay and the health/metrics server until `cancel`.
-pub async fn serve(settings: Settings, listener: TcpListener, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    settings: Settings,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
     let pool = dispatcher_db::connect_pool(&settings.database)?;
     if settings.database.migrate {
@@ -57,7 +61,10 @@ pub async fn serve(settings: Settings, listener: TcpListener, cancel: Cancellati
     tracing::info!(addr = %listener.local_addr()?, "dispatch-worker health listening");
     dispatcher_http::serve(listener, app, cancel.clone()).await?;
     tasks.close();
-    if tokio::time::timeout(settings.shutdown_timeout, tasks.wait()).await.is_err() {
+    if tokio::time::timeout(settings.shutdown_timeout, tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("worker tasks did not stop within shutdown_timeout");
     }
     Ok(())

@@ -48,7 +48,10 @@ impl WorkerHandler {
     /// Renders and hands one dispatch to its provider; never fails, the outcome says what happened.
     async fn run_one(&self, d: Claimed) -> Finished {
         let outcome = match template::render(d.template_format, &d.template_body, &d.data) {
-            Err(e) => Err(DispatchError::new(ErrorCode::TemplateRenderError, e.message)),
+            Err(e) => Err(DispatchError::new(
+                ErrorCode::TemplateRenderError,
+                e.message,
+            )),
             Ok(doc) => self.provide(&d, doc).await,
         };
         let completed_at = Utc::now();
@@ -119,7 +122,10 @@ impl WorkerHandler {
                     .send()
                     .await
                     .map_err(|e| {
-                        DispatchError::new(ErrorCode::ProviderError, format!("provider request failed: {}", error_chain(&e)))
+                        DispatchError::new(
+                            ErrorCode::ProviderError,
+                            format!("provider request failed: {}", error_chain(&e)),
+                        )
                     })?;
                 if resp.status().is_success() {
                     Ok(doc)
@@ -161,7 +167,9 @@ impl BatchHandler for WorkerHandler {
             }
         }
         let transient = |e: dispatcher_db::DbError| HandlerError::Transient(e.to_string());
-        dead_letters::insert_batch(&self.pool, &poison).await.map_err(transient)?;
+        dead_letters::insert_batch(&self.pool, &poison)
+            .await
+            .map_err(transient)?;
         if !poison.is_empty() {
             metrics::counter!("dispatcher_messages_dead_lettered_total", "queue" => self.queue.clone())
                 .increment(poison.len() as u64);
@@ -170,14 +178,18 @@ impl BatchHandler for WorkerHandler {
             return Ok(());
         }
         // Finished dispatches are not claimed: a redelivered message is acknowledged untouched.
-        let claimed = dispatches::claim(&self.pool, &ids).await.map_err(transient)?;
+        let claimed = dispatches::claim(&self.pool, &ids)
+            .await
+            .map_err(transient)?;
         let finished: Vec<Finished> = futures::stream::iter(claimed)
             .map(|d| self.run_one(d))
             .buffer_unordered(self.settings.worker.concurrency)
             .collect()
             .await;
         if !finished.is_empty() {
-            dispatches::finish_batch(&self.pool, &finished).await.map_err(transient)?;
+            dispatches::finish_batch(&self.pool, &finished)
+                .await
+                .map_err(transient)?;
         }
         Ok(())
     }

@@ -5,6 +5,8 @@ use dispatcher_config::{Settings, Sources};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod listen;
+
 #[derive(Parser)]
 #[command(name = "dispatchctl", about = "Operate a Dispatcher deployment")]
 struct Cli {
@@ -23,6 +25,16 @@ enum Command {
     Accounts {
         #[command(subcommand)]
         command: AccountsCommand,
+    },
+    /// Run a tiny webhook receiver that prints each request and checks its signature.
+    Listen {
+        #[arg(long, default_value_t = 9000)]
+        port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// The account's `whsec_...` secret; with it each signature is verified.
+        #[arg(long, env = "DISPATCHER_WEBHOOK_SECRET")]
+        secret: Option<String>,
     },
     /// Inspect dead letters.
     Dlq {
@@ -64,9 +76,22 @@ pub async fn main_from_args(args: Vec<String>) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
+    if let Command::Listen { port, host, secret } = cli.command {
+        return match listen::run(&host, port, secret).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let settings = match Settings::load(Sources {
         file: cli.config.clone(),
         ..Sources::default()
@@ -103,6 +128,7 @@ async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                 println!("{}", serde_json::json!({"email": email, "password": pw}));
             }
         },
+        Command::Listen { .. } => unreachable!("handled before settings are loaded"),
         Command::Dlq { command } => match command {
             DlqCommand::List { limit } => {
                 for d in dispatcher_db::dead_letters::list(&pool, limit).await? {

@@ -161,8 +161,7 @@ impl Settings {
     }
 
     pub fn load(sources: Sources) -> Result<Self, SettingsError> {
-        let mut builder =
-            Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
         if !sources.skip_cwd_files {
             let app_env = sources
                 .env
@@ -171,8 +170,8 @@ impl Settings {
                 .or_else(|| std::env::var("APP_ENV").ok());
             builder = builder.add_source(File::with_name("config/default").required(false));
             if let Some(app_env) = app_env {
-                builder =
-                    builder.add_source(File::with_name(&format!("config/{app_env}")).required(false));
+                builder = builder
+                    .add_source(File::with_name(&format!("config/{app_env}")).required(false));
             }
         }
         if let Some(file) = &sources.file {
@@ -364,7 +363,10 @@ mod tests {
             ("DISPATCHER__DELIVERY__RETRY_SCHEDULE", "1s, 2s,500ms"),
             ("DISPATCHER__DELIVERY__TIMEOUT", "2s"),
             ("DISPATCHER__DELIVERY__ALLOW_HTTP", "true"),
-            ("DISPATCHER__DELIVERY__ALLOW_HOSTS", "127.0.0.1,hooks.internal"),
+            (
+                "DISPATCHER__DELIVERY__ALLOW_HOSTS",
+                "127.0.0.1,hooks.internal",
+            ),
             ("DISPATCHER__TELEMETRY__LOG_FORMAT", "json"),
         ])
         .unwrap();
@@ -389,7 +391,13 @@ mod tests {
 
     #[test]
     fn numeric_prefixes_stay_strings() {
-        assert_eq!(load(&[("DISPATCHER__AMQP__PREFIX", "12345")]).unwrap().amqp.prefix, "12345");
+        assert_eq!(
+            load(&[("DISPATCHER__AMQP__PREFIX", "12345")])
+                .unwrap()
+                .amqp
+                .prefix,
+            "12345"
+        );
     }
 
     #[test]

@@ -160,7 +160,11 @@ mod tests {
 
     #[test]
     fn allow_list_matches_exact_hosts() {
-        let allow = vec!["127.0.0.1".to_owned(), "Hooks.Example".to_owned(), "[::1]".to_owned()];
+        let allow = vec![
+            "127.0.0.1".to_owned(),
+            "Hooks.Example".to_owned(),
+            "[::1]".to_owned(),
+        ];
         assert!(host_allowed("127.0.0.1", &allow));
         assert!(host_allowed("hooks.example", &allow));
         assert!(host_allowed("::1", &allow));
@@ -220,7 +224,11 @@ pub fn check_url(s: &str, allow_http: bool, allow_hosts: &[String]) -> Result<ur
         }
         url::Host::Domain(d) => {
             let d = d.trim_end_matches('.').to_ascii_lowercase();
-            if d == "localhost" || d.ends_with(".localhost") || d.ends_with(".internal") || d.ends_with(".local") {
+            if d == "localhost"
+                || d.ends_with(".localhost")
+                || d.ends_with(".internal")
+                || d.ends_with(".local")
+            {
                 return Err(UrlError::HostRefused(d));
             }
         }
@@ -241,7 +249,10 @@ mod url_tests {
             Err(UrlError::SchemeNotAllowed)
         );
         assert!(check_url("http://hooks.example.com/x", true, &none).is_ok());
-        assert_eq!(check_url("ftp://x.example/", true, &none), Err(UrlError::SchemeNotAllowed));
+        assert_eq!(
+            check_url("ftp://x.example/", true, &none),
+            Err(UrlError::SchemeNotAllowed)
+        );
         assert_eq!(
             check_url("https://u:p@x.example/", false, &none),
             Err(UrlError::Credentials)
@@ -262,7 +273,10 @@ mod url_tests {
             check_url("https://localhost/", false, &none),
             Err(UrlError::HostRefused(..))
         ));
-        assert!(matches!(check_url("not a url", false, &none), Err(UrlError::Invalid(_))));
+        assert!(matches!(
+            check_url("not a url", false, &none),
+            Err(UrlError::Invalid(_))
+        ));
         let allow = vec!["127.0.0.1".to_owned()];
         assert!(check_url("http://127.0.0.1:9/x", true, &allow).is_ok());
         assert!(check_url("http://127.0.0.2:9/x", true, &allow).is_err());

@@ -88,7 +88,10 @@ mod tests {
         let base = Duration::from_secs(10);
         for _ in 0..1000 {
             let d = jitter(base, 0.2, &mut rng);
-            assert!(d >= Duration::from_secs(8) && d <= Duration::from_secs(12), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(8) && d <= Duration::from_secs(12),
+                "{d:?}"
+            );
         }
     }
 }
@@ -112,7 +115,10 @@ pub enum NextStep {
     /// Stop for good (the subscription is disabled).
     Disabled,
     /// Try again after the scheduled delay scaled by `factor`.
-    Retry { base: Duration, factor: f64 },
+    Retry {
+        base: Duration,
+        factor: f64,
+    },
     /// The schedule is exhausted: dead-letter.
     Dead,
 }
@@ -163,8 +169,14 @@ mod step_tests {
 
     #[test]
     fn success_and_gone_end_the_delivery() {
-        assert_eq!(next_step(1, &sched(), AttemptOutcome::Success, || 0), NextStep::Succeeded);
-        assert_eq!(next_step(1, &sched(), AttemptOutcome::Gone, || 0), NextStep::Disabled);
+        assert_eq!(
+            next_step(1, &sched(), AttemptOutcome::Success, || 0),
+            NextStep::Succeeded
+        );
+        assert_eq!(
+            next_step(1, &sched(), AttemptOutcome::Gone, || 0),
+            NextStep::Disabled
+        );
     }
 
     #[test]
@@ -172,11 +184,17 @@ mod step_tests {
         let f = AttemptOutcome::Failure { retry_after: None };
         assert_eq!(
             next_step(1, &sched(), f, || 2),
-            NextStep::Retry { base: Duration::from_secs(5), factor: 1.0 }
+            NextStep::Retry {
+                base: Duration::from_secs(5),
+                factor: 1.0
+            }
         );
         assert_eq!(
             next_step(2, &sched(), f, || 0),
-            NextStep::Retry { base: Duration::from_secs(30), factor: 0.8 }
+            NextStep::Retry {
+                base: Duration::from_secs(30),
+                factor: 0.8
+            }
         );
         assert_eq!(next_step(3, &sched(), f, || 0), NextStep::Dead);
         assert_eq!(next_step(1, &[], f, || 0), NextStep::Dead);
@@ -195,14 +213,22 @@ mod step_tests {
 
     #[test]
     fn retry_after_is_honoured_up_to_twice_the_delay() {
-        let ra = |s| AttemptOutcome::Failure { retry_after: Some(Duration::from_secs(s)) };
+        let ra = |s| AttemptOutcome::Failure {
+            retry_after: Some(Duration::from_secs(s)),
+        };
         assert_eq!(
             next_step(1, &sched(), ra(7), || 0),
-            NextStep::Retry { base: Duration::from_secs(5), factor: 1.5 }
+            NextStep::Retry {
+                base: Duration::from_secs(5),
+                factor: 1.5
+            }
         );
         assert_eq!(
             next_step(1, &sched(), ra(3600), || 0),
-            NextStep::Retry { base: Duration::from_secs(5), factor: 2.0 }
+            NextStep::Retry {
+                base: Duration::from_secs(5),
+                factor: 2.0
+            }
         );
         // Shorter than the schedule: the schedule wins.
         match next_step(1, &sched(), ra(1), || 0) {

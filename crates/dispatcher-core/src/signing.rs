@@ -89,7 +89,12 @@ impl WebhookSecret {
 
 /// The full `webhook-signature` header value for a set of valid secrets (several while a rotated
 /// secret is still in its grace period).
-pub fn signature_header(secrets: &[WebhookSecret], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+pub fn signature_header(
+    secrets: &[WebhookSecret],
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> String {
     secrets
         .iter()
         .map(|s| s.sign(msg_id, timestamp, body))
@@ -111,7 +116,7 @@ pub fn verify_hex_sha256(secret: &[u8], body: &[u8], header: &str) -> bool {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -168,8 +173,14 @@ mod tests {
         assert_eq!(WebhookSecret::parse(&exposed).unwrap(), s);
         assert_eq!(format!("{s:?}"), "WebhookSecret(***)");
         assert_eq!(WebhookSecret::parse("abc"), Err(SecretError::MissingPrefix));
-        assert_eq!(WebhookSecret::parse("whsec_!!"), Err(SecretError::NotBase64));
-        assert_eq!(WebhookSecret::parse("whsec_YWJj"), Err(SecretError::TooShort));
+        assert_eq!(
+            WebhookSecret::parse("whsec_!!"),
+            Err(SecretError::NotBase64)
+        );
+        assert_eq!(
+            WebhookSecret::parse("whsec_YWJj"),
+            Err(SecretError::TooShort)
+        );
     }
 
     #[test]

@@ -101,7 +101,10 @@ pub fn validate(format: TemplateFormat, body: &str) -> Result<(), TemplateSyntax
         .map(|_| ())
         .map_err(|e| TemplateSyntaxError {
             line: e.line(),
-            message: e.detail().map(str::to_owned).unwrap_or_else(|| e.kind().to_string()),
+            message: e
+                .detail()
+                .map(str::to_owned)
+                .unwrap_or_else(|| e.kind().to_string()),
         })
 }
 
@@ -149,7 +152,10 @@ mod tests {
             render(TemplateFormat::Html, "{{ x }}", &data).unwrap(),
             "&lt;b&gt;&amp;"
         );
-        assert_eq!(render(TemplateFormat::Text, "{{ x }}", &data).unwrap(), "<b>&");
+        assert_eq!(
+            render(TemplateFormat::Text, "{{ x }}", &data).unwrap(),
+            "<b>&"
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Accounts: argon2 password hashes and webhook signing secrets.
 
 use crate::{DbError, Pool};
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 use dispatcher_core::signing::WebhookSecret;
 use rand::distributions::{Alphanumeric, DistString};
@@ -56,7 +58,11 @@ pub fn hash_password(password: &str) -> String {
 
 fn verify_hash(hash: &str, password: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -139,7 +145,11 @@ pub async fn rotate_password(
 
 /// The account id for a correct email and password; `None` for an unknown email or a wrong
 /// password alike, after the same amount of hashing work.
-pub async fn authenticate(pool: &Pool, email: &str, password: &str) -> Result<Option<Uuid>, DbError> {
+pub async fn authenticate(
+    pool: &Pool,
+    email: &str,
+    password: &str,
+) -> Result<Option<Uuid>, DbError> {
     let Ok(email) = normalize_email(email) else {
         return Ok(None);
     };
@@ -175,9 +185,12 @@ pub async fn signing_secrets(pool: &Pool, account_id: Uuid) -> Result<Vec<Webhoo
         return Err(DbError::Corrupt(format!("account {account_id} not found")));
     };
     let mut out = Vec::with_capacity(2);
-    for s in [row.get::<_, Option<String>>(0), row.get::<_, Option<String>>(1)]
-        .into_iter()
-        .flatten()
+    for s in [
+        row.get::<_, Option<String>>(0),
+        row.get::<_, Option<String>>(1),
+    ]
+    .into_iter()
+    .flatten()
     {
         out.push(
             WebhookSecret::parse(&s)
@@ -202,7 +215,10 @@ mod tests {
 
     #[test]
     fn emails_are_normalized_and_checked() {
-        assert_eq!(normalize_email(" Ada@Example.COM ").unwrap(), "ada@example.com");
+        assert_eq!(
+            normalize_email(" Ada@Example.COM ").unwrap(),
+            "ada@example.com"
+        );
         for bad in ["", "ada", "@x", "a@", "a b@x", "a:b@x", "a@b@c"] {
             assert!(normalize_email(bad).is_err(), "{bad}");
         }

@@ -26,7 +26,9 @@ pub async fn insert_batch(pool: &Pool, rows: &[NewDeadLetter]) -> Result<(), DbE
     let ids: Vec<Option<&str>> = rows.iter().map(|r| r.message_id.as_deref()).collect();
     let reasons: Vec<&str> = rows.iter().map(|r| r.reason.as_str()).collect();
     let bodies: Vec<&[u8]> = rows.iter().map(|r| r.body.as_slice()).collect();
-    client.execute(&stmt, &[&queues, &ids, &reasons, &bodies]).await?;
+    client
+        .execute(&stmt, &[&queues, &ids, &reasons, &bodies])
+        .await?;
     Ok(())
 }
 

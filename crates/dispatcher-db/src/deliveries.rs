@@ -83,7 +83,17 @@ pub async fn upsert_batch(pool: &Pool, rows: &[NewDelivery]) -> Result<Vec<Deliv
     Ok(client
         .query(
             &stmt,
-            &[&ids, &accounts, &dispatches, &events, &webhooks, &urls, &msg_ids, &types, &payloads],
+            &[
+                &ids,
+                &accounts,
+                &dispatches,
+                &events,
+                &webhooks,
+                &urls,
+                &msg_ids,
+                &types,
+                &payloads,
+            ],
         )
         .await?
         .iter()
@@ -188,7 +198,10 @@ pub async fn record_attempts(pool: &Pool, rows: &[AttemptRecord]) -> Result<u64,
     let at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.attempted_at).collect();
     let next: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.next_attempt_at).collect();
     let new_status: Vec<&str> = rows.iter().map(|r| r.new_status).collect();
-    let retry_ids: Vec<Option<Uuid>> = rows.iter().map(|r| r.retry.as_ref().map(|m| m.message_id)).collect();
+    let retry_ids: Vec<Option<Uuid>> = rows
+        .iter()
+        .map(|r| r.retry.as_ref().map(|m| m.message_id))
+        .collect();
     let retry_keys: Vec<Option<&str>> = rows
         .iter()
         .map(|r| r.retry.as_ref().map(|m| m.routing_key.as_str()))
@@ -201,8 +214,21 @@ pub async fn record_attempts(pool: &Pool, rows: &[AttemptRecord]) -> Result<u64,
         .query_one(
             &stmt,
             &[
-                &ids, &deliveries, &dispatches, &accounts, &attempts, &statuses, &codes, &errors,
-                &durations, &at, &next, &new_status, &retry_ids, &retry_keys, &retry_payloads,
+                &ids,
+                &deliveries,
+                &dispatches,
+                &accounts,
+                &attempts,
+                &statuses,
+                &codes,
+                &errors,
+                &durations,
+                &at,
+                &next,
+                &new_status,
+                &retry_ids,
+                &retry_keys,
+                &retry_payloads,
             ],
         )
         .await?;

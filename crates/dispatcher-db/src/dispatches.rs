@@ -72,8 +72,10 @@ pub async fn insert_batch(pool: &Pool, rows: &[NewDispatch]) -> Result<Vec<Uuid>
         rows.iter().map(|r| r.metadata.as_ref()).collect();
     let keys: Vec<Option<&str>> = rows.iter().map(|r| r.idempotency_key.as_deref()).collect();
     let hashes: Vec<Option<&[u8]>> = rows.iter().map(|r| r.request_hash.as_deref()).collect();
-    let responses: Vec<Option<&serde_json::Value>> =
-        rows.iter().map(|r| r.idempotency_response.as_ref()).collect();
+    let responses: Vec<Option<&serde_json::Value>> = rows
+        .iter()
+        .map(|r| r.idempotency_response.as_ref())
+        .collect();
     let notify: Vec<bool> = rows.iter().map(|r| r.notify_on_finish).collect();
     let queued: Vec<DateTime<Utc>> = rows.iter().map(|r| r.queued_at).collect();
     let msg_ids: Vec<Uuid> = rows.iter().map(|r| r.message_id).collect();
@@ -82,8 +84,22 @@ pub async fn insert_batch(pool: &Pool, rows: &[NewDispatch]) -> Result<Vec<Uuid>
         .query(
             &stmt,
             &[
-                &ids, &accounts, &template_ids, &formats, &bodies, &data, &providers, &callbacks,
-                &metadata, &keys, &hashes, &responses, &notify, &queued, &msg_ids, &messages,
+                &ids,
+                &accounts,
+                &template_ids,
+                &formats,
+                &bodies,
+                &data,
+                &providers,
+                &callbacks,
+                &metadata,
+                &keys,
+                &hashes,
+                &responses,
+                &notify,
+                &queued,
+                &msg_ids,
+                &messages,
             ],
         )
         .await?;
@@ -110,11 +126,14 @@ pub async fn find_by_idempotency_key(
              WHERE account_id = $1 AND idempotency_key = $2",
         )
         .await?;
-    Ok(client.query_opt(&stmt, &[&account_id, &key]).await?.map(|r| IdempotentHit {
-        id: r.get(0),
-        request_hash: r.get(1),
-        response: r.get(2),
-    }))
+    Ok(client
+        .query_opt(&stmt, &[&account_id, &key])
+        .await?
+        .map(|r| IdempotentHit {
+            id: r.get(0),
+            request_hash: r.get(1),
+            response: r.get(2),
+        }))
 }
 
 /// The client-visible state of a dispatch.
@@ -318,7 +337,9 @@ pub async fn finish_batch(pool: &Pool, rows: &[Finished]) -> Result<Vec<Uuid>, D
     let out = client
         .query(
             &stmt,
-            &[&ids, &statuses, &completed, &results, &types, &errors, &event_ids, &keys, &events],
+            &[
+                &ids, &statuses, &completed, &results, &types, &errors, &event_ids, &keys, &events,
+            ],
         )
         .await?;
     Ok(out.iter().map(|r| r.get(0)).collect())

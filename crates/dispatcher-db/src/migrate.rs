@@ -5,11 +5,8 @@ use crate::{DbError, Pool};
 use tracing::info;
 
 /// (version, name, sql), in order. Files live in `migrations/` at the repository root.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../../migrations/0001_init.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "init", include_str!("../../../migrations/0001_init.sql"))];
 
 const LOCK_KEY: i64 = 0x0d15_9a7c_4e00_0001;
 

@@ -38,7 +38,10 @@ pub async fn lock_batch(
         .collect())
 }
 
-pub async fn mark_sent(tx: &deadpool_postgres::Transaction<'_>, ids: &[i64]) -> Result<(), DbError> {
+pub async fn mark_sent(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ids: &[i64],
+) -> Result<(), DbError> {
     let stmt = tx
         .prepare_cached("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
         .await?;

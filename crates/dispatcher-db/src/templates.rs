@@ -45,7 +45,10 @@ pub async fn insert(
         )
         .await?;
     let row = client
-        .query_one(&stmt, &[&Uuid::now_v7(), &account_id, &name, &format.as_str(), &body])
+        .query_one(
+            &stmt,
+            &[&Uuid::now_v7(), &account_id, &name, &format.as_str(), &body],
+        )
         .await?;
     from_row(&row)
 }

@@ -116,7 +116,10 @@ mod tests {
         );
         assert_eq!(parse_basic("Bearer abc"), None);
         assert_eq!(parse_basic("Basic !!!"), None);
-        assert_eq!(parse_basic(&format!("Basic {}", B64.encode("nocolon"))), None);
+        assert_eq!(
+            parse_basic(&format!("Basic {}", B64.encode("nocolon"))),
+            None
+        );
         assert_eq!(parse_basic(""), None);
     }
 

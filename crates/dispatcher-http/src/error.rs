@@ -64,7 +64,10 @@ impl ApiError {
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         json!({"error": {"code": code, "message": message}}).to_string(),
     )
         .into_response()
@@ -113,9 +116,12 @@ mod tests {
 
     #[tokio::test]
     async fn errors_have_the_documented_shape() {
-        let resp = ApiError::unprocessable("invalid_field", "data: expected an object").into_response();
+        let resp =
+            ApiError::unprocessable("invalid_field", "data: expected an object").into_response();
         assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["code"], "invalid_field");
         assert_eq!(v["error"]["message"], "data: expected an object");
@@ -125,7 +131,9 @@ mod tests {
     async fn internal_errors_hide_their_cause() {
         let resp = ApiError::Internal("relation \"x\" does not exist".into()).into_response();
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
         assert!(!String::from_utf8_lossy(&body).contains("relation"));
     }
 

@@ -36,11 +36,14 @@ fn map_rejection(r: JsonRejection) -> ApiError {
             let msg = std::error::Error::source(&e)
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| e.body_text());
-            ApiError::bad_request("malformed_json", format!("request body is not valid JSON: {msg}"))
+            ApiError::bad_request(
+                "malformed_json",
+                format!("request body is not valid JSON: {msg}"),
+            )
         }
-        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
-            "expected `Content-Type: application/json`".into(),
-        ),
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::UnsupportedMediaType("expected `Content-Type: application/json`".into())
+        }
         JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::PayloadTooLarge
         }

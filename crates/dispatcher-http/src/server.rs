@@ -18,9 +18,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Adds JSON 404/405 fallbacks, the body limit, request ids, tracing, metrics and panic safety.
 pub fn with_common_layers(router: Router, max_body_bytes: usize) -> Router {
     router
-        .fallback(|| async {
-            error_response(StatusCode::NOT_FOUND, "not_found", "no such route")
-        })
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -60,7 +58,11 @@ async fn record_metrics(req: Request, next: Next) -> Response {
 }
 
 /// Serves until `cancel`, then stops accepting and lets in-flight requests finish.
-pub async fn serve(listener: TcpListener, router: Router, cancel: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await
@@ -74,8 +76,9 @@ pub fn shutdown_signal() -> CancellationToken {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("install SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("install SIGTERM handler");
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}

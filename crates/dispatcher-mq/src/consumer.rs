@@ -67,7 +67,16 @@ pub async fn run_consumer<H: BatchHandler>(
     let topology = Topology::new(&settings.amqp.prefix, &settings.delivery.retry_schedule);
     let mut backoff = Backoff::default();
     while !cancel.is_cancelled() {
-        let result = session(&settings, &cfg, &topology, handler.as_ref(), &ready, &cancel, &mut backoff).await;
+        let result = session(
+            &settings,
+            &cfg,
+            &topology,
+            handler.as_ref(),
+            &ready,
+            &cancel,
+            &mut backoff,
+        )
+        .await;
         ready.store(false, Ordering::Relaxed);
         match result {
             Ok(()) => break,
@@ -156,7 +165,8 @@ async fn session<H: BatchHandler>(
             }
         }
         let last = batch.last().expect("non-empty").delivery_tag;
-        ch.basic_ack(last, BasicAckOptions { multiple: true }).await?;
+        ch.basic_ack(last, BasicAckOptions { multiple: true })
+            .await?;
         metrics::counter!("dispatcher_messages_acked_total", "queue" => cfg.queue.clone())
             .increment(batch.len() as u64);
     }

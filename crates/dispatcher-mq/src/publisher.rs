@@ -33,9 +33,15 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub async fn new(conn: &Connection, exchange: String, app_id: &str) -> Result<Self, lapin::Error> {
+    pub async fn new(
+        conn: &Connection,
+        exchange: String,
+        app_id: &str,
+    ) -> Result<Self, lapin::Error> {
         let channel = conn.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok(Self {
             channel,
             exchange,

@@ -5,8 +5,11 @@ use std::sync::Arc;
 /// reports ready only when every registered task is connected.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
-    parts: Arc<std::sync::Mutex<Vec<(String, Arc<AtomicBool>)>>>,
+    parts: Arc<std::sync::Mutex<Vec<Part>>>,
 }
+
+/// A named task and whether it is connected.
+type Part = (String, Arc<AtomicBool>);
 
 impl Readiness {
     /// Registers a part (initially not connected) and returns its flag.

@@ -72,7 +72,8 @@ pub async fn run_relay(
                 }
                 if last_purge.elapsed() > PURGE_EVERY {
                     last_purge = Instant::now();
-                    if let Err(e) = outbox::purge_sent(&pool, KEEP_SENT.as_secs_f64(), 10_000).await {
+                    if let Err(e) = outbox::purge_sent(&pool, KEEP_SENT.as_secs_f64(), 10_000).await
+                    {
                         debug!(error = %e, "outbox purge skipped");
                     }
                 }

@@ -81,7 +81,10 @@ impl Topology {
 
     fn work_queue_args(&self) -> FieldTable {
         let mut args = quorum();
-        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
         args.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(self.dead_exchange().into()),
@@ -116,7 +119,13 @@ impl Topology {
         declare_queue(ch, &self.dispatch_queue(), self.work_queue_args()).await?;
         bind(ch, &self.dispatch_queue(), &events, "dispatch.requested").await?;
         declare_queue(ch, &self.webhook_events_queue(), self.work_queue_args()).await?;
-        bind(ch, &self.webhook_events_queue(), &events, "dispatch.completed").await?;
+        bind(
+            ch,
+            &self.webhook_events_queue(),
+            &events,
+            "dispatch.completed",
+        )
+        .await?;
         bind(ch, &self.webhook_events_queue(), &events, "dispatch.failed").await?;
         declare_queue(ch, &self.webhook_retry_queue(), self.work_queue_args()).await?;
         bind(ch, &self.webhook_retry_queue(), &events, RETRY_KEY).await?;
@@ -136,7 +145,10 @@ impl Topology {
                 "x-dead-letter-strategy".into(),
                 AMQPValue::LongString("at-least-once".into()),
             );
-            args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+            args.insert(
+                "x-overflow".into(),
+                AMQPValue::LongString("reject-publish".into()),
+            );
             declare_queue(ch, &self.delay_queue(*ms), args).await?;
             bind(ch, &self.delay_queue(*ms), &events, &Self::delay_key(*ms)).await?;
         }
@@ -153,7 +165,8 @@ impl Topology {
         ];
         queues.extend(self.delays_ms.iter().map(|ms| self.delay_queue(*ms)));
         for q in queues {
-            ch.queue_delete(q.into(), QueueDeleteOptions::default()).await?;
+            ch.queue_delete(q.into(), QueueDeleteOptions::default())
+                .await?;
         }
         for x in [self.events_exchange(), self.dead_exchange()] {
             ch.exchange_delete(x.into(), ExchangeDeleteOptions::default())
@@ -184,7 +197,10 @@ fn jittered_ms(base: Duration, factor: f64) -> u64 {
 
 fn quorum() -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     args
 }
 
@@ -236,7 +252,9 @@ mod tests {
         let t = Topology::new("p", &[Duration::from_secs(5), Duration::from_secs(30)]);
         assert_eq!(t.delays_ms.len(), 2 * JITTER_STEPS.len());
         for f in JITTER_STEPS {
-            assert!(t.delays_ms.contains(&Topology::delay_for(Duration::from_secs(5), f)));
+            assert!(t
+                .delays_ms
+                .contains(&Topology::delay_for(Duration::from_secs(5), f)));
         }
         assert_eq!(Topology::delay_for(Duration::from_secs(5), 0.8), 4000);
         assert_eq!(Topology::delay_for(Duration::from_secs(5), 2.0), 10000);

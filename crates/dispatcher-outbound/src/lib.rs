@@ -60,7 +60,8 @@ impl Resolve for PolicyResolver {
         let allow_hosts = self.allow_hosts.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if host_allowed(&host, &allow_hosts) {
                 return Ok(Box::new(addrs.into_iter()) as Addrs);
             }
@@ -118,12 +119,16 @@ mod tests {
             assert!(p.check(&u.parse().unwrap()).is_err(), "{u}");
         }
         assert!(p.check(&"http://93.184.216.34/".parse().unwrap()).is_ok());
-        assert!(policy(&["127.0.0.1"]).check(&"http://127.0.0.1:8/".parse().unwrap()).is_ok());
+        assert!(policy(&["127.0.0.1"])
+            .check(&"http://127.0.0.1:8/".parse().unwrap())
+            .is_ok());
         let strict = Policy {
             allow_http: false,
             allow_hosts: Arc::new(vec![]),
         };
-        assert!(strict.check(&"http://93.184.216.34/".parse().unwrap()).is_err());
+        assert!(strict
+            .check(&"http://93.184.216.34/".parse().unwrap())
+            .is_err());
     }
 
     #[tokio::test]
@@ -132,7 +137,11 @@ mod tests {
             allow_hosts: Arc::new(vec![]),
         };
         // `localhost` resolves to loopback on any machine; resolution happens, no packet is sent.
-        let err = r.resolve("localhost".parse().unwrap()).await.err().expect("refused");
+        let err = r
+            .resolve("localhost".parse().unwrap())
+            .await
+            .err()
+            .expect("refused");
         assert!(err.to_string().contains("refused"));
         let allowed = PolicyResolver {
             allow_hosts: Arc::new(vec!["localhost".into()]),

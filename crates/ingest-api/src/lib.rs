@@ -42,7 +42,11 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
 
 /// Serves on an already-bound listener (tests bind port 0) until `cancel`, then drains: the HTTP
 /// server stops accepting, queued writes are committed, and the relay finishes its batch.
-pub async fn serve(settings: Settings, listener: TcpListener, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    settings: Settings,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
     let pool = dispatcher_db::connect_pool(&settings.database)?;
     if settings.database.migrate {
@@ -63,7 +67,8 @@ pub async fn serve(settings: Settings, listener: TcpListener, cancel: Cancellati
     ));
     let waiters = waiters::Waiters::start(&settings.database, background.clone());
     let writer_stop = CancellationToken::new();
-    let (writer, writer_task) = writer::BatchWriter::start(pool.clone(), settings.ingest.batch_max, writer_stop.clone());
+    let (writer, writer_task) =
+        writer::BatchWriter::start(pool.clone(), settings.ingest.batch_max, writer_stop.clone());
 
     let state = AppState {
         settings: settings.clone(),
@@ -87,7 +92,10 @@ pub async fn serve(settings: Settings, listener: TcpListener, cancel: Cancellati
     let _ = writer_task.await;
     background.cancel();
     tasks.close();
-    if tokio::time::timeout(settings.shutdown_timeout, tasks.wait()).await.is_err() {
+    if tokio::time::timeout(settings.shutdown_timeout, tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("background tasks did not stop within shutdown_timeout");
     }
     Ok(())

@@ -27,8 +27,11 @@ pub struct Waiter {
 impl Waiters {
     pub fn start(settings: &DatabaseSettings, cancel: CancellationToken) -> Arc<Self> {
         let me = Arc::new(Self::default());
-        let mut rx =
-            dispatcher_db::listen::spawn_listener(settings.clone(), &["dispatcher_finished"], cancel);
+        let mut rx = dispatcher_db::listen::spawn_listener(
+            settings.clone(),
+            &["dispatcher_finished"],
+            cancel,
+        );
         let w = me.clone();
         tokio::spawn(async move {
             while let Some((channel, payload)) = rx.recv().await {

@@ -29,7 +29,11 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     serve(settings, listener, cancel).await
 }
 
-pub async fn serve(settings: Settings, listener: TcpListener, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    settings: Settings,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
     let pool = dispatcher_db::connect_pool(&settings.database)?;
     if settings.database.migrate {

@@ -71,7 +71,10 @@ async fn list(
         .flatten();
     let base = s.settings.public_base();
     Ok(Json(DispatchList {
-        data: rows.into_iter().map(|v| DispatchBody::new(v, base)).collect(),
+        data: rows
+            .into_iter()
+            .map(|v| DispatchBody::new(v, base))
+            .collect(),
         next_cursor,
     }))
 }
@@ -85,7 +88,9 @@ async fn result(
         .await?
         .ok_or(ApiError::NotFound("dispatch"))?;
     match (doc, content_type) {
-        (Some(doc), Some(ct)) => Ok((StatusCode::OK, [(header::CONTENT_TYPE, ct)], doc).into_response()),
+        (Some(doc), Some(ct)) => {
+            Ok((StatusCode::OK, [(header::CONTENT_TYPE, ct)], doc).into_response())
+        }
         _ => Err(ApiError::NotFound("result")),
     }
 }

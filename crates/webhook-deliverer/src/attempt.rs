@@ -51,9 +51,9 @@ impl Deliverer {
         }
         let mut secrets: HashMap<Uuid, Arc<Vec<WebhookSecret>>> = HashMap::new();
         for d in &deliveries {
-            if !secrets.contains_key(&d.account_id) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = secrets.entry(d.account_id) {
                 let s = accounts::signing_secrets(&self.pool, d.account_id).await?;
-                secrets.insert(d.account_id, Arc::new(s));
+                slot.insert(Arc::new(s));
             }
         }
         let records: Vec<(AttemptRecord, Option<Uuid>)> = futures::stream::iter(deliveries)
@@ -64,7 +64,8 @@ impl Deliverer {
             .buffer_unordered(self.settings.deliverer.concurrency)
             .collect()
             .await;
-        let (records, disable): (Vec<AttemptRecord>, Vec<Option<Uuid>>) = records.into_iter().unzip();
+        let (records, disable): (Vec<AttemptRecord>, Vec<Option<Uuid>>) =
+            records.into_iter().unzip();
         deliveries::record_attempts(&self.pool, &records).await?;
         for webhook_id in disable.into_iter().flatten() {
             deliveries::disable_subscription(&self.pool, webhook_id).await?;
@@ -72,7 +73,11 @@ impl Deliverer {
         Ok(())
     }
 
-    async fn attempt_one(&self, d: Delivery, keys: &[WebhookSecret]) -> (AttemptRecord, Option<Uuid>) {
+    async fn attempt_one(
+        &self,
+        d: Delivery,
+        keys: &[WebhookSecret],
+    ) -> (AttemptRecord, Option<Uuid>) {
         let attempt = d.attempts + 1;
         let attempted_at = Utc::now();
         let post = self.post(&d, keys).await;
@@ -102,8 +107,10 @@ impl Deliverer {
                 )
             }
         };
-        metrics::counter!("dispatcher_delivery_attempts_total", "outcome" => new_status).increment(1);
-        metrics::histogram!("dispatcher_delivery_duration_seconds").record(post.duration.as_secs_f64());
+        metrics::counter!("dispatcher_delivery_attempts_total", "outcome" => new_status)
+            .increment(1);
+        metrics::histogram!("dispatcher_delivery_duration_seconds")
+            .record(post.duration.as_secs_f64());
         let succeeded = matches!(post.outcome, AttemptOutcome::Success);
         (
             AttemptRecord {
@@ -155,7 +162,11 @@ impl Deliverer {
         let resp = match sent {
             Ok(r) => r,
             Err(e) => {
-                let kind = if e.is_timeout() { "timeout" } else { "connection error" };
+                let kind = if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "connection error"
+                };
                 return fail(format!("{kind}: {}", error_chain(&e)), None, None);
             }
         };

@@ -23,9 +23,15 @@ fn poison(queue: &str, m: &Incoming, e: serde_json::Error) -> NewDeadLetter {
     }
 }
 
-async fn store_poison(d: &Deliverer, queue: &str, rows: &[NewDeadLetter]) -> Result<(), HandlerError> {
+async fn store_poison(
+    d: &Deliverer,
+    queue: &str,
+    rows: &[NewDeadLetter],
+) -> Result<(), HandlerError> {
     if !rows.is_empty() {
-        dead_letters::insert_batch(&d.pool, rows).await.map_err(transient)?;
+        dead_letters::insert_batch(&d.pool, rows)
+            .await
+            .map_err(transient)?;
         metrics::counter!("dispatcher_messages_dead_lettered_total", "queue" => queue.to_owned())
             .increment(rows.len() as u64);
     }
@@ -70,7 +76,9 @@ impl BatchHandler for EventHandler {
             let payload = serde_json::to_vec(&e.payload).expect("payload serializes");
             for (webhook, url) in targets.get(&e.dispatch_id).into_iter().flatten() {
                 // The endpoint key: the subscription for subscribed deliveries, else the URL.
-                let endpoint = webhook.map(|w| format!("webhook:{w}")).unwrap_or_else(|| url.clone());
+                let endpoint = webhook
+                    .map(|w| format!("webhook:{w}"))
+                    .unwrap_or_else(|| url.clone());
                 rows.push(NewDelivery {
                     id: delivery_id(e.event_id, &endpoint),
                     account_id: e.account_id,
@@ -134,7 +142,9 @@ impl BatchHandler for RetryHandler {
         // A stale or duplicated task (its attempt already made) is acknowledged without action.
         let todo = current
             .into_iter()
-            .filter(|d| d.status == "pending" && tasks.get(&d.id) == Some(&((d.attempts + 1) as u32)))
+            .filter(|d| {
+                d.status == "pending" && tasks.get(&d.id) == Some(&((d.attempts + 1) as u32))
+            })
             .collect();
         self.deliverer.attempt_all(todo).await.map_err(transient)
     }

@@ -20,7 +20,11 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     serve(settings, listener, cancel).await
 }
 
-pub async fn serve(settings: Settings, listener: TcpListener, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    settings: Settings,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
     let pool = dispatcher_db::connect_pool(&settings.database)?;
     if settings.database.migrate {
@@ -38,7 +42,10 @@ pub async fn serve(settings: Settings, listener: TcpListener, cancel: Cancellati
             queue: topology.webhook_events_queue(),
             batch_max: settings.deliverer.batch_max,
         },
-        Arc::new(EventHandler::new(deliverer.clone(), topology.webhook_events_queue())),
+        Arc::new(EventHandler::new(
+            deliverer.clone(),
+            topology.webhook_events_queue(),
+        )),
         readiness.register("events-consumer"),
         cancel.clone(),
     ));
@@ -68,7 +75,10 @@ pub async fn serve(settings: Settings, listener: TcpListener, cancel: Cancellati
     tracing::info!(addr = %listener.local_addr()?, "webhook-deliverer health listening");
     dispatcher_http::serve(listener, app, cancel.clone()).await?;
     tasks.close();
-    if tokio::time::timeout(settings.shutdown_timeout, tasks.wait()).await.is_err() {
+    if tokio::time::timeout(settings.shutdown_timeout, tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("deliverer tasks did not stop within shutdown_timeout");
     }
     Ok(())

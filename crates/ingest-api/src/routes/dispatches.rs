@@ -69,7 +69,10 @@ fn parse_async(q: &SubmitQuery) -> Result<bool, ApiError> {
         Some("false" | "0") => Ok(false),
         Some(other) => Err(ApiError::bad_request(
             "invalid_query",
-            format!("async must be true or false, not `{}`", other.chars().take(50).collect::<String>()),
+            format!(
+                "async must be true or false, not `{}`",
+                other.chars().take(50).collect::<String>()
+            ),
         )),
     }
 }
@@ -85,7 +88,10 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         )
     };
     let s = v.to_str().map_err(|_| bad())?;
-    if s.is_empty() || s.len() > MAX_IDEMPOTENCY_KEY || !s.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+    if s.is_empty()
+        || s.len() > MAX_IDEMPOTENCY_KEY
+        || !s.bytes().all(|b| (0x21..=0x7e).contains(&b))
+    {
         return Err(bad());
     }
     Ok(Some(s.to_owned()))
@@ -113,12 +119,24 @@ pub async fn submit(
     let (template_id, format, body) = resolve_template(&s, account, &req).await?;
     let provider = req.provider.unwrap_or(Provider::Store);
     if let Provider::Http { url } = &provider {
-        check_url(url, s.settings.delivery.allow_http, &s.settings.delivery.allow_hosts)
-            .map_err(|e| ApiError::unprocessable("invalid_provider_url", format!("provider.url: {e}")))?;
+        check_url(
+            url,
+            s.settings.delivery.allow_http,
+            &s.settings.delivery.allow_hosts,
+        )
+        .map_err(|e| {
+            ApiError::unprocessable("invalid_provider_url", format!("provider.url: {e}"))
+        })?;
     }
     if let Some(url) = &req.callback_url {
-        check_url(url, s.settings.delivery.allow_http, &s.settings.delivery.allow_hosts)
-            .map_err(|e| ApiError::unprocessable("invalid_callback_url", format!("callbackUrl: {e}")))?;
+        check_url(
+            url,
+            s.settings.delivery.allow_http,
+            &s.settings.delivery.allow_hosts,
+        )
+        .map_err(|e| {
+            ApiError::unprocessable("invalid_callback_url", format!("callbackUrl: {e}"))
+        })?;
     }
 
     let id = Uuid::now_v7();
@@ -266,7 +284,10 @@ async fn resolve_template(
             let t = dispatcher_db::templates::get(&s.pool, account, *id)
                 .await?
                 .ok_or_else(|| {
-                    ApiError::unprocessable("unknown_template", format!("templateId: no template {id}"))
+                    ApiError::unprocessable(
+                        "unknown_template",
+                        format!("templateId: no template {id}"),
+                    )
                 })?;
             s.templates.put(account, t.id, t.format, t.body.clone());
             Ok((Some(t.id), t.format, t.body))

@@ -7,7 +7,10 @@ use axum::Router;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/v1/templates", post(templates::create).get(templates::list))
+        .route(
+            "/v1/templates",
+            post(templates::create).get(templates::list),
+        )
         .route("/v1/templates/{id}", get(templates::get))
         .route("/v1/dispatches", post(dispatches::submit))
         .with_state(state)
@@ -15,5 +18,6 @@ pub fn router(state: AppState) -> Router {
 
 /// Parses a path id; a malformed id is simply an object that does not exist.
 pub fn parse_id(s: &str, what: &'static str) -> Result<uuid::Uuid, dispatcher_http::ApiError> {
-    s.parse().map_err(|_| dispatcher_http::ApiError::NotFound(what))
+    s.parse()
+        .map_err(|_| dispatcher_http::ApiError::NotFound(what))
 }

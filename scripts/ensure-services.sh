@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Makes sure PostgreSQL (127.0.0.1:5432) and RabbitMQ (127.0.0.1:5672) are up: starts them if they
+# are installed and stopped, installs them from Debian's packages if they are missing.
+set -euo pipefail
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+wait_for() { # name, command
+  for _ in $(seq 1 60); do
+    if eval "$2" >/dev/null 2>&1; then return 0; fi
+    sleep 1
+  done
+  echo "$1 did not come up" >&2
+  return 1
+}
+
+pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q; }
+rabbit_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+
+installed_apt=0
+apt_install() {
+  if [ "$installed_apt" -eq 0 ]; then as_root apt-get update -qq; installed_apt=1; fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@"
+}
+
+if ! pg_up; then
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    echo "installing PostgreSQL from Debian's packages"
+    apt_install postgresql postgresql-client
+    ver=$(ls /etc/postgresql | head -n1)
+    # Local development and CI only: trust connections from this machine.
+    as_root sed -i -E 's/^(host\s+all\s+all\s+127\.0\.0\.1\/32\s+)\S+/\1trust/; s/^(host\s+all\s+all\s+::1\/128\s+)\S+/\1trust/; s/^(local\s+all\s+all\s+)\S+/\1trust/' \
+      "/etc/postgresql/$ver/main/pg_hba.conf"
+  fi
+  ver=$(ls /etc/postgresql | head -n1)
+  echo "starting PostgreSQL $ver"
+  as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start || as_root pg_ctlcluster "$ver" main start
+  wait_for PostgreSQL pg_up
+fi
+
+if ! rabbit_up; then
+  if ! command -v rabbitmq-server >/dev/null 2>&1; then
+    echo "installing RabbitMQ from Debian's packages"
+    apt_install rabbitmq-server
+  fi
+  echo "starting RabbitMQ"
+  as_root rabbitmq-server -detached || true
+  wait_for RabbitMQ rabbit_up
+  # The port opens before the broker accepts AMQP sessions.
+  wait_for RabbitMQ "as_root rabbitmqctl await_startup"
+fi
+echo "PostgreSQL and RabbitMQ are up"
