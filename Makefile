@@ -24,6 +24,7 @@ stop:
 
 # Every test: unit tests beside the code and the end-to-end suite under tests/.
 test: services
+	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \

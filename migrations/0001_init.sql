@@ -117,6 +117,8 @@ CREATE TABLE deliveries (
     status           text NOT NULL DEFAULT 'pending'
                      CHECK (status IN ('pending', 'succeeded', 'failed', 'dead')),
     attempts         integer NOT NULL DEFAULT 0,
+    -- Bumped when a delivery is sent again on request (redeliver, dlq replay): a new round.
+    generation       integer NOT NULL DEFAULT 0,
     next_attempt_at  timestamptz,
     last_error       text,
     created_at       timestamptz NOT NULL DEFAULT now(),
@@ -131,6 +133,7 @@ CREATE TABLE delivery_attempts (
     dispatch_id      uuid NOT NULL,
     account_id       uuid NOT NULL,
     attempt          integer NOT NULL,
+    generation       integer NOT NULL DEFAULT 0,
     status           text NOT NULL CHECK (status IN ('succeeded', 'failed')),
     response_status  integer,
     error            text,
@@ -139,8 +142,8 @@ CREATE TABLE delivery_attempts (
     next_attempt_at  timestamptz
 );
 CREATE INDEX delivery_attempts_by_dispatch ON delivery_attempts (dispatch_id, attempted_at);
--- At most one success per delivery, however often an event is redelivered.
-CREATE UNIQUE INDEX delivery_attempts_one_success ON delivery_attempts (delivery_id)
+-- At most one success per delivery round, however often an event is redelivered.
+CREATE UNIQUE INDEX delivery_attempts_one_success ON delivery_attempts (delivery_id, generation)
     WHERE status = 'succeeded';
 
 -- Messages no consumer could handle (unparseable, or past the delivery limit), kept with the reason.

@@ -1,3 +1,4 @@
 //! End-to-end tests: real services, real Postgres and RabbitMQ, a local receiver.
 
+mod faults;
 mod foundation;

@@ -232,8 +232,9 @@ impl TestApp {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        // `{db}` in an override stands for this test's database name.
         for (k, v) in overrides {
-            env.insert((*k).to_owned(), (*v).to_owned());
+            env.insert((*k).to_owned(), v.replace("{db}", &db_name));
         }
         let settings = settings_from(&env);
         let pool = dispatcher_db::connect_pool(&settings.database).unwrap();
@@ -434,6 +435,199 @@ impl CloneForTest for CreatedAccount {
             email: self.email.clone(),
             password: self.password.clone(),
             webhook_secret: self.webhook_secret.clone(),
+        }
+    }
+}
+
+/// A TCP proxy the test controls: `cut()` drops every connection and refuses new ones (the
+/// upstream looks dead to the services), `restore()` lets traffic through again. Used to take
+/// RabbitMQ or Postgres away from the services without touching the shared servers.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    state: Arc<tokio::sync::watch::Sender<(bool, u64)>>,
+    _stop: CancelOnDrop,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // (up, generation): a cut bumps the generation, which closes the connections of the old one.
+        let (tx, _) = tokio::sync::watch::channel((true, 0u64));
+        let state = Arc::new(tx);
+        let stop = CancellationToken::new();
+        let (st, s) = (state.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = s.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((mut inbound, _)) = accepted else {
+                    continue;
+                };
+                let (up, generation) = *st.borrow();
+                if !up {
+                    drop(inbound);
+                    continue;
+                }
+                let mut rx = st.subscribe();
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = rx.wait_for(|(_, g)| *g != generation) => {}
+                        _ = s.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            state,
+            _stop: CancelOnDrop(stop),
+        }
+    }
+
+    pub fn cut(&self) {
+        self.state.send_modify(|(up, g)| {
+            *up = false;
+            *g += 1;
+        });
+    }
+
+    pub fn restore(&self) {
+        self.state.send_modify(|(up, _)| *up = true);
+    }
+}
+
+/// Path of a workspace binary next to the test executable (`make test` builds them first).
+pub fn bin_path(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/e2e-<hash> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` (make test does)",
+        p.display()
+    );
+    p
+}
+
+/// A service running as its own process, killed (SIGKILL) on drop.
+pub struct ServiceProcess {
+    pub child: tokio::process::Child,
+}
+
+impl ServiceProcess {
+    pub fn spawn(bin: &str, env: &HashMap<String, String>, log: &str) -> Self {
+        let log = std::fs::File::create(std::env::temp_dir().join(log)).unwrap();
+        let child = tokio::process::Command::new(bin_path(bin))
+            .env_clear()
+            .envs(env)
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Self { child }
+    }
+
+    /// `kill -9`: no shutdown, no drain, in-flight work is simply gone.
+    pub async fn kill9(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+impl TestApp {
+    /// Environment for a child process of this app (same database and prefix, health on port 0).
+    pub fn process_env(&self) -> HashMap<String, String> {
+        let mut env = self.env.clone();
+        env.insert("DISPATCHER__WORKER__LISTEN".into(), "127.0.0.1:0".into());
+        env.insert("DISPATCHER__DELIVERER__LISTEN".into(), "127.0.0.1:0".into());
+        env
+    }
+
+    /// Runs `dispatchctl` with this app's settings and returns its stdout.
+    pub async fn dispatchctl(&self, args: &[&str]) -> String {
+        let out = tokio::process::Command::new(bin_path("dispatchctl"))
+            .args(args)
+            .env_clear()
+            .envs(&self.env)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "dispatchctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Submits `n` async dispatches (at most `parallel` in flight) and returns their ids.
+    pub async fn submit_many(
+        &self,
+        who: &CreatedAccount,
+        n: usize,
+        parallel: usize,
+        callback: &str,
+    ) -> Vec<String> {
+        use futures::StreamExt;
+        futures::stream::iter(0..n)
+            .map(|i| async move {
+                let resp = self
+                    .post(
+                        &self.ingest_url,
+                        "/v1/dispatches?async=true",
+                        who,
+                        &serde_json::json!({
+                            "template": {"format": "text", "body": "n={{ i }}"},
+                            "data": {"i": i},
+                            "callbackUrl": callback,
+                        }),
+                    )
+                    .await;
+                assert_eq!(resp.status(), 202);
+                let v: serde_json::Value = resp.json().await.unwrap();
+                v["dispatchId"].as_str().unwrap().to_owned()
+            })
+            .buffer_unordered(parallel)
+            .collect()
+            .await
+    }
+
+    /// A direct query on the test database (not through any proxy).
+    pub async fn count(&self, sql: &str) -> i64 {
+        let (client, conn) = tokio_postgres::connect(
+            &format!("postgres://postgres@127.0.0.1:5432/{}", self.db_name),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        client.query_one(sql, &[]).await.unwrap().get(0)
+    }
+
+    /// Waits until `sql` (a count) reaches `n`.
+    pub async fn wait_count(&self, sql: &str, n: i64) {
+        let deadline = tokio::time::Instant::now() + PATIENCE * 3;
+        loop {
+            let got = self.count(sql).await;
+            if got >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{sql}: {got} of {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }

@@ -1,6 +1,7 @@
 //! dispatch-worker: consumes `dispatch.requested`, renders, runs the provider, and records the
 //! outcome together with its outcome event (outbox) in one statement per batch.
 
+mod dead;
 mod process;
 
 pub use process::WorkerHandler;
@@ -44,6 +45,20 @@ pub async fn serve(
         },
         handler,
         readiness.register("consumer"),
+        cancel.clone(),
+    ));
+    tasks.spawn(dispatcher_mq::run_consumer(
+        settings.clone(),
+        ConsumerConfig {
+            name: "dispatch-worker-dead-letters".into(),
+            queue: topology.dead_queue(),
+            batch_max: settings.worker.batch_max,
+        },
+        Arc::new(dead::DeadLetterHandler::new(
+            pool.clone(),
+            topology.dead_queue(),
+        )),
+        readiness.register("dead-letter-consumer"),
         cancel.clone(),
     ));
     tasks.spawn(dispatcher_mq::relay::run_relay(

@@ -68,6 +68,15 @@ enum DlqCommand {
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
+    /// Send dead-lettered deliveries again (a new round of attempts).
+    Replay {
+        /// One delivery id (as printed by `dlq list`).
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        id: Option<uuid::Uuid>,
+        /// Every dead-lettered delivery.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// Runs the CLI with `args` (including the program name) and the process environment.
@@ -130,7 +139,32 @@ async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
         },
         Command::Listen { .. } => unreachable!("handled before settings are loaded"),
         Command::Dlq { command } => match command {
+            DlqCommand::Replay { id, all: _ } => {
+                let ids = dispatcher_db::deliveries::requeue(
+                    &pool,
+                    &dispatcher_db::deliveries::RequeueFilter {
+                        delivery_id: id,
+                        only_dead: true,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                if id.is_some() && ids.is_empty() {
+                    anyhow::bail!("no dead-lettered delivery with that id");
+                }
+                println!("{}", serde_json::json!({"replayed": ids}));
+            }
             DlqCommand::List { limit } => {
+                for d in dispatcher_db::deliveries::list_dead(&pool, limit).await? {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "kind": "delivery", "id": d.id, "accountId": d.account_id,
+                            "dispatchId": d.dispatch_id, "url": d.url, "attempts": d.attempts,
+                            "lastError": d.last_error, "deadAt": d.updated_at,
+                        })
+                    );
+                }
                 for d in dispatcher_db::dead_letters::list(&pool, limit).await? {
                     println!(
                         "{}",

@@ -165,13 +165,14 @@ pub async fn record_attempts(pool: &Pool, rows: &[AttemptRecord]) -> Result<u64,
                      last_error = i.error, updated_at = now()
                  FROM input i
                  WHERE d.id = i.delivery_id AND d.status = 'pending' AND d.attempts = i.attempt - 1
-                 RETURNING d.id
+                 RETURNING d.id, d.generation
              ), att AS (
                  INSERT INTO delivery_attempts (id, delivery_id, dispatch_id, account_id, attempt,
-                                                status, response_status, error, duration_ms,
-                                                attempted_at, next_attempt_at)
-                 SELECT i.id, i.delivery_id, i.dispatch_id, i.account_id, i.attempt, i.status,
-                        i.response_status, i.error, i.duration_ms, i.attempted_at, i.next_attempt_at
+                                                generation, status, response_status, error,
+                                                duration_ms, attempted_at, next_attempt_at)
+                 SELECT i.id, i.delivery_id, i.dispatch_id, i.account_id, i.attempt, upd.generation,
+                        i.status, i.response_status, i.error, i.duration_ms, i.attempted_at,
+                        i.next_attempt_at
                  FROM input i JOIN upd ON upd.id = i.delivery_id
                  ON CONFLICT DO NOTHING
              ), ob AS (
@@ -321,4 +322,129 @@ pub async fn disable_subscription(pool: &Pool, webhook_id: Uuid) -> Result<(), D
         )
         .await?;
     Ok(())
+}
+
+/// Which deliveries to send again.
+#[derive(Debug, Clone, Default)]
+pub struct RequeueFilter {
+    pub account_id: Option<Uuid>,
+    pub dispatch_id: Option<Uuid>,
+    pub delivery_id: Option<Uuid>,
+    pub webhook_id: Option<Uuid>,
+    /// Only dead-lettered deliveries (`dlq replay`).
+    pub only_dead: bool,
+}
+
+/// Starts a new delivery round for every matching delivery: back to `pending` at attempt 0 with a
+/// retry task for attempt 1 in the outbox, in one statement. Returns the delivery ids.
+pub async fn requeue(pool: &Pool, f: &RequeueFilter) -> Result<Vec<Uuid>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "WITH upd AS (
+                 UPDATE deliveries
+                 SET status = 'pending', attempts = 0, generation = generation + 1,
+                     next_attempt_at = NULL, updated_at = now()
+                 WHERE ($1::uuid IS NULL OR account_id = $1)
+                   AND ($2::uuid IS NULL OR dispatch_id = $2)
+                   AND ($3::uuid IS NULL OR id = $3)
+                   AND ($4::uuid IS NULL OR webhook_id = $4)
+                   AND (NOT $5 OR status = 'dead')
+                 RETURNING id
+             ), ob AS (
+                 INSERT INTO outbox (message_id, routing_key, payload)
+                 SELECT gen_random_uuid(), 'webhook.retry',
+                        convert_to(json_build_object('deliveryId', id, 'attempt', 1)::text, 'UTF8')
+                 FROM upd
+             )
+             SELECT id FROM upd",
+        )
+        .await?;
+    Ok(client
+        .query(
+            &stmt,
+            &[
+                &f.account_id,
+                &f.dispatch_id,
+                &f.delivery_id,
+                &f.webhook_id,
+                &f.only_dead,
+            ],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// A dead-lettered delivery, for `dispatchctl dlq list`.
+#[derive(Debug, Clone)]
+pub struct DeadDelivery {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub dispatch_id: Uuid,
+    pub url: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub async fn list_dead(pool: &Pool, limit: i64) -> Result<Vec<DeadDelivery>, DbError> {
+    let client = pool.get().await?;
+    Ok(client
+        .query(
+            "SELECT id, account_id, dispatch_id, url, attempts, last_error, updated_at
+             FROM deliveries WHERE status = 'dead' ORDER BY updated_at DESC LIMIT $1",
+            &[&limit],
+        )
+        .await?
+        .iter()
+        .map(|r| DeadDelivery {
+            id: r.get(0),
+            account_id: r.get(1),
+            dispatch_id: r.get(2),
+            url: r.get(3),
+            attempts: r.get(4),
+            last_error: r.get(5),
+            updated_at: r.get(6),
+        })
+        .collect())
+}
+
+/// Each delivery of a dispatch with its state, for the status body.
+#[derive(Debug, Clone)]
+pub struct DeliveryState {
+    pub id: Uuid,
+    pub webhook_id: Option<Uuid>,
+    pub url: String,
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+pub async fn states_for_dispatch(
+    pool: &Pool,
+    account_id: Uuid,
+    dispatch_id: Uuid,
+) -> Result<Vec<DeliveryState>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT id, webhook_id, url, status, attempts, next_attempt_at FROM deliveries
+             WHERE dispatch_id = $1 AND account_id = $2 ORDER BY created_at, id",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[&dispatch_id, &account_id])
+        .await?
+        .iter()
+        .map(|r| DeliveryState {
+            id: r.get(0),
+            webhook_id: r.get(1),
+            url: r.get(2),
+            status: r.get(3),
+            attempts: r.get(4),
+            next_attempt_at: r.get(5),
+        })
+        .collect())
 }

@@ -25,6 +25,17 @@ pub struct Incoming {
     pub message_id: Option<String>,
     pub redelivered: bool,
     pub data: Vec<u8>,
+    /// String-valued headers (e.g. the broker's `x-first-death-reason`).
+    pub headers: Vec<(String, String)>,
+}
+
+impl Incoming {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,7 +187,28 @@ async fn session<H: BatchHandler>(
 }
 
 fn to_incoming(d: lapin::message::Delivery) -> Incoming {
+    let headers = d
+        .properties
+        .headers()
+        .as_ref()
+        .map(|t| {
+            t.inner()
+                .iter()
+                .filter_map(|(k, v)| {
+                    let v = match v {
+                        lapin::types::AMQPValue::LongString(s) => s.to_string(),
+                        lapin::types::AMQPValue::ShortString(s) => s.to_string(),
+                        lapin::types::AMQPValue::LongLongInt(n) => n.to_string(),
+                        lapin::types::AMQPValue::LongInt(n) => n.to_string(),
+                        _ => return None,
+                    };
+                    Some((k.to_string(), v))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Incoming {
+        headers,
         delivery_tag: d.delivery_tag,
         routing_key: d.routing_key.to_string(),
         message_id: d.properties.message_id().as_ref().map(|m| m.to_string()),

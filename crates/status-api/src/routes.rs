@@ -1,8 +1,9 @@
 use crate::AppState;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use dispatcher_core::DispatchStatus;
@@ -18,6 +19,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/dispatches/{id}", get(get_one))
         .route("/v1/dispatches/{id}/result", get(result))
         .route("/v1/dispatches/{id}/attempts", get(attempts))
+        .route("/v1/dispatches/{id}/redeliver", post(redeliver))
         .with_state(state)
 }
 
@@ -25,15 +27,110 @@ fn parse_id(s: &str) -> Result<Uuid, ApiError> {
     s.parse().map_err(|_| ApiError::NotFound("dispatch"))
 }
 
+/// One webhook delivery of a dispatch, as shown in its status body.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeliveryBody {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook_id: Option<Uuid>,
+    url: String,
+    /// pending | succeeded | failed | dead
+    status: String,
+    attempts: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_attempt_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DispatchWithDeliveries {
+    #[serde(flatten)]
+    dispatch: DispatchBody,
+    deliveries: Vec<DeliveryBody>,
+}
+
 async fn get_one(
     State(s): State<AppState>,
     AuthAccount(account): AuthAccount,
     Path(id): Path<String>,
-) -> Result<Json<DispatchBody>, ApiError> {
-    let view = dispatches::get(&s.pool, account, parse_id(&id)?)
+) -> Result<Json<DispatchWithDeliveries>, ApiError> {
+    let id = parse_id(&id)?;
+    let view = dispatches::get(&s.pool, account, id)
         .await?
         .ok_or(ApiError::NotFound("dispatch"))?;
-    Ok(Json(DispatchBody::new(view, s.settings.public_base())))
+    let deliveries = deliveries::states_for_dispatch(&s.pool, account, id)
+        .await?
+        .into_iter()
+        .map(|d| DeliveryBody {
+            webhook_id: d.webhook_id,
+            url: d.url,
+            status: d.status,
+            attempts: d.attempts,
+            next_attempt_at: d.next_attempt_at,
+        })
+        .collect();
+    Ok(Json(DispatchWithDeliveries {
+        dispatch: DispatchBody::new(view, s.settings.public_base()),
+        deliveries,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RedeliverRequest {
+    webhook_id: Option<Uuid>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Redelivered {
+    dispatch_id: Uuid,
+    deliveries: usize,
+}
+
+/// Sends a finished dispatch's outcome event again to its callbacks (or to one subscription).
+async fn redeliver(
+    State(s): State<AppState>,
+    AuthAccount(account): AuthAccount,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Redelivered>), ApiError> {
+    let id = parse_id(&id)?;
+    let req: RedeliverRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RedeliverRequest { webhook_id: None }
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::unprocessable("invalid_field", e.to_string()))?
+    };
+    let view = dispatches::get(&s.pool, account, id)
+        .await?
+        .ok_or(ApiError::NotFound("dispatch"))?;
+    if !view.status.is_terminal() {
+        return Err(ApiError::Conflict {
+            code: "dispatch_not_finished",
+            message: "the dispatch has no outcome to deliver yet".into(),
+        });
+    }
+    let ids = deliveries::requeue(
+        &s.pool,
+        &deliveries::RequeueFilter {
+            account_id: Some(account),
+            dispatch_id: Some(id),
+            webhook_id: req.webhook_id,
+            ..Default::default()
+        },
+    )
+    .await?;
+    if ids.is_empty() && req.webhook_id.is_some() {
+        return Err(ApiError::NotFound("delivery for that webhook"));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Redelivered {
+            dispatch_id: id,
+            deliveries: ids.len(),
+        }),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -1,0 +1,398 @@
+//! At-least-once under faults: each test counts submitted, completed, delivered and duplicates.
+
+use dispatcher_e2e::{
+    verify_webhook, Proxy, Receiver, ServiceProcess, Services, TestApp, PATIENCE,
+};
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+/// Distinct dispatch ids and webhook-ids the receiver saw, and how many requests were repeats.
+fn tally(rx: &Receiver) -> (HashSet<String>, usize) {
+    let reqs = rx.requests();
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    let mut dispatches = HashSet::new();
+    for r in &reqs {
+        *per_id.entry(r.header("webhook-id").to_owned()).or_default() += 1;
+        dispatches.insert(r.json()["data"]["dispatchId"].as_str().unwrap().to_owned());
+    }
+    let dups = per_id.values().map(|n| n - 1).sum();
+    (dispatches, dups)
+}
+
+async fn wait_all_delivered(rx: &Receiver, ids: &[String]) -> usize {
+    let want: HashSet<String> = ids.iter().cloned().collect();
+    let deadline = tokio::time::Instant::now() + PATIENCE * 3;
+    loop {
+        let (seen, dups) = tally(rx);
+        if want.is_subset(&seen) {
+            return dups;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "receiver saw {} of {} dispatches",
+            want.intersection(&seen).count(),
+            want.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_always_failing_receiver_is_dead_lettered_then_replayed() {
+    let app = TestApp::spawn().await;
+    let rx = Receiver::failing_first(usize::MAX / 2).await;
+    let acct = app.create_account("dead@example.com").await;
+    let resp = app
+        .post(
+            &app.ingest_url,
+            "/v1/dispatches?async=true",
+            &acct,
+            &json!({"template": {"format": "text", "body": "x"}, "data": {}, "callbackUrl": rx.url()}),
+        )
+        .await;
+    let id = resp.json::<serde_json::Value>().await.unwrap()["dispatchId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Schedule 200ms,400ms: three attempts, then dead.
+    app.wait_count("SELECT count(*) FROM deliveries WHERE status = 'dead'", 1)
+        .await;
+    let status: serde_json::Value = app
+        .get(&app.status_url, &format!("/v1/dispatches/{id}"), &acct)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["deliveries"][0]["status"], "dead");
+    assert_eq!(status["deliveries"][0]["attempts"], 3);
+    let attempts: serde_json::Value = app
+        .get(
+            &app.status_url,
+            &format!("/v1/dispatches/{id}/attempts"),
+            &acct,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let a = attempts["data"].as_array().unwrap();
+    assert_eq!(a.len(), 3);
+    assert!(a
+        .iter()
+        .all(|x| x["status"] == "failed" && x["responseStatus"] == 500));
+    assert!(
+        a[2].get("nextAttemptAt").is_none(),
+        "no retry after the last attempt"
+    );
+
+    let listed = app.dispatchctl(&["dlq", "list"]).await;
+    assert!(
+        listed.contains(&id),
+        "dlq list shows the dead delivery: {listed}"
+    );
+    assert!(listed.contains("500"), "with its last error: {listed}");
+
+    rx.fail_next(0); // the receiver is fixed
+    let replayed = app.dispatchctl(&["dlq", "replay", "--all"]).await;
+    assert!(replayed.contains("replayed"));
+    let hooks = rx.wait_for(4).await;
+    let ids: HashSet<_> = hooks
+        .iter()
+        .map(|h| h.header("webhook-id").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1, "a replay keeps the webhook-id");
+    app.wait_count(
+        "SELECT count(*) FROM deliveries WHERE status = 'succeeded'",
+        1,
+    )
+    .await;
+
+    // An explicit redelivery sends it once more, as a new visible attempt.
+    let r = app
+        .post(
+            &app.status_url,
+            &format!("/v1/dispatches/{id}/redeliver"),
+            &acct,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    rx.wait_for(5).await;
+    app.wait_count(
+        "SELECT count(*) FROM delivery_attempts WHERE status = 'succeeded'",
+        2,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn kill_9_of_worker_and_deliverer_mid_load_loses_nothing() {
+    const N: usize = 2000;
+    let app = TestApp::spawn_with(
+        Services {
+            worker: false,
+            deliverer: false,
+            ..Services::ALL
+        },
+        &[(
+            "DISPATCHER__DELIVERY__RETRY_SCHEDULE",
+            "300ms,600ms,1s,2s,4s",
+        )],
+    )
+    .await;
+    let rx = Receiver::start().await;
+    let acct = app.create_account("kill@example.com").await;
+    let env = app.process_env();
+    let worker = ServiceProcess::spawn(
+        "dispatch-worker",
+        &env,
+        &format!("{}-worker-1.log", app.prefix),
+    );
+    let deliverer = ServiceProcess::spawn(
+        "webhook-deliverer",
+        &env,
+        &format!("{}-deliverer-1.log", app.prefix),
+    );
+
+    let url = rx.url();
+    let submit = app.submit_many(&acct, N, 32, &url);
+    let chaos = async {
+        // Kill the worker once some dispatches are done, then the deliverer, restarting each.
+        app.wait_count(
+            "SELECT count(*) FROM dispatches WHERE status = 'completed'",
+            300,
+        )
+        .await;
+        worker.kill9().await;
+        let worker = ServiceProcess::spawn(
+            "dispatch-worker",
+            &env,
+            &format!("{}-worker-2.log", app.prefix),
+        );
+        app.wait_count(
+            "SELECT count(*) FROM deliveries WHERE status = 'succeeded'",
+            600,
+        )
+        .await;
+        deliverer.kill9().await;
+        let deliverer = ServiceProcess::spawn(
+            "webhook-deliverer",
+            &env,
+            &format!("{}-deliverer-2.log", app.prefix),
+        );
+        (worker, deliverer)
+    };
+    let (ids, _procs) = tokio::join!(submit, chaos);
+    assert_eq!(ids.len(), N);
+    app.wait_count(
+        "SELECT count(*) FROM dispatches WHERE status = 'completed'",
+        N as i64,
+    )
+    .await;
+    let dups = wait_all_delivered(&rx, &ids).await;
+    let completed = app
+        .count("SELECT count(*) FROM dispatches WHERE status = 'completed'")
+        .await;
+    let finished_twice = app
+        .count("SELECT count(*) FROM (SELECT dispatch_id FROM deliveries GROUP BY dispatch_id HAVING count(*) > 1) x")
+        .await;
+    println!(
+        "kill -9 test: submitted={N} completed={completed} delivered={} duplicates={dups}",
+        ids.len()
+    );
+    assert_eq!(completed, N as i64);
+    assert_eq!(finished_twice, 0, "one outcome event per dispatch");
+}
+
+#[tokio::test]
+async fn broker_connection_loss_mid_load_loses_nothing() {
+    const N: usize = 400;
+    let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let amqp = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    let app = TestApp::spawn_with(Services::ALL, &[("DISPATCHER__AMQP__URL", &amqp)]).await;
+    let rx = Receiver::start().await;
+    let acct = app.create_account("broker@example.com").await;
+
+    let first = app.submit_many(&acct, N / 2, 16, &rx.url()).await;
+    proxy.cut();
+    // The ingest keeps accepting while the broker is gone; readiness says so.
+    let during = app.submit_many(&acct, N / 2, 16, &rx.url()).await;
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.ingest_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.restore();
+
+    let ids: Vec<String> = first.into_iter().chain(during).collect();
+    app.wait_count(
+        "SELECT count(*) FROM dispatches WHERE status = 'completed'",
+        N as i64,
+    )
+    .await;
+    let dups = wait_all_delivered(&rx, &ids).await;
+    println!(
+        "broker test: submitted={N} completed={N} delivered={} duplicates={dups}",
+        ids.len()
+    );
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while app
+        .http
+        .get(format!("{}/readyz", app.ingest_url))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ingest never became ready again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn postgres_outage_answers_503_and_recovers() {
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let db = format!("postgres://postgres@{}/{{db}}", proxy.addr);
+    let app = TestApp::spawn_with(
+        Services::ALL,
+        &[
+            ("DISPATCHER__DATABASE__URL", &db),
+            ("DISPATCHER__DATABASE__CONNECT_TIMEOUT", "1s"),
+            ("DISPATCHER__DATABASE__ACQUIRE_TIMEOUT", "1s"),
+        ],
+    )
+    .await;
+    let rx = Receiver::start().await;
+    let acct = app.create_account("pg@example.com").await;
+    let before = app.submit_many(&acct, 50, 8, &rx.url()).await;
+
+    proxy.cut();
+    let started = tokio::time::Instant::now();
+    let resp = app
+        .post(
+            &app.ingest_url,
+            "/v1/dispatches?async=true",
+            &acct,
+            &json!({"template": {"format": "text", "body": "x"}, "data": {}, "callbackUrl": rx.url()}),
+        )
+        .await;
+    assert_eq!(resp.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no hang while the database is down"
+    );
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "service_unavailable");
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.ingest_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.restore();
+
+    let after = app.submit_many(&acct, 50, 8, &rx.url()).await;
+    let ids: Vec<String> = before.into_iter().chain(after).collect();
+    app.wait_count(
+        "SELECT count(*) FROM dispatches WHERE status = 'completed'",
+        100,
+    )
+    .await;
+    let dups = wait_all_delivered(&rx, &ids).await;
+    let total = app.count("SELECT count(*) FROM dispatches").await;
+    println!(
+        "postgres test: submitted=100 completed=100 delivered={} duplicates={dups}",
+        ids.len()
+    );
+    assert_eq!(total, 100, "the 503 request stored nothing");
+}
+
+#[tokio::test]
+async fn two_workers_and_two_deliverers_share_the_load() {
+    const N: usize = 500;
+    let mut app = TestApp::spawn().await;
+    let (w, d) = (app.child_token(), app.child_token());
+    app.start_worker(w);
+    app.start_deliverer(d);
+    let rx = Receiver::start().await;
+    let acct = app.create_account("scale@example.com").await;
+    let ids = app.submit_many(&acct, N, 32, &rx.url()).await;
+    app.wait_count(
+        "SELECT count(*) FROM dispatches WHERE status = 'completed'",
+        N as i64,
+    )
+    .await;
+    let dups = wait_all_delivered(&rx, &ids).await;
+    app.wait_count(
+        "SELECT count(*) FROM delivery_attempts WHERE status = 'succeeded'",
+        N as i64,
+    )
+    .await;
+    let deliveries = app.count("SELECT count(*) FROM deliveries").await;
+    let successes = app
+        .count("SELECT count(*) FROM delivery_attempts WHERE status = 'succeeded'")
+        .await;
+    println!(
+        "scale test: submitted={N} completed={N} delivered={} duplicates={dups}",
+        ids.len()
+    );
+    assert_eq!(deliveries, N as i64, "one outcome event per dispatch");
+    assert_eq!(successes, N as i64, "one recorded success per delivery");
+    assert!(rx
+        .requests()
+        .iter()
+        .all(|r| verify_webhook(&acct.webhook_secret, r)));
+}
+
+#[tokio::test]
+async fn poison_messages_are_dead_lettered_and_consumers_keep_going() {
+    use lapin::options::BasicPublishOptions;
+    use lapin::BasicProperties;
+    let app = TestApp::spawn().await;
+    let rx = Receiver::start().await;
+    let acct = app.create_account("poison@example.com").await;
+    let conn = dispatcher_mq::connect(dispatcher_e2e::AMQP_URL, "poison-test")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let t = dispatcher_mq::Topology::new(&app.prefix, &app.settings.delivery.retry_schedule);
+    for (i, queue) in [
+        t.dispatch_queue(),
+        t.webhook_events_queue(),
+        t.webhook_retry_queue(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        ch.basic_publish(
+            "".into(),
+            queue.clone().into(),
+            BasicPublishOptions::default(),
+            b"{not json",
+            BasicProperties::default().with_message_id(format!("poison-{i}").into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    app.wait_count("SELECT count(*) FROM dead_letters", 3).await;
+    let listed = app.dispatchctl(&["dlq", "list"]).await;
+    for i in 0..3 {
+        assert!(listed.contains(&format!("poison-{i}")), "{listed}");
+    }
+    assert!(listed.contains("unparseable"));
+    let ids = app.submit_many(&acct, 5, 5, &rx.url()).await;
+    wait_all_delivered(&rx, &ids).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
