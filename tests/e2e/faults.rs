@@ -365,7 +365,7 @@ async fn poison_messages_are_dead_lettered_and_consumers_keep_going() {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let t = dispatcher_mq::Topology::new(&app.prefix, &app.settings.delivery.retry_schedule);
+    let t = dispatcher_mq::Topology::from_settings(&app.settings);
     for (i, queue) in [
         t.dispatch_queue(),
         t.webhook_events_queue(),
@@ -395,4 +395,145 @@ async fn poison_messages_are_dead_lettered_and_consumers_keep_going() {
     let ids = app.submit_many(&acct, 5, 5, &rx.url()).await;
     wait_all_delivered(&rx, &ids).await;
     let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn an_open_circuit_holds_deliveries_back_until_a_probe_succeeds() {
+    let app = TestApp::spawn_with(
+        Services::ALL,
+        &[
+            (
+                "DISPATCHER__DELIVERY__RETRY_SCHEDULE",
+                "100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms",
+            ),
+            ("DISPATCHER__DELIVERY__CIRCUIT_BREAKER_THRESHOLD", "3"),
+            ("DISPATCHER__DELIVERY__CIRCUIT_BREAKER_COOLDOWN", "4s"),
+        ],
+    )
+    .await;
+    let rx = Receiver::failing_first(usize::MAX / 2).await;
+    let acct = app.create_account("circuit@example.com").await;
+    // One dispatch fails three times in a row: the endpoint's circuit opens.
+    let first = app.submit_many(&acct, 1, 1, &rx.url()).await;
+    rx.wait_for(3).await;
+    app.wait_count("SELECT count(*) FROM delivery_attempts", 3)
+        .await;
+    let hits_when_open = rx.requests().len();
+
+    // New dispatches to the same endpoint are held back, not attempted and not dropped.
+    let later = app.submit_many(&acct, 5, 5, &rx.url()).await;
+    app.wait_count(
+        "SELECT count(*) FROM deliveries WHERE attempts = 0 AND next_attempt_at IS NOT NULL",
+        5,
+    )
+    .await;
+    let (seen, _) = tally(&rx);
+    assert!(
+        later.iter().all(|id| !seen.contains(id)),
+        "held deliveries must not reach the endpoint while the circuit is open"
+    );
+    assert!(
+        rx.requests().len() <= hits_when_open + 1,
+        "at most the probe got through"
+    );
+
+    // The receiver recovers: after the cooldown a probe succeeds and everything is delivered.
+    rx.fail_next(0);
+    let ids: Vec<String> = first.into_iter().chain(later).collect();
+    let dups = wait_all_delivered(&rx, &ids).await;
+    app.wait_count(
+        "SELECT count(*) FROM deliveries WHERE status = 'succeeded'",
+        6,
+    )
+    .await;
+    println!("circuit test: submitted=6 delivered=6 duplicates={dups}");
+}
+
+#[tokio::test]
+async fn every_binary_drains_and_exits_cleanly_on_sigterm() {
+    let app = TestApp::spawn_with(
+        Services {
+            ingest: false,
+            worker: false,
+            deliverer: false,
+            status: true,
+        },
+        &[],
+    )
+    .await;
+    let rx = Receiver::start().await;
+    let acct = app.create_account("term@example.com").await;
+    let mut env = app.process_env();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    env.insert(
+        "DISPATCHER__INGEST__LISTEN".into(),
+        format!("127.0.0.1:{port}"),
+    );
+    let mut procs = vec![
+        ServiceProcess::spawn(
+            "ingest-api",
+            &env,
+            &format!("{}-term-ingest.log", app.prefix),
+        ),
+        ServiceProcess::spawn(
+            "dispatch-worker",
+            &env,
+            &format!("{}-term-worker.log", app.prefix),
+        ),
+        ServiceProcess::spawn(
+            "webhook-deliverer",
+            &env,
+            &format!("{}-term-deliverer.log", app.prefix),
+        ),
+    ];
+    let ingest = format!("http://127.0.0.1:{port}");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while app
+        .http
+        .get(format!("{ingest}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ingest-api binary never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let r = app
+            .post(&ingest, "/v1/dispatches?async=true", &acct, &json!({"template": {"format": "text", "body": "{{ i }}"}, "data": {"i": i}, "callbackUrl": rx.url()}))
+            .await;
+        assert_eq!(r.status(), 202);
+        ids.push(
+            r.json::<serde_json::Value>().await.unwrap()["dispatchId"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    wait_all_delivered(&rx, &ids).await;
+    for p in &mut procs {
+        let pid = p.child.id().unwrap().to_string();
+        let st = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(st.success());
+    }
+    for p in &mut procs {
+        // shutdown_timeout is 5 s in tests; allow the process a little more to exit.
+        let status = tokio::time::timeout(Duration::from_secs(15), p.child.wait())
+            .await
+            .expect("exited within the shutdown timeout")
+            .unwrap();
+        assert!(status.success(), "clean exit, got {status}");
+    }
 }

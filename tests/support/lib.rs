@@ -378,8 +378,7 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.cancel.cancel();
         let db = self.db_name.clone();
-        let topology =
-            dispatcher_mq::Topology::new(&self.prefix, &self.settings.delivery.retry_schedule);
+        let topology = dispatcher_mq::Topology::from_settings(&self.settings);
         // Drop runs inside the test's runtime; clean up from a thread with its own.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()

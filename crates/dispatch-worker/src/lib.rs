@@ -33,7 +33,7 @@ pub async fn serve(
     }
     let readiness = Readiness::default();
     let tasks = TaskTracker::new();
-    let topology = Topology::new(&settings.amqp.prefix, &settings.delivery.retry_schedule);
+    let topology = Topology::from_settings(&settings);
 
     let handler = Arc::new(WorkerHandler::new(settings.clone(), pool.clone()));
     tasks.spawn(dispatcher_mq::run_consumer(

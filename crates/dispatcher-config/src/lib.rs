@@ -122,6 +122,18 @@ pub struct DeliverySettings {
     pub allow_http: bool,
     #[serde(deserialize_with = "de_list")]
     pub allow_hosts: Vec<String>,
+    pub circuit_breaker_threshold: u32,
+    #[serde(deserialize_with = "de_duration")]
+    pub circuit_breaker_cooldown: Duration,
+}
+
+impl DeliverySettings {
+    /// Every delay a retry or a held-back delivery can wait: the schedule plus the cooldown.
+    pub fn all_delays(&self) -> Vec<Duration> {
+        let mut d = self.retry_schedule.clone();
+        d.push(self.circuit_breaker_cooldown);
+        d
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -448,3 +448,38 @@ pub async fn states_for_dispatch(
         })
         .collect())
 }
+
+/// Holds deliveries back without attempting them (their endpoint's circuit is open): each gets its
+/// `next_attempt_at` and a task for the same attempt number through the outbox, in one statement.
+pub async fn hold_batch(
+    pool: &Pool,
+    rows: &[(Uuid, DateTime<Utc>, RetryMessage)],
+) -> Result<(), DbError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "WITH input AS (
+                 SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::uuid[], $4::text[], $5::bytea[])
+                 AS t(id, next_attempt_at, message_id, routing_key, payload)
+             ), upd AS (
+                 UPDATE deliveries d SET next_attempt_at = i.next_attempt_at, updated_at = now()
+                 FROM input i WHERE d.id = i.id AND d.status = 'pending'
+                 RETURNING d.id
+             )
+             INSERT INTO outbox (message_id, routing_key, payload)
+             SELECT i.message_id, i.routing_key, i.payload FROM input i JOIN upd USING (id)",
+        )
+        .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+    let at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.1).collect();
+    let msg_ids: Vec<Uuid> = rows.iter().map(|r| r.2.message_id).collect();
+    let keys: Vec<&str> = rows.iter().map(|r| r.2.routing_key.as_str()).collect();
+    let payloads: Vec<&[u8]> = rows.iter().map(|r| r.2.payload.as_slice()).collect();
+    client
+        .execute(&stmt, &[&ids, &at, &msg_ids, &keys, &payloads])
+        .await?;
+    Ok(())
+}

@@ -75,7 +75,7 @@ pub async fn run_consumer<H: BatchHandler>(
     ready: Arc<AtomicBool>,
     cancel: CancellationToken,
 ) {
-    let topology = Topology::new(&settings.amqp.prefix, &settings.delivery.retry_schedule);
+    let topology = Topology::from_settings(&settings);
     let mut backoff = Backoff::default();
     while !cancel.is_cancelled() {
         let result = session(

@@ -42,7 +42,7 @@ pub async fn run_relay(
     ready: Arc<AtomicBool>,
     cancel: CancellationToken,
 ) {
-    let topology = Topology::new(&settings.amqp.prefix, &settings.delivery.retry_schedule);
+    let topology = Topology::from_settings(&settings);
     let mut wake = dispatcher_db::listen::spawn_listener(
         settings.database.clone(),
         &["dispatcher_outbox"],

@@ -46,6 +46,12 @@ impl Topology {
         }
     }
 
+    /// The topology of a deployment: its prefix, with a delay queue for every retry delay and the
+    /// circuit-breaker cooldown.
+    pub fn from_settings(settings: &dispatcher_config::Settings) -> Self {
+        Self::new(&settings.amqp.prefix, &settings.delivery.all_delays())
+    }
+
     pub fn events_exchange(&self) -> String {
         format!("{}.events", self.prefix)
     }

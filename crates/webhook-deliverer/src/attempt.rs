@@ -2,6 +2,7 @@
 
 use chrono::Utc;
 use dispatcher_config::Settings;
+use dispatcher_core::circuit::{Admission, Circuit};
 use dispatcher_core::retry::{next_step, AttemptOutcome, NextStep};
 use dispatcher_core::signing::{signature_header, WebhookSecret};
 use dispatcher_core::DeliveryTask;
@@ -12,7 +13,7 @@ use dispatcher_outbound::Policy;
 use futures::StreamExt;
 use rand::Rng;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -21,6 +22,16 @@ pub struct Deliverer {
     pub pool: Pool,
     http: reqwest::Client,
     policy: Policy,
+    /// Per-endpoint (URL origin) circuit breakers. Each replica keeps its own: a dead endpoint is
+    /// learned by every replica within `threshold` failures, which is cheap and needs no shared
+    /// state on the hot path.
+    circuits: Mutex<HashMap<String, Circuit>>,
+}
+
+fn endpoint_key(url: &str) -> String {
+    url::Url::parse(url)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_else(|_| url.to_owned())
 }
 
 /// What one POST came back with.
@@ -40,7 +51,64 @@ impl Deliverer {
             pool,
             http,
             policy,
+            circuits: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Splits deliveries into those to attempt now and those held back by an open circuit.
+    fn admit(&self, deliveries: Vec<Delivery>) -> (Vec<Delivery>, Vec<Delivery>) {
+        let now = Instant::now();
+        let mut circuits = self.circuits.lock().expect("circuits");
+        deliveries.into_iter().partition(|d| {
+            circuits.entry(endpoint_key(&d.url)).or_default().admit(now) != Admission::Hold
+        })
+    }
+
+    fn record_circuit(&self, url: &str, success: bool) {
+        let d = &self.settings.delivery;
+        let mut circuits = self.circuits.lock().expect("circuits");
+        circuits.entry(endpoint_key(url)).or_default().record(
+            success,
+            Instant::now(),
+            d.circuit_breaker_threshold,
+            d.circuit_breaker_cooldown,
+        );
+        let open = circuits.values().filter(|c| c.is_open()).count();
+        // Forget healthy endpoints so the map does not grow without bound.
+        if circuits.len() > 10_000 {
+            circuits.retain(|_, c| c.is_open());
+        }
+        metrics::gauge!("dispatcher_circuit_breakers_open").set(open as f64);
+    }
+
+    async fn hold(&self, held: Vec<Delivery>) -> Result<(), DbError> {
+        if held.is_empty() {
+            return Ok(());
+        }
+        let cooldown = self.settings.delivery.circuit_breaker_cooldown;
+        let rows: Vec<_> = held
+            .into_iter()
+            .map(|d| {
+                let factor =
+                    dispatcher_core::retry::DELAY_FACTORS[rand::thread_rng().gen_range(0..5)];
+                let ms = Topology::delay_for(cooldown, factor);
+                let task = DeliveryTask {
+                    delivery_id: d.id,
+                    attempt: (d.attempts + 1) as u32,
+                };
+                (
+                    d.id,
+                    Utc::now() + chrono::Duration::milliseconds(ms as i64),
+                    RetryMessage {
+                        message_id: Uuid::now_v7(),
+                        routing_key: Topology::delay_key(ms),
+                        payload: serde_json::to_vec(&task).expect("task serializes"),
+                    },
+                )
+            })
+            .collect();
+        metrics::counter!("dispatcher_deliveries_held_total").increment(rows.len() as u64);
+        deliveries::hold_batch(&self.pool, &rows).await
     }
 
     /// Attempts every delivery (each one's attempt number is `attempts + 1`) and records the
@@ -49,6 +117,8 @@ impl Deliverer {
         if deliveries.is_empty() {
             return Ok(());
         }
+        let (deliveries, held) = self.admit(deliveries);
+        self.hold(held).await?;
         let mut secrets: HashMap<Uuid, Arc<Vec<WebhookSecret>>> = HashMap::new();
         for d in &deliveries {
             if let std::collections::hash_map::Entry::Vacant(slot) = secrets.entry(d.account_id) {
@@ -81,6 +151,7 @@ impl Deliverer {
         let attempt = d.attempts + 1;
         let attempted_at = Utc::now();
         let post = self.post(&d, keys).await;
+        self.record_circuit(&d.url, matches!(post.outcome, AttemptOutcome::Success));
         let schedule = &self.settings.delivery.retry_schedule;
         let step = next_step(attempt as u32, schedule, post.outcome, || {
             rand::thread_rng().gen_range(0..5)

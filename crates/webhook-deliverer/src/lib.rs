@@ -32,7 +32,7 @@ pub async fn serve(
     }
     let readiness = Readiness::default();
     let tasks = TaskTracker::new();
-    let topology = Topology::new(&settings.amqp.prefix, &settings.delivery.retry_schedule);
+    let topology = Topology::from_settings(&settings);
     let deliverer = Arc::new(attempt::Deliverer::new(settings.clone(), pool.clone()));
 
     tasks.spawn(dispatcher_mq::run_consumer(
