@@ -1,4 +1,5 @@
 //! End-to-end tests: real services, real Postgres and RabbitMQ, a local receiver.
 
+mod api;
 mod faults;
 mod foundation;

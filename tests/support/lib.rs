@@ -47,6 +47,7 @@ pub struct Receiver {
     pub received: Arc<Mutex<Vec<Received>>>,
     fail_first: Arc<AtomicUsize>,
     hits: Arc<AtomicUsize>,
+    fail_status: Arc<std::sync::atomic::AtomicU16>,
     _stop: Arc<CancelOnDrop>,
 }
 
@@ -62,6 +63,7 @@ struct ReceiverState {
     received: Arc<Mutex<Vec<Received>>>,
     fail_first: Arc<AtomicUsize>,
     hits: Arc<AtomicUsize>,
+    fail_status: Arc<std::sync::atomic::AtomicU16>,
 }
 
 async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes) -> StatusCode {
@@ -72,7 +74,7 @@ async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes
         .collect();
     s.received.lock().unwrap().push(Received { headers, body });
     if n < s.fail_first.load(Ordering::SeqCst) {
-        StatusCode::INTERNAL_SERVER_ERROR
+        StatusCode::from_u16(s.fail_status.load(Ordering::SeqCst)).unwrap()
     } else {
         StatusCode::OK
     }
@@ -89,10 +91,12 @@ impl Receiver {
         let received = Arc::new(Mutex::new(Vec::new()));
         let fail_first = Arc::new(AtomicUsize::new(k));
         let hits = Arc::new(AtomicUsize::new(0));
+        let fail_status = Arc::new(std::sync::atomic::AtomicU16::new(500));
         let state = ReceiverState {
             received: received.clone(),
             fail_first: fail_first.clone(),
             hits: hits.clone(),
+            fail_status: fail_status.clone(),
         };
         let app = Router::new()
             .route("/hook", post(receive))
@@ -111,6 +115,7 @@ impl Receiver {
             received,
             fail_first,
             hits,
+            fail_status,
             _stop: Arc::new(CancelOnDrop(stop)),
         }
     }
@@ -119,6 +124,11 @@ impl Receiver {
     pub fn fail_next(&self, k: usize) {
         self.fail_first
             .store(self.hits.load(Ordering::SeqCst) + k, Ordering::SeqCst);
+    }
+
+    /// The status failing requests get (500 unless set).
+    pub fn set_fail_status(&self, code: u16) {
+        self.fail_status.store(code, Ordering::SeqCst);
     }
 
     pub fn url(&self) -> String {

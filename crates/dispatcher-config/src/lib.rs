@@ -125,6 +125,8 @@ pub struct DeliverySettings {
     pub circuit_breaker_threshold: u32,
     #[serde(deserialize_with = "de_duration")]
     pub circuit_breaker_cooldown: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub secret_rotation_grace: Duration,
 }
 
 impl DeliverySettings {

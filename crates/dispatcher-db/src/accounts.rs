@@ -200,6 +200,31 @@ pub async fn signing_secrets(pool: &Pool, account_id: Uuid) -> Result<Vec<Webhoo
     Ok(out)
 }
 
+/// Issues a new webhook secret. The old one keeps being signed with until `grace` has passed, so
+/// receivers can switch without losing a webhook. Returns the new secret and that moment.
+pub async fn rotate_webhook_secret(
+    pool: &Pool,
+    account_id: Uuid,
+    grace: std::time::Duration,
+) -> Result<(String, chrono::DateTime<chrono::Utc>), DbError> {
+    let secret = WebhookSecret::generate().expose();
+    let until = chrono::Utc::now()
+        + chrono::Duration::from_std(grace).unwrap_or_else(|_| chrono::Duration::days(1));
+    let client = pool.get().await?;
+    let n = client
+        .execute(
+            "UPDATE accounts SET previous_webhook_secret = webhook_secret,
+                    previous_secret_until = $3, webhook_secret = $2, updated_at = now()
+             WHERE id = $1",
+            &[&account_id, &secret, &until],
+        )
+        .await?;
+    if n == 0 {
+        return Err(DbError::Corrupt(format!("account {account_id} not found")));
+    }
+    Ok((secret, until))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

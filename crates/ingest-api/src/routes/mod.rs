@@ -1,5 +1,6 @@
 mod dispatches;
 mod templates;
+mod webhooks;
 
 use crate::AppState;
 use axum::routing::{get, post};
@@ -13,6 +14,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/templates/{id}", get(templates::get))
         .route("/v1/dispatches", post(dispatches::submit))
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route("/v1/webhooks/secret/rotate", post(webhooks::rotate_secret))
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get).delete(webhooks::delete),
+        )
         .with_state(state)
 }
 
