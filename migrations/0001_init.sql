@@ -12,6 +12,18 @@ CREATE TABLE accounts (
     updated_at               timestamptz NOT NULL DEFAULT now()
 );
 
+CREATE FUNCTION notify_account_changed() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('dispatcher_accounts', NEW.id::text);
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+-- API processes drop cached credentials of an account whose password changed.
+CREATE TRIGGER account_password_changed AFTER UPDATE OF password_hash ON accounts
+    FOR EACH ROW WHEN (OLD.password_hash IS DISTINCT FROM NEW.password_hash)
+    EXECUTE FUNCTION notify_account_changed();
+
 CREATE TABLE templates (
     id          uuid PRIMARY KEY,
     account_id  uuid NOT NULL REFERENCES accounts (id),

@@ -55,7 +55,14 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub deliverer: DelivererSettings,
     pub delivery: DeliverySettings,
+    pub rate_limit: RateLimitSettings,
     pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RateLimitSettings {
+    pub requests_per_second: f64,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -7,6 +7,7 @@ pub mod circuit;
 pub mod error;
 pub mod event;
 pub mod netpolicy;
+pub mod ratelimit;
 pub mod retry;
 pub mod signing;
 pub mod status;

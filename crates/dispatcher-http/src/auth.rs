@@ -1,37 +1,68 @@
-//! HTTP Basic authentication against argon2 hashes, with a bounded cache of verified credentials.
+//! HTTP Basic authentication against argon2 hashes, a bounded cache of verified credentials, and
+//! the per-account rate limit.
 //!
 //! argon2 costs tens of milliseconds by design; a client sending thousands of requests per second
 //! with the same credentials must not pay it each time. The cache key is a SHA-256 of email and
-//! password, so the cache never holds a password, and a changed password simply misses. Entries
-//! expire after `CACHE_TTL`, which bounds how long a rotated-away password keeps working on a
-//! replica that verified it recently.
+//! password, so the cache never holds a password. A password change invalidates the account's
+//! entries in every API process at once: the update NOTIFYs `dispatcher_accounts` and each
+//! process listens. Entries also expire after `CACHE_TTL` in case a notification is missed.
+//!
+//! The rate limit is a token bucket per account in each process: an API replica admits
+//! `requests_per_second` (with `burst`) per account, so N replicas admit N times that. Operators
+//! set the per-replica figure to their account limit divided by the replica count; it needs no
+//! shared store on the request path, and a client spread unevenly over replicas is still bounded.
 
 use crate::ApiError;
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use dispatcher_config::{DatabaseSettings, RateLimitSettings};
+use dispatcher_core::ratelimit::TokenBucket;
 use dispatcher_db::{accounts, Pool};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-const CACHE_TTL: Duration = Duration::from_secs(60);
+const CACHE_TTL: Duration = Duration::from_secs(300);
 const CACHE_MAX: usize = 10_000;
 
 pub struct Authenticator {
     pool: Pool,
     cache: Mutex<HashMap<[u8; 32], (Uuid, Instant)>>,
+    limits: RateLimitSettings,
+    buckets: Mutex<HashMap<Uuid, TokenBucket>>,
 }
 
 impl Authenticator {
-    pub fn new(pool: Pool) -> Arc<Self> {
+    pub fn new(pool: Pool, limits: RateLimitSettings) -> Arc<Self> {
         Arc::new(Self {
             pool,
             cache: Mutex::new(HashMap::new()),
+            limits,
+            buckets: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Listens for password changes and drops the changed accounts' cached credentials.
+    pub fn watch_invalidations(self: &Arc<Self>, db: &DatabaseSettings, cancel: CancellationToken) {
+        let mut rx =
+            dispatcher_db::listen::spawn_listener(db.clone(), &["dispatcher_accounts"], cancel);
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some((channel, payload)) = rx.recv().await {
+                let Some(me) = me.upgrade() else { return };
+                let mut cache = me.cache.lock().expect("auth cache");
+                match payload.parse::<Uuid>() {
+                    Ok(id) if !channel.is_empty() => cache.retain(|_, (acct, _)| *acct != id),
+                    // A reconnect may have missed notifications: start over.
+                    _ => cache.clear(),
+                }
+            }
+        });
     }
 
     fn key(email: &str, password: &str) -> [u8; 32] {
@@ -66,6 +97,30 @@ impl Authenticator {
             None => Err(ApiError::Unauthorized),
         }
     }
+
+    /// Takes a token from the account's bucket, or answers 429 with the wait.
+    pub fn check_rate(&self, account: Uuid) -> Result<(), ApiError> {
+        let RateLimitSettings {
+            requests_per_second: rate,
+            burst,
+        } = self.limits;
+        if rate <= 0.0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().expect("rate buckets");
+        if buckets.len() >= CACHE_MAX && !buckets.contains_key(&account) {
+            buckets.clear();
+        }
+        buckets
+            .entry(account)
+            .or_insert_with(|| TokenBucket::full(burst, now))
+            .take(rate, burst, now)
+            .map_err(|wait| {
+                metrics::counter!("dispatcher_http_rate_limited_total").increment(1);
+                ApiError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u64)
+            })
+    }
 }
 
 /// Parses `Authorization: Basic base64(email:password)`.
@@ -80,7 +135,7 @@ pub fn parse_basic(header: &str) -> Option<(String, String)> {
     Some((user.to_owned(), pass.to_owned()))
 }
 
-/// The authenticated account of a request.
+/// The authenticated, rate-checked account of a request.
 #[derive(Debug, Clone, Copy)]
 pub struct AuthAccount(pub Uuid);
 
@@ -99,7 +154,9 @@ where
             .ok_or(ApiError::Unauthorized)?;
         let (email, password) = parse_basic(header).ok_or(ApiError::Unauthorized)?;
         let auth = Arc::<Authenticator>::from_ref(state);
-        auth.authenticate(&email, &password).await.map(AuthAccount)
+        let account = auth.authenticate(&email, &password).await?;
+        auth.check_rate(account)?;
+        Ok(AuthAccount(account))
     }
 }
 

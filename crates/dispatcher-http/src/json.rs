@@ -50,3 +50,30 @@ fn map_rejection(r: JsonRejection) -> ApiError {
         other => ApiError::bad_request("invalid_body", other.body_text()),
     }
 }
+
+/// A query-string extractor whose rejections use the project's error shape.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| {
+                let msg = e.body_text();
+                let msg = msg
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&msg);
+                ApiError::bad_request("invalid_query", format!("query: {msg}"))
+            })
+    }
+}

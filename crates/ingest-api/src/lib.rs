@@ -70,10 +70,12 @@ pub async fn serve(
     let (writer, writer_task) =
         writer::BatchWriter::start(pool.clone(), settings.ingest.batch_max, writer_stop.clone());
 
+    let auth = Authenticator::new(pool.clone(), settings.rate_limit.clone());
+    auth.watch_invalidations(&settings.database, background.clone());
     let state = AppState {
         settings: settings.clone(),
         pool: pool.clone(),
-        auth: Authenticator::new(pool.clone()),
+        auth: auth.clone(),
         writer,
         waiters,
         templates: Arc::new(templates_cache::TemplateCache::default()),

@@ -41,10 +41,13 @@ pub async fn serve(
     }
     // The status API reads Postgres only; its readiness has no broker part.
     let readiness = Readiness::default();
+    let auth = Authenticator::new(pool.clone(), settings.rate_limit.clone());
+    let stop_listener = cancel.child_token();
+    auth.watch_invalidations(&settings.database, stop_listener.clone());
     let state = AppState {
         settings: settings.clone(),
         pool: pool.clone(),
-        auth: Authenticator::new(pool.clone()),
+        auth: auth.clone(),
     };
     let app = routes::router(state).merge(health_router(HealthState {
         pool,
@@ -54,5 +57,6 @@ pub async fn serve(
     let app = with_common_layers(app, 64 * 1024);
     tracing::info!(addr = %listener.local_addr()?, "status-api listening");
     dispatcher_http::serve(listener, app, cancel).await?;
+    stop_listener.cancel();
     Ok(())
 }

@@ -1,6 +1,6 @@
 use crate::AppState;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use dispatcher_core::DispatchStatus;
 use dispatcher_db::{deliveries, dispatches};
 use dispatcher_http::views::DispatchBody;
-use dispatcher_http::{cursor, ApiError, AuthAccount};
+use dispatcher_http::{cursor, ApiError, ApiQuery, AuthAccount};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -150,7 +150,7 @@ struct DispatchList {
 async fn list(
     State(s): State<AppState>,
     AuthAccount(account): AuthAccount,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<DispatchList>, ApiError> {
     let status = q
         .status

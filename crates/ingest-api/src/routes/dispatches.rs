@@ -2,7 +2,7 @@
 //! the outcome (sync).
 
 use crate::AppState;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -11,7 +11,7 @@ use dispatcher_core::netpolicy::check_url;
 use dispatcher_core::{DispatchRequested, TemplateFormat};
 use dispatcher_db::dispatches::{self, NewDispatch};
 use dispatcher_http::views::{status_url, DispatchBody};
-use dispatcher_http::{ApiError, ApiJson, AuthAccount};
+use dispatcher_http::{ApiError, ApiJson, ApiQuery, AuthAccount};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -100,7 +100,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 pub async fn submit(
     State(s): State<AppState>,
     AuthAccount(account): AuthAccount,
-    Query(q): Query<SubmitQuery>,
+    ApiQuery(q): ApiQuery<SubmitQuery>,
     headers: HeaderMap,
     ApiJson(raw): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {

@@ -1,11 +1,11 @@
 use crate::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use dispatcher_core::{template, TemplateFormat};
 use dispatcher_db::templates::{self, Template};
-use dispatcher_http::{cursor, ApiError, ApiJson, AuthAccount};
+use dispatcher_http::{cursor, ApiError, ApiJson, ApiQuery, AuthAccount};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -100,7 +100,7 @@ pub struct TemplateList {
 pub async fn list(
     State(s): State<AppState>,
     AuthAccount(account): AuthAccount,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<TemplateList>, ApiError> {
     let limit = cursor::limit(q.limit)?;
     let before = q.cursor.as_deref().map(cursor::decode).transpose()?;

@@ -1,13 +1,13 @@
 //! `/v1/webhooks`: the account's subscriptions, and signing-secret rotation.
 
 use crate::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use dispatcher_core::netpolicy::check_url;
 use dispatcher_db::{accounts, subscriptions};
-use dispatcher_http::{cursor, ApiError, ApiJson, AuthAccount};
+use dispatcher_http::{cursor, ApiError, ApiJson, ApiQuery, AuthAccount};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -108,7 +108,7 @@ pub struct WebhookList {
 pub async fn list(
     State(s): State<AppState>,
     AuthAccount(account): AuthAccount,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<WebhookList>, ApiError> {
     let limit = cursor::limit(q.limit)?;
     let before = q.cursor.as_deref().map(cursor::decode).transpose()?;
