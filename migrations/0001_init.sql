@@ -59,7 +59,10 @@ CREATE TABLE dispatches (
     completed_at          timestamptz,
     result                bytea,
     result_content_type   text,
-    error                 jsonb
+    error                 jsonb,
+    -- What the provider last reported (inbound provider callbacks), and when it happened.
+    provider_status       text,
+    provider_status_at    timestamptz
 );
 CREATE UNIQUE INDEX dispatches_idempotency ON dispatches (account_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
@@ -166,4 +169,17 @@ CREATE TABLE dead_letters (
     reason       text NOT NULL,
     body         bytea NOT NULL,
     created_at   timestamptz NOT NULL DEFAULT now()
+);
+
+-- Inbound provider callbacks, stored before they are answered and applied by a worker.
+CREATE TABLE provider_events (
+    provider     text NOT NULL,
+    event_id     text NOT NULL,
+    dispatch_id  uuid NOT NULL,
+    type         text NOT NULL,
+    occurred_at  timestamptz NOT NULL,
+    body         bytea NOT NULL,
+    received_at  timestamptz NOT NULL DEFAULT now(),
+    applied_at   timestamptz,
+    PRIMARY KEY (provider, event_id)
 );

@@ -767,3 +767,127 @@ async fn hostile_inputs_get_clear_errors_and_the_service_keeps_working() {
         "completed"
     );
 }
+
+#[tokio::test]
+async fn provider_callbacks_are_verified_stored_and_applied_in_order() {
+    use dispatcher_core::signing::sign_hex_sha256;
+    let app = TestApp::spawn_with(
+        Services::ALL,
+        &[("DISPATCHER__PROVIDERS__ACME__SECRET", "acme-signing-key")],
+    )
+    .await;
+    let acct = app.create_account("provider@example.com").await;
+    let r = app
+        .post(
+            &app.ingest_url,
+            "/v1/dispatches",
+            &acct,
+            &json!({"template": {"format": "text", "body": "x"}, "data": {}}),
+        )
+        .await;
+    let id = r.json::<serde_json::Value>().await.unwrap()["dispatchId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = format!("{}/v1/providers/acme/events", app.ingest_url);
+    let now = chrono::Utc::now();
+    let event = |eid: &str, ty: &str, at: chrono::DateTime<chrono::Utc>| {
+        json!({"eventId": eid, "dispatchId": id, "type": ty, "occurredAt": at.to_rfc3339()})
+            .to_string()
+    };
+    let send = |body: String, sig: Option<String>| {
+        let mut req = app
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(sig) = sig {
+            req = req.header("x-provider-signature", sig);
+        }
+        req.send()
+    };
+    let key = b"acme-signing-key";
+
+    // Unsigned, wrongly signed, unknown provider, stale: refused, nothing stored.
+    let delivered = event("ev-2", "delivered", now);
+    assert_eq!(send(delivered.clone(), None).await.unwrap().status(), 401);
+    assert_eq!(
+        send(
+            delivered.clone(),
+            Some(sign_hex_sha256(b"wrong", delivered.as_bytes()))
+        )
+        .await
+        .unwrap()
+        .status(),
+        401
+    );
+    let tampered = event("ev-2", "failed", now);
+    assert_eq!(
+        send(tampered, Some(sign_hex_sha256(key, delivered.as_bytes())))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let other = app
+        .http
+        .post(format!("{}/v1/providers/nobody/events", app.ingest_url))
+        .body(delivered.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
+    let stale = event("ev-0", "accepted", now - chrono::Duration::hours(2));
+    let r = send(stale.clone(), Some(sign_hex_sha256(key, stale.as_bytes())))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error"]["code"],
+        "stale_event"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM provider_events").await, 0);
+
+    // The newer event first, then an older one, then a duplicate: "delivered" must win.
+    let r = send(
+        delivered.clone(),
+        Some(sign_hex_sha256(key, delivered.as_bytes())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let accepted = event("ev-1", "accepted", now - chrono::Duration::seconds(10));
+    assert_eq!(
+        send(
+            accepted.clone(),
+            Some(sign_hex_sha256(key, accepted.as_bytes()))
+        )
+        .await
+        .unwrap()
+        .status(),
+        200
+    );
+    let dup = send(
+        delivered.clone(),
+        Some(sign_hex_sha256(key, delivered.as_bytes())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(dup.status(), 200);
+    assert_eq!(
+        dup.json::<serde_json::Value>().await.unwrap()["duplicate"],
+        true
+    );
+    app.wait_count(
+        "SELECT count(*) FROM provider_events WHERE applied_at IS NOT NULL",
+        2,
+    )
+    .await;
+    let s: serde_json::Value = app
+        .get(&app.status_url, &format!("/v1/dispatches/{id}"), &acct)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(s["providerStatus"]["status"], "delivered", "{s}");
+}

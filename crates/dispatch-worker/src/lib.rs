@@ -3,6 +3,7 @@
 
 mod dead;
 mod process;
+mod provider_events;
 
 pub use process::WorkerHandler;
 
@@ -59,6 +60,20 @@ pub async fn serve(
             topology.dead_queue(),
         )),
         readiness.register("dead-letter-consumer"),
+        cancel.clone(),
+    ));
+    tasks.spawn(dispatcher_mq::run_consumer(
+        settings.clone(),
+        ConsumerConfig {
+            name: "dispatch-worker-provider-events".into(),
+            queue: topology.provider_events_queue(),
+            batch_max: settings.worker.batch_max,
+        },
+        Arc::new(provider_events::ProviderEventHandler::new(
+            pool.clone(),
+            topology.provider_events_queue(),
+        )),
+        readiness.register("provider-events-consumer"),
         cancel.clone(),
     ));
     tasks.spawn(dispatcher_mq::relay::run_relay(

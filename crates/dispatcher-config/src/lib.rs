@@ -57,6 +57,15 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub rate_limit: RateLimitSettings,
     pub telemetry: TelemetrySettings,
+    /// Inbound provider callbacks, by provider name.
+    #[serde(default)]
+    pub providers: HashMap<String, ProviderSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProviderSettings {
+    /// HMAC-SHA256 key the provider signs its callbacks with.
+    pub secret: Secret,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -98,6 +107,8 @@ pub struct IngestSettings {
     pub sync_timeout: Duration,
     pub batch_max: usize,
     pub max_body_bytes: usize,
+    #[serde(deserialize_with = "de_duration")]
+    pub provider_event_window: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -408,6 +419,14 @@ mod tests {
         assert!(s.delivery.allow_http);
         assert_eq!(s.delivery.allow_hosts, vec!["127.0.0.1", "hooks.internal"]);
         assert_eq!(s.telemetry.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn provider_secrets_come_from_the_environment() {
+        let s = load(&[("DISPATCHER__PROVIDERS__ACME__SECRET", "s3cret")]).unwrap();
+        assert_eq!(s.providers["acme"].secret.expose(), "s3cret");
+        assert!(!format!("{s:?}").contains("s3cret"));
+        assert!(load(&[]).unwrap().providers.is_empty());
     }
 
     #[test]

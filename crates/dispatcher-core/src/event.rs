@@ -177,3 +177,43 @@ mod tests {
         );
     }
 }
+
+/// What a provider reports about a dispatch it was handed (inbound provider callbacks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderEventType {
+    Accepted,
+    Delivered,
+    Bounced,
+    Failed,
+}
+
+impl ProviderEventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderEventType::Accepted => "accepted",
+            ProviderEventType::Delivered => "delivered",
+            ProviderEventType::Bounced => "bounced",
+            ProviderEventType::Failed => "failed",
+        }
+    }
+}
+
+/// The body a provider POSTs to `/v1/providers/{provider}/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundProviderEvent {
+    pub event_id: String,
+    pub dispatch_id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: ProviderEventType,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// `provider.event` on the broker: a stored provider event waiting to be applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProviderEventMessage {
+    pub provider: String,
+    pub event_id: String,
+}

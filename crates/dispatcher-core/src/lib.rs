@@ -15,7 +15,8 @@ pub mod template;
 
 pub use error::{DispatchError, ErrorCode};
 pub use event::{
-    DeliveryTask, DispatchRequested, EventType, OutcomeEvent, WebhookData, WebhookPayload,
+    DeliveryTask, DispatchRequested, EventType, InboundProviderEvent, OutcomeEvent,
+    ProviderEventMessage, ProviderEventType, WebhookData, WebhookPayload,
 };
 pub use status::{DispatchStatus, TransitionError};
 pub use template::{RenderError, TemplateFormat, TemplateSyntaxError};

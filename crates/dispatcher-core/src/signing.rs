@@ -102,6 +102,19 @@ pub fn signature_header(
         .join(" ")
 }
 
+/// The `sha256=<hex>` header value a provider sends for `body`.
+pub fn sign_hex_sha256(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256={hex}")
+}
+
 /// `sha256=<hex>` HMAC used by inbound provider callbacks, compared in constant time.
 pub fn verify_hex_sha256(secret: &[u8], body: &[u8], header: &str) -> bool {
     let Some(hex) = header.strip_prefix("sha256=") else {
@@ -194,6 +207,7 @@ mod tests {
             .map(|b| format!("{b:02x}"))
             .collect();
         assert!(verify_hex_sha256(b"k", b"body", &format!("sha256={hex}")));
+        assert_eq!(sign_hex_sha256(b"k", b"body"), format!("sha256={hex}"));
         assert!(!verify_hex_sha256(b"k", b"body2", &format!("sha256={hex}")));
         assert!(!verify_hex_sha256(b"k", b"body", &hex));
         assert!(!verify_hex_sha256(b"k", b"body", "sha256=zz"));

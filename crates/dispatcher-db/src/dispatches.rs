@@ -148,10 +148,13 @@ pub struct DispatchView {
     pub has_result: bool,
     pub error: Option<DispatchError>,
     pub metadata: Option<serde_json::Value>,
+    pub provider_status: Option<String>,
+    pub provider_status_at: Option<DateTime<Utc>>,
 }
 
 const VIEW_COLUMNS: &str = "id, account_id, status, queued_at, started_at, completed_at,
-     result_content_type IS NOT NULL AS has_result, error, metadata";
+     result_content_type IS NOT NULL AS has_result, error, metadata, provider_status,
+     provider_status_at";
 
 fn view_from_row(r: &Row) -> Result<DispatchView, DbError> {
     let status: String = r.get("status");
@@ -169,6 +172,8 @@ fn view_from_row(r: &Row) -> Result<DispatchView, DbError> {
             .transpose()
             .map_err(|e| DbError::Corrupt(format!("dispatch error column: {e}")))?,
         metadata: r.get("metadata"),
+        provider_status: r.get("provider_status"),
+        provider_status_at: r.get("provider_status_at"),
     })
 }
 

@@ -14,6 +14,7 @@ pub mod listen;
 pub mod migrate;
 pub mod outbox;
 pub mod pool;
+pub mod provider_events;
 pub mod subscriptions;
 pub mod templates;
 

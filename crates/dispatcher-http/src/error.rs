@@ -12,6 +12,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0} not found")]
     NotFound(&'static str),
+    #[error("signature missing or invalid")]
+    InvalidSignature,
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
     #[error("{message}")]
@@ -49,6 +51,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::InvalidSignature => (StatusCode::UNAUTHORIZED, "invalid_signature"),
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),

@@ -23,6 +23,16 @@ pub struct DispatchBody {
     pub error: Option<DispatchError>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
+    /// The provider's latest report (inbound provider callbacks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_status: Option<ProviderStatus>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderStatus {
+    pub status: String,
+    pub at: DateTime<Utc>,
 }
 
 pub fn result_url(public_base: &str, id: Uuid) -> String {
@@ -44,6 +54,10 @@ impl DispatchBody {
             result_url: v.has_result.then(|| result_url(public_base, v.id)),
             error: v.error,
             metadata: v.metadata,
+            provider_status: v
+                .provider_status
+                .zip(v.provider_status_at)
+                .map(|(status, at)| ProviderStatus { status, at }),
         }
     }
 }

@@ -67,6 +67,9 @@ impl Topology {
     pub fn webhook_events_queue(&self) -> String {
         format!("{}.webhook.events", self.prefix)
     }
+    pub fn provider_events_queue(&self) -> String {
+        format!("{}.provider.events", self.prefix)
+    }
     pub fn webhook_retry_queue(&self) -> String {
         format!("{}.webhook.retry", self.prefix)
     }
@@ -133,6 +136,8 @@ impl Topology {
         )
         .await?;
         bind(ch, &self.webhook_events_queue(), &events, "dispatch.failed").await?;
+        declare_queue(ch, &self.provider_events_queue(), self.work_queue_args()).await?;
+        bind(ch, &self.provider_events_queue(), &events, "provider.event").await?;
         declare_queue(ch, &self.webhook_retry_queue(), self.work_queue_args()).await?;
         bind(ch, &self.webhook_retry_queue(), &events, RETRY_KEY).await?;
 
@@ -167,6 +172,7 @@ impl Topology {
             self.dispatch_queue(),
             self.webhook_events_queue(),
             self.webhook_retry_queue(),
+            self.provider_events_queue(),
             self.dead_queue(),
         ];
         queues.extend(self.delays_ms.iter().map(|ms| self.delay_queue(*ms)));

@@ -1,4 +1,5 @@
 mod dispatches;
+mod providers;
 mod templates;
 mod webhooks;
 
@@ -14,6 +15,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/templates/{id}", get(templates::get))
         .route("/v1/dispatches", post(dispatches::submit))
+        .route("/v1/providers/{provider}/events", post(providers::receive))
         .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
         .route("/v1/webhooks/secret/rotate", post(webhooks::rotate_secret))
         .route(
