@@ -2,6 +2,7 @@
 //! in one transaction, many requests per transaction), answers sync submissions when their
 //! dispatch finishes, manages templates, and relays the outbox to RabbitMQ.
 
+mod estimate;
 mod routes;
 mod templates_cache;
 mod waiters;
@@ -26,6 +27,7 @@ pub struct AppState {
     pub writer: writer::BatchWriter,
     pub waiters: Arc<waiters::Waiters>,
     pub templates: Arc<templates_cache::TemplateCache>,
+    pub estimator: estimate::Estimator,
 }
 
 impl FromRef<AppState> for Arc<Authenticator> {
@@ -79,6 +81,7 @@ pub async fn serve(
         writer,
         waiters,
         templates: Arc::new(templates_cache::TemplateCache::default()),
+        estimator: estimate::Estimator::start(settings.clone(), pool.clone(), background.clone()),
     };
     let app: Router = routes::router(state).merge(health_router(HealthState {
         pool,

@@ -145,7 +145,8 @@ pub async fn submit(
         dispatch_id: id,
         status: "queued",
         queued_at,
-        estimated_completion_time: queued_at + estimate(),
+        estimated_completion_time: queued_at
+            + chrono::Duration::from_std(s.estimator.current()).unwrap_or_default(),
         status_url: status_url(s.settings.public_base(), id),
     };
     let message = DispatchRequested {
@@ -293,11 +294,6 @@ async fn resolve_template(
             Ok((Some(t.id), t.format, t.body))
         }
     }
-}
-
-/// The typical time from acceptance to outcome; see `estimate`.
-fn estimate() -> chrono::Duration {
-    chrono::Duration::seconds(1)
 }
 
 fn describe_path_error(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
