@@ -129,6 +129,8 @@ CREATE TABLE deliveries (
     msg_id           text NOT NULL,
     event_type       text NOT NULL,
     payload          bytea NOT NULL,
+    -- W3C trace context of the outcome event, sent on every attempt.
+    traceparent      text,
     status           text NOT NULL DEFAULT 'pending'
                      CHECK (status IN ('pending', 'succeeded', 'failed', 'dead')),
     attempts         integer NOT NULL DEFAULT 0,

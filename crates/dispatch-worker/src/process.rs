@@ -13,7 +13,9 @@ use dispatcher_mq::{BatchHandler, HandlerError, Incoming, Topology};
 use dispatcher_outbound::Policy;
 use futures::StreamExt;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::sync::Arc;
+use tracing::Instrument;
 use uuid::Uuid;
 
 pub struct WorkerHandler {
@@ -43,6 +45,13 @@ impl WorkerHandler {
             policy,
             queue,
         }
+    }
+
+    /// Runs one dispatch in a span that continues the trace of the message that requested it.
+    async fn run_traced(&self, d: Claimed, traceparent: Option<&str>) -> Finished {
+        let span = tracing::info_span!("dispatch.process", dispatch_id = %d.id);
+        dispatcher_telemetry::set_remote_parent(&span, traceparent);
+        self.run_one(d).instrument(span).await
     }
 
     /// Renders and hands one dispatch to its provider; never fails, the outcome says what happened.
@@ -97,6 +106,8 @@ impl WorkerHandler {
             event_id: event.event_id,
             routing_key: event_type.as_str(),
             event: serde_json::to_vec(&event).expect("event serializes"),
+            // The outcome event continues this dispatch's trace.
+            traceparent: dispatcher_telemetry::current_traceparent(),
         }
     }
 
@@ -154,10 +165,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 impl BatchHandler for WorkerHandler {
     async fn handle(&self, batch: &[Incoming]) -> Result<(), HandlerError> {
         let mut ids = Vec::with_capacity(batch.len());
+        let mut traces: HashMap<Uuid, &str> = HashMap::new();
         let mut poison = Vec::new();
         for m in batch {
             match serde_json::from_slice::<DispatchRequested>(&m.data) {
-                Ok(msg) => ids.push(msg.dispatch_id),
+                Ok(msg) => {
+                    ids.push(msg.dispatch_id);
+                    if let Some(tp) = m.header("traceparent") {
+                        traces.insert(msg.dispatch_id, tp);
+                    }
+                }
                 Err(e) => poison.push(NewDeadLetter {
                     queue: self.queue.clone(),
                     message_id: m.message_id.clone(),
@@ -182,7 +199,10 @@ impl BatchHandler for WorkerHandler {
             .await
             .map_err(transient)?;
         let finished: Vec<Finished> = futures::stream::iter(claimed)
-            .map(|d| self.run_one(d))
+            .map(|d| {
+                let tp = traces.get(&d.id).copied();
+                self.run_traced(d, tp)
+            })
             .buffer_unordered(self.settings.worker.concurrency)
             .collect()
             .await;

@@ -169,6 +169,7 @@ pub struct TelemetrySettings {
     pub log_level: String,
     #[serde(deserialize_with = "de_string")]
     pub otlp_endpoint: String,
+    pub otlp_protocol: String,
 }
 
 /// Where settings come from besides the compiled-in defaults.
@@ -253,6 +254,9 @@ impl Settings {
         }
         if self.delivery.timeout.is_zero() {
             return bad("delivery.timeout must be positive".into());
+        }
+        if !["http/protobuf", "http/json"].contains(&self.telemetry.otlp_protocol.as_str()) {
+            return bad("telemetry.otlp_protocol must be http/protobuf or http/json".into());
         }
         if !self.status.public_url.starts_with("http://")
             && !self.status.public_url.starts_with("https://")

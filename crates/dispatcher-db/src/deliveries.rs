@@ -15,6 +15,7 @@ pub struct NewDelivery {
     pub msg_id: String,
     pub event_type: String,
     pub payload: Vec<u8>,
+    pub traceparent: Option<String>,
 }
 
 /// A delivery as the deliverer needs it to make an attempt.
@@ -29,10 +30,11 @@ pub struct Delivery {
     pub payload: Vec<u8>,
     pub status: String,
     pub attempts: i32,
+    pub traceparent: Option<String>,
 }
 
 const DELIVERY_COLUMNS: &str =
-    "id, account_id, dispatch_id, webhook_id, url, msg_id, payload, status, attempts";
+    "id, account_id, dispatch_id, webhook_id, url, msg_id, payload, status, attempts, traceparent";
 
 fn delivery_from_row(r: &tokio_postgres::Row) -> Delivery {
     Delivery {
@@ -45,6 +47,7 @@ fn delivery_from_row(r: &tokio_postgres::Row) -> Delivery {
         payload: r.get("payload"),
         status: r.get("status"),
         attempts: r.get("attempts"),
+        traceparent: r.get("traceparent"),
     }
 }
 
@@ -56,11 +59,12 @@ pub async fn upsert_batch(pool: &Pool, rows: &[NewDelivery]) -> Result<Vec<Deliv
         .prepare_cached(&format!(
             "WITH input AS (
                  SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[],
-                                      $6::text[], $7::text[], $8::text[], $9::bytea[])
-                 AS t(id, account_id, dispatch_id, event_id, webhook_id, url, msg_id, event_type, payload)
+                                      $6::text[], $7::text[], $8::text[], $9::bytea[], $10::text[])
+                 AS t(id, account_id, dispatch_id, event_id, webhook_id, url, msg_id, event_type,
+                      payload, traceparent)
              ), ins AS (
                  INSERT INTO deliveries (id, account_id, dispatch_id, event_id, webhook_id, url,
-                                         msg_id, event_type, payload)
+                                         msg_id, event_type, payload, traceparent)
                  SELECT * FROM input
                  ON CONFLICT (id) DO NOTHING
                  RETURNING {DELIVERY_COLUMNS}
@@ -68,7 +72,7 @@ pub async fn upsert_batch(pool: &Pool, rows: &[NewDelivery]) -> Result<Vec<Deliv
              SELECT {DELIVERY_COLUMNS} FROM ins
              UNION ALL
              SELECT {cols} FROM deliveries d JOIN input i USING (id)",
-            cols = "d.id, d.account_id, d.dispatch_id, d.webhook_id, d.url, d.msg_id, d.payload, d.status, d.attempts"
+            cols = "d.id, d.account_id, d.dispatch_id, d.webhook_id, d.url, d.msg_id, d.payload, d.status, d.attempts, d.traceparent"
         ))
         .await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
@@ -80,6 +84,7 @@ pub async fn upsert_batch(pool: &Pool, rows: &[NewDelivery]) -> Result<Vec<Deliv
     let msg_ids: Vec<&str> = rows.iter().map(|r| r.msg_id.as_str()).collect();
     let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
     let payloads: Vec<&[u8]> = rows.iter().map(|r| r.payload.as_slice()).collect();
+    let traces: Vec<Option<&str>> = rows.iter().map(|r| r.traceparent.as_deref()).collect();
     Ok(client
         .query(
             &stmt,
@@ -93,6 +98,7 @@ pub async fn upsert_batch(pool: &Pool, rows: &[NewDelivery]) -> Result<Vec<Deliv
                 &msg_ids,
                 &types,
                 &payloads,
+                &traces,
             ],
         )
         .await?

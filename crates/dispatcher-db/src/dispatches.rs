@@ -31,7 +31,12 @@ pub struct NewDispatch {
 /// Inserts many dispatches and their outbox rows in one statement (so in one transaction).
 /// Returns the ids actually inserted: a row whose idempotency key already exists is skipped, and
 /// gets no outbox row.
-pub async fn insert_batch(pool: &Pool, rows: &[NewDispatch]) -> Result<Vec<Uuid>, DbError> {
+/// `traceparents[i]` is the trace context of `rows[i]`'s request, carried by its message.
+pub async fn insert_batch(
+    pool: &Pool,
+    rows: &[NewDispatch],
+    traceparents: &[Option<String>],
+) -> Result<Vec<Uuid>, DbError> {
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
@@ -39,10 +44,10 @@ pub async fn insert_batch(pool: &Pool, rows: &[NewDispatch]) -> Result<Vec<Uuid>
                  SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
                                       $6::jsonb[], $7::jsonb[], $8::text[], $9::jsonb[], $10::text[],
                                       $11::bytea[], $12::jsonb[], $13::bool[], $14::timestamptz[],
-                                      $15::uuid[], $16::bytea[])
+                                      $15::uuid[], $16::bytea[], $17::text[])
                  AS t(id, account_id, template_id, template_format, template_body, data, provider,
                       callback_url, metadata, idempotency_key, request_hash, idempotency_response,
-                      notify_on_finish, queued_at, message_id, message)
+                      notify_on_finish, queued_at, message_id, message, traceparent)
              ), ins AS (
                  INSERT INTO dispatches (id, account_id, template_id, template_format, template_body,
                                          data, provider, callback_url, metadata, idempotency_key,
@@ -54,8 +59,11 @@ pub async fn insert_batch(pool: &Pool, rows: &[NewDispatch]) -> Result<Vec<Uuid>
                  ON CONFLICT (account_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                  RETURNING id
              ), ob AS (
-                 INSERT INTO outbox (message_id, routing_key, payload)
-                 SELECT i.message_id, 'dispatch.requested', i.message FROM input i JOIN ins USING (id)
+                 INSERT INTO outbox (message_id, routing_key, payload, headers)
+                 SELECT i.message_id, 'dispatch.requested', i.message,
+                        CASE WHEN i.traceparent IS NULL THEN NULL
+                             ELSE jsonb_build_object('traceparent', i.traceparent) END
+                 FROM input i JOIN ins USING (id)
              )
              SELECT id FROM ins",
         )
@@ -100,6 +108,7 @@ pub async fn insert_batch(pool: &Pool, rows: &[NewDispatch]) -> Result<Vec<Uuid>
                 &queued,
                 &msg_ids,
                 &messages,
+                &traceparents,
             ],
         )
         .await?;
@@ -303,6 +312,7 @@ pub struct Finished {
     pub event_id: Uuid,
     pub routing_key: &'static str,
     pub event: Vec<u8>,
+    pub traceparent: Option<String>,
 }
 
 /// Records outcomes and their outbox events in one statement. Only dispatches still `processing`
@@ -314,8 +324,10 @@ pub async fn finish_batch(pool: &Pool, rows: &[Finished]) -> Result<Vec<Uuid>, D
         .prepare_cached(
             "WITH input AS (
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::bytea[],
-                                      $5::text[], $6::jsonb[], $7::uuid[], $8::text[], $9::bytea[])
-                 AS t(id, status, completed_at, result, content_type, error, event_id, routing_key, event)
+                                      $5::text[], $6::jsonb[], $7::uuid[], $8::text[], $9::bytea[],
+                                      $10::text[])
+                 AS t(id, status, completed_at, result, content_type, error, event_id, routing_key,
+                      event, traceparent)
              ), upd AS (
                  UPDATE dispatches d
                  SET status = i.status, completed_at = i.completed_at, result = i.result,
@@ -324,8 +336,11 @@ pub async fn finish_batch(pool: &Pool, rows: &[Finished]) -> Result<Vec<Uuid>, D
                  WHERE d.id = i.id AND d.status = 'processing'
                  RETURNING d.id
              ), ob AS (
-                 INSERT INTO outbox (message_id, routing_key, payload)
-                 SELECT i.event_id, i.routing_key, i.event FROM input i JOIN upd USING (id)
+                 INSERT INTO outbox (message_id, routing_key, payload, headers)
+                 SELECT i.event_id, i.routing_key, i.event,
+                        CASE WHEN i.traceparent IS NULL THEN NULL
+                             ELSE jsonb_build_object('traceparent', i.traceparent) END
+                 FROM input i JOIN upd USING (id)
              )
              SELECT id FROM upd",
         )
@@ -339,11 +354,13 @@ pub async fn finish_batch(pool: &Pool, rows: &[Finished]) -> Result<Vec<Uuid>, D
     let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
     let keys: Vec<&str> = rows.iter().map(|r| r.routing_key).collect();
     let events: Vec<&[u8]> = rows.iter().map(|r| r.event.as_slice()).collect();
+    let traces: Vec<Option<&str>> = rows.iter().map(|r| r.traceparent.as_deref()).collect();
     let out = client
         .query(
             &stmt,
             &[
                 &ids, &statuses, &completed, &results, &types, &errors, &event_ids, &keys, &events,
+                &traces,
             ],
         )
         .await?;

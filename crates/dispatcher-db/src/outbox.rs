@@ -11,6 +11,8 @@ pub struct OutboxRow {
     pub message_id: Uuid,
     pub routing_key: String,
     pub payload: Vec<u8>,
+    /// W3C trace context to carry in the AMQP headers.
+    pub traceparent: Option<String>,
 }
 
 /// Locks up to `limit` unsent rows, skipping rows another relay holds, so replicas never publish
@@ -21,7 +23,7 @@ pub async fn lock_batch(
 ) -> Result<Vec<OutboxRow>, DbError> {
     let stmt = tx
         .prepare_cached(
-            "SELECT id, message_id, routing_key, payload FROM outbox
+            "SELECT id, message_id, routing_key, payload, headers->>'traceparent' FROM outbox
              WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .await?;
@@ -34,6 +36,7 @@ pub async fn lock_batch(
             message_id: r.get(1),
             routing_key: r.get(2),
             payload: r.get(3),
+            traceparent: r.get(4),
         })
         .collect())
 }

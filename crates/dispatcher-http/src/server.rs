@@ -36,7 +36,21 @@ pub fn with_common_layers(router: Router, max_body_bytes: usize) -> Router {
             )
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let span = tracing::info_span!(
+                "http.request",
+                method = %req.method(),
+                path = %req.uri().path(),
+            );
+            // Continue the client's trace if it sent one.
+            dispatcher_telemetry::set_remote_parent(
+                &span,
+                req.headers()
+                    .get("traceparent")
+                    .and_then(|v| v.to_str().ok()),
+            );
+            span
+        }))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
 

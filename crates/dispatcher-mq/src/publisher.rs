@@ -13,6 +13,8 @@ pub struct OutgoingMessage {
     pub message_id: Uuid,
     pub routing_key: String,
     pub payload: Vec<u8>,
+    /// W3C trace context, sent as the `traceparent` header.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +58,20 @@ impl Publisher {
         let mut pending = Vec::with_capacity(messages.len());
         let now = chrono::Utc::now().timestamp() as u64;
         for m in messages {
-            let props = BasicProperties::default()
+            let mut props = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_content_type("application/json".into())
                 .with_message_id(m.message_id.to_string().into())
                 .with_timestamp(now)
                 .with_app_id(self.app_id.clone().into());
+            if let Some(tp) = &m.traceparent {
+                let mut headers = lapin::types::FieldTable::default();
+                headers.insert(
+                    "traceparent".into(),
+                    lapin::types::AMQPValue::LongString(tp.clone().into()),
+                );
+                props = props.with_headers(headers);
+            }
             let confirm = self
                 .channel
                 .basic_publish(

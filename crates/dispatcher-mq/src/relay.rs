@@ -128,6 +128,7 @@ async fn relay_once(pool: &Pool, publisher: &Publisher, batch: i64) -> Result<us
             message_id: r.message_id,
             routing_key: r.routing_key.clone(),
             payload: r.payload.clone(),
+            traceparent: r.traceparent.clone(),
         })
         .collect();
     publisher.publish_batch(&messages).await?;

@@ -1,30 +1,113 @@
-//! Logging and metrics set-up shared by every binary.
+//! Logging, tracing and metrics set-up shared by every binary.
 //!
-//! `init` installs the tracing subscriber (text or JSON, filtered by `RUST_LOG` or
-//! `telemetry.log_level`) and the Prometheus recorder whose text rendering `/metrics` serves.
-//! Both are process-global, so `init` is idempotent: tests that start several services in one
-//! process share them.
+//! - Logs: `tracing` with text or JSON output, filtered by `RUST_LOG` or `telemetry.log_level`.
+//! - Traces: when `telemetry.otlp_endpoint` is set, spans are exported over OTLP/HTTP and the W3C
+//!   trace context travels with the work: from the client's `traceparent` into the ingest span,
+//!   through outbox rows and AMQP headers to the worker and the deliverer, and out in each
+//!   webhook's `traceparent` header, so one dispatch is one trace. When the endpoint is empty no
+//!   OpenTelemetry layer is installed at all: no cost.
+//! - Metrics: a process-wide Prometheus recorder whose rendering `/metrics` serves.
 
 use dispatcher_config::{LogFormat, TelemetrySettings};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::collections::HashMap;
 use std::sync::OnceLock;
-use tracing_subscriber::EnvFilter;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Installs logging (once per process) and returns the metrics handle.
-pub fn init(settings: &TelemetrySettings) -> PrometheusHandle {
+/// Flushes and stops trace export when dropped (at the end of `main`).
+pub struct TelemetryGuard(Option<SdkTracerProvider>);
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.0.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs logging and (if configured) trace export for `service`. Call once, from `main`.
+pub fn init(settings: &TelemetrySettings, service: &'static str) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(settings.log_level.clone()));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second call (tests) finds a subscriber already set; that is fine.
-    let _ = match settings.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // The log filter applies to log output only; traces keep their own level, so quiet logs
+    // (RUST_LOG=warn) do not switch tracing off.
+    let fmt = match settings.log_format {
+        LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
     };
-    metrics_handle()
+    let provider = (!settings.otlp_endpoint.is_empty()).then(|| tracer_provider(settings, service));
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(service))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init();
+    TelemetryGuard(provider)
+}
+
+fn tracer_provider(settings: &TelemetrySettings, service: &'static str) -> SdkTracerProvider {
+    let endpoint = {
+        let base = settings.otlp_endpoint.trim_end_matches('/');
+        if base.ends_with("/v1/traces") {
+            base.to_owned()
+        } else {
+            format!("{base}/v1/traces")
+        }
+    };
+    let protocol = match settings.otlp_protocol.as_str() {
+        "http/json" => Protocol::HttpJson,
+        _ => Protocol::HttpBinary,
+    };
+    // The blocking HTTP client must not be created on a runtime thread.
+    let exporter = std::thread::spawn(move || {
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(protocol)
+            .with_endpoint(endpoint)
+            .build()
+    })
+    .join()
+    .expect("exporter thread")
+    .expect("OTLP exporter configuration");
+    SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service)
+                .build(),
+        )
+        .build()
+}
+
+/// The `traceparent` of the current span, if tracing is on and the span is sampled.
+pub fn current_traceparent() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` a child of the remote context in `traceparent` (a no-op if tracing is off or the
+/// value is malformed).
+pub fn set_remote_parent(span: &tracing::Span, traceparent: Option<&str>) {
+    let Some(tp) = traceparent else { return };
+    let carrier = HashMap::from([("traceparent".to_owned(), tp.to_owned())]);
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    let _ = span.set_parent(cx);
 }
 
 /// The process-wide Prometheus recorder, installed on first use.

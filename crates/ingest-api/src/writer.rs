@@ -12,10 +12,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 type Reply = oneshot::Sender<Result<bool, String>>;
+/// A row, the trace context of the request that submitted it, and where to send the result.
+type Job = (NewDispatch, Option<String>, Reply);
 
 #[derive(Clone)]
 pub struct BatchWriter {
-    tx: mpsc::Sender<(NewDispatch, Reply)>,
+    tx: mpsc::Sender<Job>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +37,10 @@ impl BatchWriter {
     /// existed (nothing written).
     pub async fn write(&self, row: NewDispatch) -> Result<bool, WriteError> {
         let (reply, rx) = oneshot::channel();
+        // Captured here, on the request's task, so the message continues the request's trace.
+        let traceparent = dispatcher_telemetry::current_traceparent();
         self.tx
-            .send((row, reply))
+            .send((row, traceparent, reply))
             .await
             .map_err(|_| WriteError::Unavailable("writer stopped".into()))?;
         rx.await
@@ -45,12 +49,7 @@ impl BatchWriter {
     }
 }
 
-async fn run(
-    pool: Pool,
-    mut rx: mpsc::Receiver<(NewDispatch, Reply)>,
-    batch_max: usize,
-    stop: CancellationToken,
-) {
+async fn run(pool: Pool, mut rx: mpsc::Receiver<Job>, batch_max: usize, stop: CancellationToken) {
     let mut buf = Vec::with_capacity(batch_max);
     loop {
         let first = tokio::select! {
@@ -66,9 +65,16 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let (rows, replies): (Vec<_>, Vec<_>) = buf.drain(..).unzip();
+        let mut rows = Vec::with_capacity(buf.len());
+        let mut traces = Vec::with_capacity(buf.len());
+        let mut replies = Vec::with_capacity(buf.len());
+        for (row, trace, reply) in buf.drain(..) {
+            rows.push(row);
+            traces.push(trace);
+            replies.push(reply);
+        }
         metrics::histogram!("dispatcher_ingest_batch_size").record(rows.len() as f64);
-        match insert_batch(&pool, &rows).await {
+        match insert_batch(&pool, &rows, &traces).await {
             Ok(inserted) => {
                 for (row, reply) in rows.iter().zip(replies) {
                     let _ = reply.send(Ok(inserted.contains(&row.id)));

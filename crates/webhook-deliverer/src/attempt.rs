@@ -15,6 +15,7 @@ use rand::Rng;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 use uuid::Uuid;
 
 pub struct Deliverer {
@@ -129,7 +130,10 @@ impl Deliverer {
         let records: Vec<(AttemptRecord, Option<Uuid>)> = futures::stream::iter(deliveries)
             .map(|d| {
                 let keys = secrets[&d.account_id].clone();
-                async move { self.attempt_one(d, &keys).await }
+                // Each attempt is a span in the dispatch's trace.
+                let span = tracing::info_span!("webhook.deliver", delivery_id = %d.id, attempt = d.attempts + 1);
+                dispatcher_telemetry::set_remote_parent(&span, d.traceparent.as_deref());
+                async move { self.attempt_one(d, &keys).await }.instrument(span)
             })
             .buffer_unordered(self.settings.deliverer.concurrency)
             .collect()
@@ -227,9 +231,14 @@ impl Deliverer {
             .header("webhook-id", &d.msg_id)
             .header("webhook-timestamp", ts.to_string())
             .header("webhook-signature", signature)
-            .body(d.payload.clone())
-            .send()
-            .await;
+            .body(d.payload.clone());
+        // The receiver can join the dispatch's trace.
+        let sent = match dispatcher_telemetry::current_traceparent() {
+            Some(tp) => sent.header("traceparent", tp),
+            None => sent,
+        }
+        .send()
+        .await;
         let resp = match sent {
             Ok(r) => r,
             Err(e) => {

@@ -55,7 +55,7 @@ impl BatchHandler for EventHandler {
         let mut bad = Vec::new();
         for m in batch {
             match serde_json::from_slice::<OutcomeEvent>(&m.data) {
-                Ok(e) => events.push(e),
+                Ok(e) => events.push((e, m.header("traceparent").map(str::to_owned))),
                 Err(e) => bad.push(poison(&self.queue, m, e)),
             }
         }
@@ -63,7 +63,7 @@ impl BatchHandler for EventHandler {
         if events.is_empty() {
             return Ok(());
         }
-        let ids: Vec<_> = events.iter().map(|e| e.dispatch_id).collect();
+        let ids: Vec<_> = events.iter().map(|(e, _)| e.dispatch_id).collect();
         let mut targets: HashMap<uuid::Uuid, Vec<(Option<uuid::Uuid>, String)>> = HashMap::new();
         for (dispatch, webhook, url) in deliveries::targets(&self.deliverer.pool, &ids)
             .await
@@ -72,7 +72,7 @@ impl BatchHandler for EventHandler {
             targets.entry(dispatch).or_default().push((webhook, url));
         }
         let mut rows = Vec::new();
-        for e in &events {
+        for (e, traceparent) in &events {
             let payload = serde_json::to_vec(&e.payload).expect("payload serializes");
             for (webhook, url) in targets.get(&e.dispatch_id).into_iter().flatten() {
                 // The endpoint key: the subscription for subscribed deliveries, else the URL.
@@ -89,6 +89,7 @@ impl BatchHandler for EventHandler {
                     msg_id: webhook_message_id(e.event_id, &endpoint),
                     event_type: e.payload.event_type.as_str().to_owned(),
                     payload: payload.clone(),
+                    traceparent: traceparent.clone(),
                 });
             }
         }

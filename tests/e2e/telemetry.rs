@@ -1,0 +1,160 @@
+//! Telemetry across the broker: one dispatch is one trace from the client's request to the webhook.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use axum::Router;
+use dispatcher_e2e::{Receiver, ServiceProcess, Services, TestApp, PATIENCE};
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// (service.name, traceId, span name) of every span an OTLP/HTTP JSON receiver got.
+type Spans = Arc<Mutex<Vec<(String, String, String)>>>;
+
+async fn collect(State(spans): State<Spans>, body: Bytes) -> &'static str {
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let mut out = spans.lock().unwrap();
+    for rs in v["resourceSpans"].as_array().into_iter().flatten() {
+        let service = rs["resource"]["attributes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["key"] == "service.name")
+            .and_then(|a| a["value"]["stringValue"].as_str())
+            .unwrap_or("")
+            .to_owned();
+        for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+            for sp in ss["spans"].as_array().into_iter().flatten() {
+                out.push((
+                    service.clone(),
+                    sp["traceId"].as_str().unwrap_or("").to_owned(),
+                    sp["name"].as_str().unwrap_or("").to_owned(),
+                ));
+            }
+        }
+    }
+    "{}"
+}
+
+#[tokio::test]
+async fn one_trace_crosses_ingest_worker_and_deliverer_into_the_webhook() {
+    let spans: Spans = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = format!("http://{}", listener.local_addr().unwrap());
+    let s = spans.clone();
+    tokio::spawn(async move {
+        let app = Router::new()
+            .route("/v1/traces", post(collect))
+            .with_state(s);
+        axum::serve(listener, app).await.unwrap();
+    });
+
+    let app = TestApp::spawn_with(
+        Services {
+            ingest: false,
+            worker: false,
+            deliverer: false,
+            status: true,
+        },
+        &[],
+    )
+    .await;
+    let rx = Receiver::start().await;
+    let acct = app.create_account("trace@example.com").await;
+    let mut env = app.process_env();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    env.insert(
+        "DISPATCHER__INGEST__LISTEN".into(),
+        format!("127.0.0.1:{port}"),
+    );
+    env.insert("DISPATCHER__TELEMETRY__OTLP_ENDPOINT".into(), otlp);
+    env.insert(
+        "DISPATCHER__TELEMETRY__OTLP_PROTOCOL".into(),
+        "http/json".into(),
+    );
+    env.insert("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into());
+    let _procs = [
+        ServiceProcess::spawn(
+            "ingest-api",
+            &env,
+            &format!("{}-otel-ingest.log", app.prefix),
+        ),
+        ServiceProcess::spawn(
+            "dispatch-worker",
+            &env,
+            &format!("{}-otel-worker.log", app.prefix),
+        ),
+        ServiceProcess::spawn(
+            "webhook-deliverer",
+            &env,
+            &format!("{}-otel-deliverer.log", app.prefix),
+        ),
+    ];
+    let ingest = format!("http://127.0.0.1:{port}");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while app
+        .http
+        .get(format!("{ingest}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ingest-api never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The client starts the trace.
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let r = app
+        .http
+        .post(format!("{ingest}/v1/dispatches?async=true"))
+        .basic_auth(&acct.email, Some(&acct.password))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&json!({"template": {"format": "text", "body": "x"}, "data": {}, "callbackUrl": rx.url()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    let hook = &rx.wait_for(1).await[0];
+    let tp = hook.header("traceparent");
+    assert_eq!(
+        tp.split('-').nth(1),
+        Some(trace_id.as_str()),
+        "the webhook carries the trace: {tp}"
+    );
+
+    let want: HashSet<&str> = ["ingest-api", "dispatch-worker", "webhook-deliverer"].into();
+    loop {
+        let got = spans.lock().unwrap().clone();
+        let mut services: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (svc, tid, name) in &got {
+            if tid == &trace_id {
+                services
+                    .entry(svc.as_str())
+                    .or_default()
+                    .push(name.as_str());
+            }
+        }
+        if want.iter().all(|s| services.contains_key(s)) {
+            assert!(services["dispatch-worker"].contains(&"dispatch.process"));
+            assert!(services["webhook-deliverer"].contains(&"webhook.deliver"));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline + PATIENCE,
+            "spans in the trace so far: {services:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
