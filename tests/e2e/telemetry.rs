@@ -158,3 +158,157 @@ async fn one_trace_crosses_ingest_worker_and_deliverer_into_the_webhook() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Parses Prometheus text format into (metric name with labels, value); panics on a bad line.
+fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (name, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line: {l}"));
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value: {l}"));
+            (name.to_owned(), value)
+        })
+        .collect()
+}
+
+fn has(metrics: &[(String, f64)], name: &str) -> bool {
+    metrics.iter().any(|(n, _)| {
+        n == name || n.starts_with(&format!("{name}{{")) || n.starts_with(&format!("{name}_"))
+    })
+}
+
+#[tokio::test]
+async fn every_service_serves_prometheus_metrics() {
+    let app = TestApp::spawn_with(
+        Services {
+            ingest: false,
+            worker: false,
+            deliverer: false,
+            status: true,
+        },
+        &[],
+    )
+    .await;
+    let rx = Receiver::start().await;
+    let acct = app.create_account("metrics@example.com").await;
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (pi, pw, pd) = (free(), free(), free());
+    let mut env = app.process_env();
+    env.insert(
+        "DISPATCHER__INGEST__LISTEN".into(),
+        format!("127.0.0.1:{pi}"),
+    );
+    env.insert(
+        "DISPATCHER__WORKER__LISTEN".into(),
+        format!("127.0.0.1:{pw}"),
+    );
+    env.insert(
+        "DISPATCHER__DELIVERER__LISTEN".into(),
+        format!("127.0.0.1:{pd}"),
+    );
+    let _procs = [
+        ServiceProcess::spawn(
+            "ingest-api",
+            &env,
+            &format!("{}-metrics-ingest.log", app.prefix),
+        ),
+        ServiceProcess::spawn(
+            "dispatch-worker",
+            &env,
+            &format!("{}-metrics-worker.log", app.prefix),
+        ),
+        ServiceProcess::spawn(
+            "webhook-deliverer",
+            &env,
+            &format!("{}-metrics-deliverer.log", app.prefix),
+        ),
+    ];
+    let ingest = format!("http://127.0.0.1:{pi}");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    for port in [pi, pw, pd] {
+        while app
+            .http
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status() != 200)
+            .unwrap_or(true)
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "service on {port} never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for i in 0..5 {
+        let body = if i == 0 { "{{ missing }}" } else { "ok" };
+        let r = app
+            .post(&ingest, "/v1/dispatches?async=true", &acct, &json!({"template": {"format": "text", "body": body}, "data": {}, "callbackUrl": rx.url()}))
+            .await;
+        assert_eq!(r.status(), 202);
+    }
+    rx.wait_for(5).await;
+    let _ = app.get(&app.status_url, "/v1/dispatches", &acct).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let scrape = |url: String| {
+        let http = app.http.clone();
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            assert!(r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain"));
+            parse_prometheus(&r.text().await.unwrap())
+        }
+    };
+    let ing = scrape(format!("{ingest}/metrics")).await;
+    for name in [
+        "dispatcher_http_requests_total",
+        "dispatcher_http_request_duration_seconds",
+        "dispatcher_dispatches_accepted_total",
+        "dispatcher_messages_published_total",
+        "dispatcher_outbox_backlog",
+        "dispatcher_outbox_oldest_unsent_seconds",
+    ] {
+        assert!(has(&ing, name), "ingest-api lacks {name}");
+    }
+    assert!(ing
+        .iter()
+        .any(|(n, _)| n.contains("route=\"/v1/dispatches\"") && n.contains("status=\"202\"")));
+    let worker = scrape(format!("http://127.0.0.1:{pw}/metrics")).await;
+    for name in [
+        "dispatcher_messages_consumed_total",
+        "dispatcher_messages_acked_total",
+        "dispatcher_dispatches_finished_total",
+        "dispatcher_messages_published_total",
+    ] {
+        assert!(has(&worker, name), "dispatch-worker lacks {name}");
+    }
+    assert!(worker.iter().any(|(n, v)| n.contains("status=\"failed\"")
+        && n.starts_with("dispatcher_dispatches_finished_total")
+        && *v >= 1.0));
+    let deliverer = scrape(format!("http://127.0.0.1:{pd}/metrics")).await;
+    for name in [
+        "dispatcher_delivery_attempts_total",
+        "dispatcher_deliveries_total",
+        "dispatcher_delivery_duration_seconds",
+        "dispatcher_webhook_delivery_lag_seconds",
+        "dispatcher_circuit_breakers_open",
+        "dispatcher_messages_acked_total",
+    ] {
+        assert!(has(&deliverer, name), "webhook-deliverer lacks {name}");
+    }
+    let status = scrape(format!("{}/metrics", app.status_url)).await;
+    assert!(has(&status, "dispatcher_http_requests_total"));
+}

@@ -8,7 +8,7 @@ mod provider_events;
 pub use process::WorkerHandler;
 
 use dispatcher_config::Settings;
-use dispatcher_http::{health_router, HealthState};
+use dispatcher_http::{health_app, HealthState};
 use dispatcher_mq::consumer::ConsumerConfig;
 use dispatcher_mq::{Readiness, Topology};
 use std::sync::Arc;
@@ -83,7 +83,7 @@ pub async fn serve(
         readiness.register("outbox-relay"),
         cancel.clone(),
     ));
-    let app = health_router(HealthState {
+    let app = health_app(HealthState {
         pool,
         readiness,
         metrics: dispatcher_telemetry::metrics_handle(),

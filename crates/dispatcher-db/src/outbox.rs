@@ -66,7 +66,7 @@ pub async fn purge_sent(pool: &Pool, keep_secs: f64, batch: i64) -> Result<u64, 
     Ok(client.execute(&stmt, &[&keep_secs, &batch]).await?)
 }
 
-/// Unsent rows and the age in seconds of the oldest one.
+/// Unsent rows and the age in seconds of the oldest one (an index-only look at the unsent part).
 pub async fn backlog(pool: &Pool) -> Result<(i64, f64), DbError> {
     let client = pool.get().await?;
     let row = client

@@ -25,6 +25,11 @@ pub fn health_router(state: HealthState) -> Router {
         .with_state(state)
 }
 
+/// The health router as a complete app, for the services whose only HTTP surface it is.
+pub fn health_app(state: HealthState) -> Router {
+    crate::with_common_layers(health_router(state), 1024)
+}
+
 async fn readyz(State(s): State<HealthState>) -> impl IntoResponse {
     let db = dispatcher_db::pool::ping(&s.pool).await;
     let not_ready = s.readiness.not_ready();

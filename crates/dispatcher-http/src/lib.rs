@@ -12,6 +12,6 @@ pub mod views;
 
 pub use auth::{AuthAccount, Authenticator};
 pub use error::ApiError;
-pub use health::{health_router, HealthState};
+pub use health::{health_app, health_router, HealthState};
 pub use json::{ApiJson, ApiQuery};
 pub use server::{serve, shutdown_signal, with_common_layers};

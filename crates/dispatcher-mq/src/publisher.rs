@@ -102,7 +102,10 @@ impl Publisher {
         if unroutable > 0 {
             return Err(PublishError::Unroutable(unroutable));
         }
-        metrics::counter!("dispatcher_messages_published_total").increment(messages.len() as u64);
+        for m in messages {
+            metrics::counter!("dispatcher_messages_published_total", "routing_key" => m.routing_key.clone())
+                .increment(1);
+        }
         Ok(())
     }
 }

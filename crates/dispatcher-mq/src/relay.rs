@@ -21,6 +21,8 @@ use tracing::{debug, info, warn};
 /// How long sent rows are kept (for inspection) before they are purged.
 const KEEP_SENT: Duration = Duration::from_secs(600);
 const PURGE_EVERY: Duration = Duration::from_secs(30);
+/// How often the backlog gauges are refreshed.
+const GAUGE_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
@@ -50,6 +52,7 @@ pub async fn run_relay(
     );
     let mut backoff = Backoff::default();
     let mut last_purge = Instant::now();
+    let mut last_gauge = Instant::now() - GAUGE_EVERY;
     while !cancel.is_cancelled() {
         let session = async {
             let conn = crate::connect(settings.amqp.url.expose(), &name).await?;
@@ -69,6 +72,13 @@ pub async fn run_relay(
                         continue;
                     }
                     Err(e) => return Err(e),
+                }
+                if last_gauge.elapsed() > GAUGE_EVERY {
+                    last_gauge = Instant::now();
+                    if let Ok((unsent, oldest)) = outbox::backlog(&pool).await {
+                        metrics::gauge!("dispatcher_outbox_backlog").set(unsent as f64);
+                        metrics::gauge!("dispatcher_outbox_oldest_unsent_seconds").set(oldest);
+                    }
                 }
                 if last_purge.elapsed() > PURGE_EVERY {
                     last_purge = Instant::now();

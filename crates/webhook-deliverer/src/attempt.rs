@@ -187,6 +187,17 @@ impl Deliverer {
         metrics::histogram!("dispatcher_delivery_duration_seconds")
             .record(post.duration.as_secs_f64());
         let succeeded = matches!(post.outcome, AttemptOutcome::Success);
+        if succeeded {
+            // From the outcome (the payload's timestamp) to the receiver's acknowledgement.
+            if let Ok(p) = serde_json::from_slice::<dispatcher_core::WebhookPayload>(&d.payload) {
+                let lag = (Utc::now() - p.timestamp).to_std().unwrap_or_default();
+                metrics::histogram!("dispatcher_webhook_delivery_lag_seconds")
+                    .record(lag.as_secs_f64());
+            }
+            metrics::counter!("dispatcher_deliveries_total", "outcome" => "succeeded").increment(1);
+        } else if new_status == "dead" || new_status == "failed" {
+            metrics::counter!("dispatcher_deliveries_total", "outcome" => new_status).increment(1);
+        }
         (
             AttemptRecord {
                 id: Uuid::now_v7(),
