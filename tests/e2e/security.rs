@@ -891,3 +891,43 @@ async fn provider_callbacks_are_verified_stored_and_applied_in_order() {
         .unwrap();
     assert_eq!(s["providerStatus"]["status"], "delivered", "{s}");
 }
+
+#[tokio::test]
+async fn the_documented_node_verifier_accepts_real_webhooks_and_rejects_tampering() {
+    let app = TestApp::spawn().await;
+    let rx = Receiver::start().await;
+    let acct = app.create_account("node@example.com").await;
+    let r = app
+        .post(&app.ingest_url, "/v1/dispatches", &acct, &json!({"template": {"format": "text", "body": "x"}, "data": {}, "callbackUrl": rx.url()}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let hook = &rx.wait_for(1).await[0];
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/verify-webhook.js");
+    let run = |secret: &str, body: &str| {
+        let input = json!({
+            "secret": secret,
+            "headers": {
+                "webhook-id": hook.header("webhook-id"),
+                "webhook-timestamp": hook.header("webhook-timestamp"),
+                "webhook-signature": hook.header("webhook-signature"),
+            },
+            "body": body,
+        })
+        .to_string();
+        let script = script.clone();
+        async move {
+            use tokio::io::AsyncWriteExt;
+            let mut child = tokio::process::Command::new("node")
+                .arg(script)
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .expect("node is installed (the README's Node example is tested with it)");
+            child.stdin.take().unwrap().write_all(input.as_bytes()).await.unwrap();
+            child.wait().await.unwrap().success()
+        }
+    };
+    let body = String::from_utf8(hook.body.to_vec()).unwrap();
+    assert!(run(&acct.webhook_secret, &body).await, "valid webhook accepted");
+    assert!(!run(&acct.webhook_secret, &body.replace("completed", "failed")).await, "tampered body rejected");
+    assert!(!run("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &body).await, "wrong secret rejected");
+}

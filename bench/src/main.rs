@@ -1,0 +1,365 @@
+//! `dispatcher-bench`: the load generator behind `make bench`.
+//!
+//! It drives an already running Dispatcher (started by `scripts/bench.sh`) from this machine,
+//! runs a local webhook receiver, and measures:
+//!
+//! 1. async ingest, closed loop at maximum: requests/s and latency percentiles;
+//! 2. async ingest, open loop at a fixed offered rate (latency measured from the scheduled send
+//!    time, so a slow server cannot hide its queueing);
+//! 3. sustained end to end: N dispatches submitted as fast as accepted, until every webhook has
+//!    arrived: dispatches/s;
+//! 4. end to end, open loop at `DISPATCHER_BENCH_RATE`: submit-to-webhook latency percentiles;
+//!
+//! plus peak RSS and CPU seconds per 1 000 dispatches of each service (from /proc). Results are
+//! printed as a table and written as JSON.
+//!
+//! Every request goes to loopback addresses given in the environment.
+
+use anyhow::{bail, Context};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use axum::Router;
+use futures::StreamExt;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Config {
+    ingest: String,
+    email: String,
+    password: String,
+    pids: Vec<(String, u32)>,
+    n: usize,
+    rate: u64,
+    out: String,
+}
+
+fn env(name: &str) -> anyhow::Result<String> {
+    std::env::var(name).with_context(|| format!("{name} is not set"))
+}
+
+fn config() -> anyhow::Result<Config> {
+    let pids = env("BENCH_PIDS")?
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|p| {
+            let (name, pid) = p.split_once('=').context("BENCH_PIDS is name=pid,...")?;
+            Ok((name.to_owned(), pid.parse()?))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let ingest = env("BENCH_INGEST_URL")?;
+    if !ingest.starts_with("http://127.") && !ingest.starts_with("http://localhost") {
+        bail!("the benchmark only targets loopback addresses");
+    }
+    Ok(Config {
+        ingest,
+        email: env("BENCH_EMAIL")?,
+        password: env("BENCH_PASSWORD")?,
+        pids,
+        n: std::env::var("DISPATCHER_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000),
+        rate: std::env::var("DISPATCHER_BENCH_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000),
+        out: std::env::var("BENCH_OUT").unwrap_or_else(|_| "bench/results.json".into()),
+    })
+}
+
+/// Arrival time of each dispatch's webhook.
+#[derive(Clone, Default)]
+struct Arrivals {
+    at: Arc<Mutex<HashMap<String, Instant>>>,
+    count: Arc<AtomicUsize>,
+}
+
+async fn receive(State(a): State<Arrivals>, body: Bytes) -> &'static str {
+    let now = Instant::now();
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
+        if let Some(id) = v["data"]["dispatchId"].as_str() {
+            a.at.lock().unwrap().entry(id.to_owned()).or_insert(now);
+        }
+    }
+    a.count.fetch_add(1, Ordering::Relaxed);
+    "ok"
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Percentiles {
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+fn percentiles(mut v: Vec<Duration>) -> Percentiles {
+    if v.is_empty() {
+        return Percentiles { p50_ms: 0.0, p95_ms: 0.0, p99_ms: 0.0, max_ms: 0.0 };
+    }
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1].as_secs_f64() * 1000.0;
+    Percentiles { p50_ms: at(0.50), p95_ms: at(0.95), p99_ms: at(0.99), max_ms: at(1.0) }
+}
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+    email: String,
+    password: String,
+}
+
+impl Client {
+    /// Submits one async dispatch; returns its id.
+    async fn submit(&self, i: usize, callback: Option<&str>) -> anyhow::Result<String> {
+        let mut body = serde_json::json!({
+            "template": {"format": "text", "body": "Invoice {{ n }} for {{ customer }}"},
+            "data": {"n": i, "customer": "Ada"},
+        });
+        if let Some(cb) = callback {
+            body["callbackUrl"] = cb.into();
+        }
+        let r = self
+            .http
+            .post(&self.url)
+            .basic_auth(&self.email, Some(&self.password))
+            .json(&body)
+            .send()
+            .await?;
+        if r.status() != 202 {
+            bail!("ingest answered {}: {}", r.status(), r.text().await.unwrap_or_default());
+        }
+        let v: serde_json::Value = r.json().await?;
+        Ok(v["dispatchId"].as_str().context("no dispatchId")?.to_owned())
+    }
+}
+
+/// CPU seconds (user + system) of a process so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak resident set size in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+#[derive(Serialize)]
+struct IngestResult {
+    requests: usize,
+    seconds: f64,
+    requests_per_second: f64,
+    latency: Percentiles,
+}
+
+async fn ingest_closed_loop(c: &Client, total: usize, concurrency: usize) -> anyhow::Result<IngestResult> {
+    let start = Instant::now();
+    let lat: Vec<anyhow::Result<Duration>> = futures::stream::iter(0..total)
+        .map(|i| async move {
+            let t = Instant::now();
+            c.submit(i, None).await?;
+            Ok(t.elapsed())
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let secs = start.elapsed().as_secs_f64();
+    let lat = lat.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(IngestResult { requests: total, seconds: secs, requests_per_second: total as f64 / secs, latency: percentiles(lat) })
+}
+
+/// Sends at `rate`/s for `secs`, each request at its scheduled time; latency counts from then.
+async fn open_loop(
+    c: Arc<Client>,
+    rate: u64,
+    secs: u64,
+    callback: Option<String>,
+) -> anyhow::Result<(Vec<(String, Instant)>, Vec<Duration>, f64)> {
+    let total = (rate * secs) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        let scheduled = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(scheduled.into()).await;
+        let c = c.clone();
+        let cb = callback.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = c.submit(i, cb.as_deref()).await?;
+            Ok::<_, anyhow::Error>((id, scheduled, scheduled.elapsed()))
+        }));
+    }
+    let sent_for = start.elapsed().as_secs_f64();
+    let mut ids = Vec::with_capacity(total);
+    let mut lat = Vec::with_capacity(total);
+    for t in tasks {
+        let (id, at, l) = t.await??;
+        ids.push((id, at));
+        lat.push(l);
+    }
+    Ok((ids, lat, total as f64 / sent_for))
+}
+
+async fn wait_arrivals(a: &Arrivals, ids: &[String], limit: Duration) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + limit;
+    loop {
+        {
+            let at = a.at.lock().unwrap();
+            let missing = ids.iter().filter(|id| !at.contains_key(*id)).count();
+            if missing == 0 {
+                return Ok(ids.iter().map(|id| at[id]).max().unwrap_or_else(Instant::now));
+            }
+            if Instant::now() > deadline {
+                bail!("{missing} of {} webhooks never arrived", ids.len());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[derive(Serialize)]
+struct ServiceUsage {
+    peak_rss_mib: f64,
+    cpu_seconds_per_1000_dispatches: f64,
+}
+
+#[derive(Serialize)]
+struct Results {
+    machine: String,
+    ingest_closed_loop: IngestResult,
+    ingest_open_loop: serde_json::Value,
+    end_to_end_sustained: serde_json::Value,
+    end_to_end_open_loop: serde_json::Value,
+    services: HashMap<String, ServiceUsage>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cfg = config()?;
+    let arrivals = Arrivals::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let callback = format!("http://{}/hook", listener.local_addr()?);
+    let app = Router::new().route("/hook", post(receive)).with_state(arrivals.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let client = Arc::new(Client {
+        http: reqwest::Client::builder().pool_max_idle_per_host(512).build()?,
+        url: format!("{}/v1/dispatches?async=true", cfg.ingest),
+        email: cfg.email.clone(),
+        password: cfg.password.clone(),
+    });
+    // Warm up (connections, prepared statements, caches).
+    ingest_closed_loop(&client, 500, 32).await?;
+
+    println!("1/4 async ingest, closed loop ...");
+    let ingest_max = ingest_closed_loop(&client, cfg.n, 64).await?;
+
+    println!("2/4 async ingest, open loop at 2000 req/s ...");
+    let (_, lat, offered) = open_loop(client.clone(), 2000, 5, None).await?;
+    let ingest_open = serde_json::json!({"offered_per_second": offered, "latency": percentiles(lat)});
+
+    println!("3/4 end to end, {} dispatches as fast as accepted ...", cfg.n);
+    let cpu_before: Vec<f64> = cfg.pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
+    let start = Instant::now();
+    let ids: Vec<anyhow::Result<String>> = futures::stream::iter(0..cfg.n)
+        .map(|i| {
+            let c = client.clone();
+            let cb = callback.clone();
+            async move { c.submit(i, Some(&cb)).await }
+        })
+        .buffer_unordered(128)
+        .collect()
+        .await;
+    let ids = ids.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    let submitted = start.elapsed().as_secs_f64();
+    let last = wait_arrivals(&arrivals, &ids, Duration::from_secs(300)).await?;
+    let e2e_secs = last.duration_since(start).as_secs_f64();
+    let cpu_after: Vec<f64> = cfg.pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
+    let sustained = serde_json::json!({
+        "dispatches": cfg.n,
+        "submit_seconds": submitted,
+        "seconds_until_last_webhook": e2e_secs,
+        "dispatches_per_second": cfg.n as f64 / e2e_secs,
+    });
+
+    println!("4/4 end to end, open loop at {} dispatches/s ...", cfg.rate);
+    let secs = 10;
+    let (sent, _, offered) = open_loop(client.clone(), cfg.rate, secs, Some(callback.clone())).await?;
+    let sent_ids: Vec<String> = sent.iter().map(|(id, _)| id.clone()).collect();
+    wait_arrivals(&arrivals, &sent_ids, Duration::from_secs(120)).await?;
+    let e2e_lat: Vec<Duration> = {
+        let at = arrivals.at.lock().unwrap();
+        sent.iter().map(|(id, t)| at[id].saturating_duration_since(*t)).collect()
+    };
+    let e2e_open = serde_json::json!({"offered_per_second": offered, "dispatches": sent.len(), "submit_to_webhook": percentiles(e2e_lat)});
+
+    let services = cfg
+        .pids
+        .iter()
+        .zip(cpu_before.iter().zip(&cpu_after))
+        .map(|((name, pid), (b, a))| {
+            (
+                name.clone(),
+                ServiceUsage {
+                    peak_rss_mib: peak_rss_mib(*pid),
+                    cpu_seconds_per_1000_dispatches: (a - b) * 1000.0 / cfg.n as f64,
+                },
+            )
+        })
+        .collect::<HashMap<_, _>>();
+    let results = Results {
+        machine: format!("{} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)),
+        ingest_closed_loop: ingest_max,
+        ingest_open_loop: ingest_open,
+        end_to_end_sustained: sustained,
+        end_to_end_open_loop: e2e_open,
+        services,
+    };
+    print_table(&results);
+    if let Some(dir) = std::path::Path::new(&cfg.out).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&cfg.out, serde_json::to_string_pretty(&results)? + "\n")?;
+    println!("\nwritten to {}", cfg.out);
+    Ok(())
+}
+
+fn print_table(r: &Results) {
+    let p = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    println!("\n{:<52} {:>12}", "measure", "value");
+    println!("{}", "-".repeat(65));
+    let row = |name: &str, v: f64, unit: &str| println!("{name:<52} {v:>10.1} {unit}");
+    row("async ingest, closed loop (64 clients)", r.ingest_closed_loop.requests_per_second, "req/s");
+    row("  latency p50", r.ingest_closed_loop.latency.p50_ms, "ms");
+    row("  latency p99", r.ingest_closed_loop.latency.p99_ms, "ms");
+    row("async ingest, open loop: offered", p(&r.ingest_open_loop, "offered_per_second"), "req/s");
+    let l = &r.ingest_open_loop["latency"];
+    row("  latency p50", p(l, "p50_ms"), "ms");
+    row("  latency p95", p(l, "p95_ms"), "ms");
+    row("  latency p99", p(l, "p99_ms"), "ms");
+    row("end to end, sustained", p(&r.end_to_end_sustained, "dispatches_per_second"), "disp/s");
+    row("end to end, open loop: offered", p(&r.end_to_end_open_loop, "offered_per_second"), "disp/s");
+    let l = &r.end_to_end_open_loop["submit_to_webhook"];
+    row("  submit->webhook p50", p(l, "p50_ms"), "ms");
+    row("  submit->webhook p95", p(l, "p95_ms"), "ms");
+    row("  submit->webhook p99", p(l, "p99_ms"), "ms");
+    let mut names: Vec<_> = r.services.keys().collect();
+    names.sort();
+    for n in names {
+        let s = &r.services[n];
+        row(&format!("{n}: peak RSS"), s.peak_rss_mib, "MiB");
+        row(&format!("{n}: CPU per 1000 dispatches"), s.cpu_seconds_per_1000_dispatches, "s");
+    }
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# `make bench`: release build, a fresh database and AMQP prefix, the four services on loopback
+# ports, then the load generator. Results: bench/results.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-services.sh
+cargo build --release --bins -q
+BIN="${CARGO_TARGET_DIR:-target}/release"
+RUN=.run/bench
+mkdir -p "$RUN"
+
+db="dispatcher_bench"
+prefix="dispatcher-bench"
+psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"
+psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db"
+
+export DISPATCHER__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$db"
+export DISPATCHER__DATABASE__POOL_SIZE=24
+export DISPATCHER__AMQP__PREFIX="$prefix"
+export DISPATCHER__INGEST__LISTEN=127.0.0.1:18080
+export DISPATCHER__STATUS__LISTEN=127.0.0.1:18081
+export DISPATCHER__WORKER__LISTEN=127.0.0.1:19091
+export DISPATCHER__DELIVERER__LISTEN=127.0.0.1:19092
+export DISPATCHER__STATUS__PUBLIC_URL=http://127.0.0.1:18081
+export DISPATCHER__DELIVERY__ALLOW_HTTP=true
+export DISPATCHER__DELIVERY__ALLOW_HOSTS=127.0.0.1
+export DISPATCHER__RATE_LIMIT__REQUESTS_PER_SECOND=0
+export RUST_LOG=warn
+
+"$BIN/dispatchctl" migrate >/dev/null
+account=$("$BIN/dispatchctl" accounts create --email bench@dispatcher.local)
+email=bench@dispatcher.local
+password=$(printf '%s' "$account" | python3 -c 'import json, sys; print(json.load(sys.stdin)["password"])')
+
+pids=()
+names=(ingest-api status-api dispatch-worker webhook-deliverer)
+drop_queues() {
+  for q in $(rabbitmqctl -q list_queues name 2>/dev/null | grep "^$prefix\." || true); do
+    rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
+  done
+}
+drop_queues
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  # Remove the run's queues and database.
+  drop_queues
+  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
+}
+trap cleanup EXIT
+for n in "${names[@]}"; do
+  "$BIN/$n" >"$RUN/$n.log" 2>&1 &
+  pids+=($!)
+done
+for port in 18080 18081 19091 19092; do
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+done
+
+BENCH_PIDS="ingest-api=${pids[0]},status-api=${pids[1]},dispatch-worker=${pids[2]},webhook-deliverer=${pids[3]}" \
+BENCH_INGEST_URL=http://127.0.0.1:18080 BENCH_EMAIL="$email" BENCH_PASSWORD="$password" \
+BENCH_OUT=bench/results.json \
+  "$BIN/dispatcher-bench"
