@@ -537,3 +537,27 @@ async fn every_binary_drains_and_exits_cleanly_on_sigterm() {
         assert!(status.success(), "clean exit, got {status}");
     }
 }
+
+#[tokio::test]
+async fn a_broker_restart_mid_load_loses_nothing() {
+    const N: usize = 400;
+    let broker = dispatcher_e2e::OwnBroker::start().await;
+    let url = broker.url();
+    let app = TestApp::spawn_with(Services::ALL, &[("DISPATCHER__AMQP__URL", &url)]).await;
+    let rx = Receiver::start().await;
+    let acct = app.create_account("restart@example.com").await;
+    let first = app.submit_many(&acct, N / 2, 16, &rx.url()).await;
+    broker.restart().await;
+    let second = app.submit_many(&acct, N / 2, 16, &rx.url()).await;
+    let ids: Vec<String> = first.into_iter().chain(second).collect();
+    app.wait_count(
+        "SELECT count(*) FROM dispatches WHERE status = 'completed'",
+        N as i64,
+    )
+    .await;
+    let dups = wait_all_delivered(&rx, &ids).await;
+    println!(
+        "broker restart test: submitted={N} completed={N} delivered={} duplicates={dups}",
+        ids.len()
+    );
+}

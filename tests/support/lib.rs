@@ -640,3 +640,105 @@ impl TestApp {
         }
     }
 }
+
+/// A RabbitMQ node of the test's own (own port, data directory and node name), so a test can
+/// restart a broker without disturbing the shared one. Stopped and removed on drop.
+pub struct OwnBroker {
+    pub port: u16,
+    node: String,
+    dir: std::path::PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl OwnBroker {
+    pub async fn start() -> Self {
+        let id = &Uuid::new_v4().simple().to_string()[..12];
+        let dir = std::env::temp_dir().join(format!("dispatcher-rmq-{id}"));
+        let (port, dist) = (free_port(), free_port());
+        std::fs::create_dir_all(dir.join("mnesia")).unwrap();
+        std::fs::create_dir_all(dir.join("log")).unwrap();
+        std::fs::write(dir.join("enabled_plugins"), "[].").unwrap();
+        std::fs::write(dir.join("rabbitmq-env.conf"), "").unwrap();
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!("listeners.tcp.default = 127.0.0.1:{port}\nloopback_users = none\n"),
+        )
+        .unwrap();
+        // The server drops to the `rabbitmq` user when started as root: it must own the dir.
+        let _ = std::process::Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(&dir)
+            .status();
+        let broker = Self {
+            port,
+            node: format!("dtest{id}@localhost"),
+            dir,
+        };
+        broker.boot(dist).await;
+        broker
+    }
+
+    fn env(&self, cmd: &str) -> std::process::Command {
+        let d = &self.dir;
+        let mut c = std::process::Command::new(cmd);
+        c.env("RABBITMQ_CONF_ENV_FILE", d.join("rabbitmq-env.conf"))
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", d.join("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
+            .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq.conf"))
+            .env("RABBITMQ_FEATURE_FLAGS_FILE", d.join("feature_flags"))
+            .env("RABBITMQ_PID_FILE", d.join("pid"))
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    }
+
+    async fn boot(&self, dist: u16) {
+        let mut c = self.env("rabbitmq-server");
+        c.env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", dist.to_string())
+            .arg("-detached");
+        assert!(c.status().expect("rabbitmq-server is installed").success());
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while dispatcher_mq::connect(&self.url(), "probe").await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "own RabbitMQ node did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    fn stop(&self) {
+        let _ = self
+            .env("rabbitmqctl")
+            .args(["-n", &self.node, "stop"])
+            .status();
+    }
+
+    /// Stops the node (every connection drops) and boots it again on the same data.
+    pub async fn restart(&self) {
+        self.stop();
+        self.boot(free_port()).await;
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
