@@ -4,7 +4,14 @@
 CARGO ?= cargo
 SERVICES := ingest-api status-api dispatch-worker webhook-deliverer
 
-.PHONY: all build run stop test unit e2e fmt lint services clean
+.PHONY: all build run stop test unit e2e fmt lint services clean venv
+
+# The tests' Python virtualenv (Standard Webhooks libraries, JSON Schema and Kubernetes manifest
+# validators). Recreated only when tests/python/requirements.txt or constraints.txt change.
+PYTHON ?= python3
+VENV := build/venv
+VENV_STAMP := $(VENV)/.installed
+TEST_PYTHON := $(abspath $(VENV)/bin/python)
 
 all: build
 
@@ -23,13 +30,24 @@ stop:
 	done; echo "stopped"
 
 # Every test: unit tests beside the code and the end-to-end suite under tests/.
-test: services
+test: services venv
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	  DISPATCHER_TEST_PYTHON=$(TEST_PYTHON) $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
-	  $(CARGO) test --workspace --no-fail-fast; \
+	  DISPATCHER_TEST_PYTHON=$(TEST_PYTHON) $(CARGO) test --workspace --no-fail-fast; \
 	fi
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): tests/python/requirements.txt tests/python/constraints.txt
+	@# A venv whose interpreter no longer runs (its base Python changed) is built anew.
+	@if ! $(VENV)/bin/python -c 'import sys' >/dev/null 2>&1; then \
+	  rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); \
+	fi
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+	  -r tests/python/requirements.txt -c tests/python/constraints.txt
+	touch $@
 
 fmt:
 	$(CARGO) fmt --all

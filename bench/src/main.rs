@@ -59,8 +59,14 @@ fn config() -> anyhow::Result<Config> {
         email: env("BENCH_EMAIL")?,
         password: env("BENCH_PASSWORD")?,
         pids,
-        n: std::env::var("DISPATCHER_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000),
-        rate: std::env::var("DISPATCHER_BENCH_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000),
+        n: std::env::var("DISPATCHER_BENCH_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000),
+        rate: std::env::var("DISPATCHER_BENCH_RATE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000),
         out: std::env::var("BENCH_OUT").unwrap_or_else(|_| "bench/results.json".into()),
     })
 }
@@ -93,11 +99,23 @@ struct Percentiles {
 
 fn percentiles(mut v: Vec<Duration>) -> Percentiles {
     if v.is_empty() {
-        return Percentiles { p50_ms: 0.0, p95_ms: 0.0, p99_ms: 0.0, max_ms: 0.0 };
+        return Percentiles {
+            p50_ms: 0.0,
+            p95_ms: 0.0,
+            p99_ms: 0.0,
+            max_ms: 0.0,
+        };
     }
     v.sort();
-    let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1].as_secs_f64() * 1000.0;
-    Percentiles { p50_ms: at(0.50), p95_ms: at(0.95), p99_ms: at(0.99), max_ms: at(1.0) }
+    let at = |q: f64| {
+        v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1].as_secs_f64() * 1000.0
+    };
+    Percentiles {
+        p50_ms: at(0.50),
+        p95_ms: at(0.95),
+        p99_ms: at(0.99),
+        max_ms: at(1.0),
+    }
 }
 
 struct Client {
@@ -125,16 +143,25 @@ impl Client {
             .send()
             .await?;
         if r.status() != 202 {
-            bail!("ingest answered {}: {}", r.status(), r.text().await.unwrap_or_default());
+            bail!(
+                "ingest answered {}: {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
         }
         let v: serde_json::Value = r.json().await?;
-        Ok(v["dispatchId"].as_str().context("no dispatchId")?.to_owned())
+        Ok(v["dispatchId"]
+            .as_str()
+            .context("no dispatchId")?
+            .to_owned())
     }
 }
 
 /// CPU seconds (user + system) of a process so far.
 fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -164,7 +191,11 @@ struct IngestResult {
     latency: Percentiles,
 }
 
-async fn ingest_closed_loop(c: &Client, total: usize, concurrency: usize) -> anyhow::Result<IngestResult> {
+async fn ingest_closed_loop(
+    c: &Client,
+    total: usize,
+    concurrency: usize,
+) -> anyhow::Result<IngestResult> {
     let start = Instant::now();
     let lat: Vec<anyhow::Result<Duration>> = futures::stream::iter(0..total)
         .map(|i| async move {
@@ -177,7 +208,12 @@ async fn ingest_closed_loop(c: &Client, total: usize, concurrency: usize) -> any
         .await;
     let secs = start.elapsed().as_secs_f64();
     let lat = lat.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(IngestResult { requests: total, seconds: secs, requests_per_second: total as f64 / secs, latency: percentiles(lat) })
+    Ok(IngestResult {
+        requests: total,
+        seconds: secs,
+        requests_per_second: total as f64 / secs,
+        latency: percentiles(lat),
+    })
 }
 
 /// Sends at `rate`/s for `secs`, each request at its scheduled time; latency counts from then.
@@ -219,7 +255,11 @@ async fn wait_arrivals(a: &Arrivals, ids: &[String], limit: Duration) -> anyhow:
             let at = a.at.lock().unwrap();
             let missing = ids.iter().filter(|id| !at.contains_key(*id)).count();
             if missing == 0 {
-                return Ok(ids.iter().map(|id| at[id]).max().unwrap_or_else(Instant::now));
+                return Ok(ids
+                    .iter()
+                    .map(|id| at[id])
+                    .max()
+                    .unwrap_or_else(Instant::now));
             }
             if Instant::now() > deadline {
                 bail!("{missing} of {} webhooks never arrived", ids.len());
@@ -251,11 +291,15 @@ async fn main() -> anyhow::Result<()> {
     let arrivals = Arrivals::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let callback = format!("http://{}/hook", listener.local_addr()?);
-    let app = Router::new().route("/hook", post(receive)).with_state(arrivals.clone());
+    let app = Router::new()
+        .route("/hook", post(receive))
+        .with_state(arrivals.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let client = Arc::new(Client {
-        http: reqwest::Client::builder().pool_max_idle_per_host(512).build()?,
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(512)
+            .build()?,
         url: format!("{}/v1/dispatches?async=true", cfg.ingest),
         email: cfg.email.clone(),
         password: cfg.password.clone(),
@@ -268,9 +312,13 @@ async fn main() -> anyhow::Result<()> {
 
     println!("2/4 async ingest, open loop at 2000 req/s ...");
     let (_, lat, offered) = open_loop(client.clone(), 2000, 5, None).await?;
-    let ingest_open = serde_json::json!({"offered_per_second": offered, "latency": percentiles(lat)});
+    let ingest_open =
+        serde_json::json!({"offered_per_second": offered, "latency": percentiles(lat)});
 
-    println!("3/4 end to end, {} dispatches as fast as accepted ...", cfg.n);
+    println!(
+        "3/4 end to end, {} dispatches as fast as accepted ...",
+        cfg.n
+    );
     let cpu_before: Vec<f64> = cfg.pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
     let start = Instant::now();
     let ids: Vec<anyhow::Result<String>> = futures::stream::iter(0..cfg.n)
@@ -296,12 +344,15 @@ async fn main() -> anyhow::Result<()> {
 
     println!("4/4 end to end, open loop at {} dispatches/s ...", cfg.rate);
     let secs = 10;
-    let (sent, _, offered) = open_loop(client.clone(), cfg.rate, secs, Some(callback.clone())).await?;
+    let (sent, _, offered) =
+        open_loop(client.clone(), cfg.rate, secs, Some(callback.clone())).await?;
     let sent_ids: Vec<String> = sent.iter().map(|(id, _)| id.clone()).collect();
     wait_arrivals(&arrivals, &sent_ids, Duration::from_secs(120)).await?;
     let e2e_lat: Vec<Duration> = {
         let at = arrivals.at.lock().unwrap();
-        sent.iter().map(|(id, t)| at[id].saturating_duration_since(*t)).collect()
+        sent.iter()
+            .map(|(id, t)| at[id].saturating_duration_since(*t))
+            .collect()
     };
     let e2e_open = serde_json::json!({"offered_per_second": offered, "dispatches": sent.len(), "submit_to_webhook": percentiles(e2e_lat)});
 
@@ -320,7 +371,12 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect::<HashMap<_, _>>();
     let results = Results {
-        machine: format!("{} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)),
+        machine: format!(
+            "{} cores",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0)
+        ),
         ingest_closed_loop: ingest_max,
         ingest_open_loop: ingest_open,
         end_to_end_sustained: sustained,
@@ -341,16 +397,32 @@ fn print_table(r: &Results) {
     println!("\n{:<52} {:>12}", "measure", "value");
     println!("{}", "-".repeat(65));
     let row = |name: &str, v: f64, unit: &str| println!("{name:<52} {v:>10.1} {unit}");
-    row("async ingest, closed loop (64 clients)", r.ingest_closed_loop.requests_per_second, "req/s");
+    row(
+        "async ingest, closed loop (64 clients)",
+        r.ingest_closed_loop.requests_per_second,
+        "req/s",
+    );
     row("  latency p50", r.ingest_closed_loop.latency.p50_ms, "ms");
     row("  latency p99", r.ingest_closed_loop.latency.p99_ms, "ms");
-    row("async ingest, open loop: offered", p(&r.ingest_open_loop, "offered_per_second"), "req/s");
+    row(
+        "async ingest, open loop: offered",
+        p(&r.ingest_open_loop, "offered_per_second"),
+        "req/s",
+    );
     let l = &r.ingest_open_loop["latency"];
     row("  latency p50", p(l, "p50_ms"), "ms");
     row("  latency p95", p(l, "p95_ms"), "ms");
     row("  latency p99", p(l, "p99_ms"), "ms");
-    row("end to end, sustained", p(&r.end_to_end_sustained, "dispatches_per_second"), "disp/s");
-    row("end to end, open loop: offered", p(&r.end_to_end_open_loop, "offered_per_second"), "disp/s");
+    row(
+        "end to end, sustained",
+        p(&r.end_to_end_sustained, "dispatches_per_second"),
+        "disp/s",
+    );
+    row(
+        "end to end, open loop: offered",
+        p(&r.end_to_end_open_loop, "offered_per_second"),
+        "disp/s",
+    );
     let l = &r.end_to_end_open_loop["submit_to_webhook"];
     row("  submit->webhook p50", p(l, "p50_ms"), "ms");
     row("  submit->webhook p95", p(l, "p95_ms"), "ms");
@@ -360,6 +432,10 @@ fn print_table(r: &Results) {
     for n in names {
         let s = &r.services[n];
         row(&format!("{n}: peak RSS"), s.peak_rss_mib, "MiB");
-        row(&format!("{n}: CPU per 1000 dispatches"), s.cpu_seconds_per_1000_dispatches, "s");
+        row(
+            &format!("{n}: CPU per 1000 dispatches"),
+            s.cpu_seconds_per_1000_dispatches,
+            "s",
+        );
     }
 }

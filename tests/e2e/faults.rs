@@ -366,6 +366,9 @@ async fn poison_messages_are_dead_lettered_and_consumers_keep_going() {
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
     let t = dispatcher_mq::Topology::from_settings(&app.settings);
+    // The services declare the topology as they start; make sure it exists before publishing
+    // straight to the queues (declaring is idempotent).
+    t.declare(&ch).await.unwrap();
     for (i, queue) in [
         t.dispatch_queue(),
         t.webhook_events_queue(),

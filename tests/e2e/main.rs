@@ -1,6 +1,8 @@
 //! End-to-end tests: real services, real Postgres and RabbitMQ, a local receiver.
 
 mod api;
+mod compat;
+mod deploy_files;
 mod faults;
 mod foundation;
 mod security;

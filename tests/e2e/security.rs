@@ -902,7 +902,8 @@ async fn the_documented_node_verifier_accepts_real_webhooks_and_rejects_tamperin
         .await;
     assert_eq!(r.status(), 200);
     let hook = &rx.wait_for(1).await[0];
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/verify-webhook.js");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/verify-webhook.js");
     let run = |secret: &str, body: &str| {
         let input = json!({
             "secret": secret,
@@ -922,12 +923,27 @@ async fn the_documented_node_verifier_accepts_real_webhooks_and_rejects_tamperin
                 .stdin(std::process::Stdio::piped())
                 .spawn()
                 .expect("node is installed (the README's Node example is tested with it)");
-            child.stdin.take().unwrap().write_all(input.as_bytes()).await.unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .await
+                .unwrap();
             child.wait().await.unwrap().success()
         }
     };
     let body = String::from_utf8(hook.body.to_vec()).unwrap();
-    assert!(run(&acct.webhook_secret, &body).await, "valid webhook accepted");
-    assert!(!run(&acct.webhook_secret, &body.replace("completed", "failed")).await, "tampered body rejected");
-    assert!(!run("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &body).await, "wrong secret rejected");
+    assert!(
+        run(&acct.webhook_secret, &body).await,
+        "valid webhook accepted"
+    );
+    assert!(
+        !run(&acct.webhook_secret, &body.replace("completed", "failed")).await,
+        "tampered body rejected"
+    );
+    assert!(
+        !run("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &body).await,
+        "wrong secret rejected"
+    );
 }

@@ -742,3 +742,65 @@ impl Drop for OwnBroker {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The repository root (the tests' package is `tests/`).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The Python of the tests' virtualenv (`DISPATCHER_TEST_PYTHON`, which `make test` sets after
+/// `make venv` built `build/venv`). Panics when it is unset or missing: tests that need it fail
+/// rather than skip.
+pub fn test_python() -> std::path::PathBuf {
+    let Some(p) = std::env::var_os("DISPATCHER_TEST_PYTHON").filter(|p| !p.is_empty()) else {
+        panic!("DISPATCHER_TEST_PYTHON is not set: run make test (it creates the test virtualenv)");
+    };
+    let p = std::path::PathBuf::from(p);
+    assert!(
+        p.exists(),
+        "DISPATCHER_TEST_PYTHON={} does not exist: run make test (it creates the test virtualenv)",
+        p.display()
+    );
+    p
+}
+
+/// Runs the test virtualenv's Python with `args` (a script under `tests/python/` is
+/// `&python_script("name.py")`), `stdin` on its standard input. The exit status is not checked.
+pub async fn run_python(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(test_python())
+        .args(args)
+        .current_dir(workspace_root())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONUTF8", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the test virtualenv's python runs");
+    let mut input = child.stdin.take().expect("piped stdin");
+    let stdin = stdin.to_vec();
+    // Written from a task so a script that prints before reading everything cannot deadlock.
+    let writer = tokio::spawn(async move {
+        let _ = input.write_all(&stdin).await;
+    });
+    let out = tokio::time::timeout(PATIENCE * 2, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("python {args:?} did not finish"))
+        .expect("python's output");
+    let _ = writer.await;
+    out
+}
+
+/// Path of a helper script in `tests/python/`.
+pub fn python_script(name: &str) -> String {
+    workspace_root()
+        .join("tests/python")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}

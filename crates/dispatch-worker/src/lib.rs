@@ -37,17 +37,20 @@ pub async fn serve(
     let topology = Topology::from_settings(&settings);
 
     let handler = Arc::new(WorkerHandler::new(settings.clone(), pool.clone()));
-    tasks.spawn(dispatcher_mq::run_consumer(
-        settings.clone(),
-        ConsumerConfig {
-            name: "dispatch-worker".into(),
-            queue: topology.dispatch_queue(),
-            batch_max: settings.worker.batch_max,
-        },
-        handler,
-        readiness.register("consumer"),
-        cancel.clone(),
-    ));
+    // Several consumers, each its own channel: one batch commits while the next is processed.
+    for i in 0..settings.worker.consumers {
+        tasks.spawn(dispatcher_mq::run_consumer(
+            settings.clone(),
+            ConsumerConfig {
+                name: format!("dispatch-worker-{i}"),
+                queue: topology.dispatch_queue(),
+                batch_max: settings.worker.batch_max,
+            },
+            handler.clone(),
+            readiness.register(&format!("consumer-{i}")),
+            cancel.clone(),
+        ));
+    }
     tasks.spawn(dispatcher_mq::run_consumer(
         settings.clone(),
         ConsumerConfig {

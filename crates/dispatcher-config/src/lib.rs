@@ -122,6 +122,7 @@ pub struct WorkerSettings {
     pub listen: SocketAddr,
     pub batch_max: usize,
     pub concurrency: usize,
+    pub consumers: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -129,6 +130,7 @@ pub struct DelivererSettings {
     pub listen: SocketAddr,
     pub batch_max: usize,
     pub concurrency: usize,
+    pub consumers: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -246,6 +248,8 @@ impl Settings {
             ("worker.concurrency", self.worker.concurrency),
             ("deliverer.batch_max", self.deliverer.batch_max),
             ("deliverer.concurrency", self.deliverer.concurrency),
+            ("worker.consumers", self.worker.consumers),
+            ("deliverer.consumers", self.deliverer.consumers),
             ("outbox.batch_size", self.outbox.batch_size),
         ] {
             if v == 0 {

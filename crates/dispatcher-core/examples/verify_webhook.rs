@@ -9,13 +9,23 @@ use sha2::Sha256;
 
 /// True if any `v1,` entry of `signature_header` is the HMAC of `"{id}.{timestamp}.{body}"`.
 /// Also check that `timestamp` is within a few minutes of now before trusting the body.
-pub fn verify(secret: &str, id: &str, timestamp: &str, body: &[u8], signature_header: &str) -> bool {
+pub fn verify(
+    secret: &str,
+    id: &str,
+    timestamp: &str,
+    body: &[u8],
+    signature_header: &str,
+) -> bool {
     let Ok(key) = B64.decode(secret.trim_start_matches("whsec_")) else {
         return false;
     };
     signature_header.split(' ').any(|entry| {
-        let Some(sig) = entry.strip_prefix("v1,") else { return false };
-        let Ok(sig) = B64.decode(sig) else { return false };
+        let Some(sig) = entry.strip_prefix("v1,") else {
+            return false;
+        };
+        let Ok(sig) = B64.decode(sig) else {
+            return false;
+        };
         let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
         mac.update(format!("{id}.{timestamp}.").as_bytes());
         mac.update(body);

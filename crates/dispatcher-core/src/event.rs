@@ -180,6 +180,7 @@ mod tests {
 
 /// What a provider reports about a dispatch it was handed (inbound provider callbacks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderEventType {
     Accepted,
@@ -201,8 +202,14 @@ impl ProviderEventType {
 
 /// The body a provider POSTs to `/v1/providers/{provider}/events`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InboundProviderEvent {
+    /// The provider's id for this event (1 to 200 characters, no NUL); a repeated id is a duplicate.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000]*$")
+    )]
     pub event_id: String,
     pub dispatch_id: Uuid,
     #[serde(rename = "type")]

@@ -40,7 +40,9 @@ fn normalize_email(email: &str) -> Result<String, AccountError> {
     let valid = e.len() <= 254
         && e.split_once('@')
             .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.contains('@'))
-        && !e.chars().any(|c| c.is_whitespace() || c == ':');
+        && !e
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ':');
     if valid {
         Ok(e)
     } else {
@@ -244,7 +246,7 @@ mod tests {
             normalize_email(" Ada@Example.COM ").unwrap(),
             "ada@example.com"
         );
-        for bad in ["", "ada", "@x", "a@", "a b@x", "a:b@x", "a@b@c"] {
+        for bad in ["", "ada", "@x", "a@", "a b@x", "a:b@x", "a@b@c", "a\0@x"] {
             assert!(normalize_email(bad).is_err(), "{bad}");
         }
     }

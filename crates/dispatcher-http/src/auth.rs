@@ -33,15 +33,24 @@ const CACHE_MAX: usize = 10_000;
 pub struct Authenticator {
     pool: Pool,
     cache: Mutex<HashMap<[u8; 32], (Uuid, Instant)>>,
+    /// One verification per credential at a time: concurrent requests with the same (not yet
+    /// cached) credentials wait for the first one's result instead of each running argon2.
+    inflight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+    /// argon2 uses ~19 MiB per verification; bounding concurrent verifications to the cores keeps
+    /// a burst of new clients from ballooning memory (and gains nothing: they are CPU-bound).
+    verifying: tokio::sync::Semaphore,
     limits: RateLimitSettings,
     buckets: Mutex<HashMap<Uuid, TokenBucket>>,
 }
 
 impl Authenticator {
     pub fn new(pool: Pool, limits: RateLimitSettings) -> Arc<Self> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Arc::new(Self {
             pool,
             cache: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
+            verifying: tokio::sync::Semaphore::new(cores),
             limits,
             buckets: Mutex::new(HashMap::new()),
         })
@@ -77,11 +86,49 @@ impl Authenticator {
     /// wrong password).
     pub async fn authenticate(&self, email: &str, password: &str) -> Result<Uuid, ApiError> {
         let key = Self::key(email, password);
-        if let Some((id, at)) = self.cache.lock().expect("auth cache").get(&key).copied() {
-            if at.elapsed() < CACHE_TTL {
-                return Ok(id);
-            }
+        if let Some(id) = self.cached(&key) {
+            return Ok(id);
         }
+        let lock = self
+            .inflight
+            .lock()
+            .expect("auth inflight")
+            .entry(key)
+            .or_default()
+            .clone();
+        let result = {
+            let _one = lock.lock().await;
+            // Whoever held the lock before us may have cached the answer.
+            match self.cached(&key) {
+                Some(id) => Ok(id),
+                None => self.verify(key, email, password).await,
+            }
+        };
+        drop(lock);
+        let mut inflight = self.inflight.lock().expect("auth inflight");
+        if inflight
+            .get(&key)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            inflight.remove(&key);
+        }
+        result
+    }
+
+    fn cached(&self, key: &[u8; 32]) -> Option<Uuid> {
+        let cache = self.cache.lock().expect("auth cache");
+        cache
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+            .map(|(id, _)| *id)
+    }
+
+    async fn verify(&self, key: [u8; 32], email: &str, password: &str) -> Result<Uuid, ApiError> {
+        let _permit = self
+            .verifying
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Unavailable("authenticator closed".into()))?;
         match accounts::authenticate(&self.pool, email, password).await? {
             Some(id) => {
                 let mut cache = self.cache.lock().expect("auth cache");
@@ -132,6 +179,10 @@ pub fn parse_basic(header: &str) -> Option<(String, String)> {
     let decoded = B64.decode(rest.trim()).ok()?;
     let decoded = String::from_utf8(decoded).ok()?;
     let (user, pass) = decoded.split_once(':')?;
+    // Control characters (NUL above all) can never be part of valid credentials.
+    if decoded.chars().any(char::is_control) {
+        return None;
+    }
     Some((user.to_owned(), pass.to_owned()))
 }
 
@@ -178,6 +229,10 @@ mod tests {
             None
         );
         assert_eq!(parse_basic(""), None);
+        assert_eq!(
+            parse_basic(&format!("Basic {}", B64.encode("a\0@x:pw"))),
+            None
+        );
     }
 
     #[test]

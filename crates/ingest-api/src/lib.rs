@@ -3,17 +3,20 @@
 //! dispatch finishes, manages templates, and relays the outbox to RabbitMQ.
 
 mod estimate;
+pub mod openapi;
 mod routes;
 mod templates_cache;
 mod waiters;
 mod writer;
 
 use axum::extract::FromRef;
+use axum::routing::get;
 use axum::Router;
 use dispatcher_config::Settings;
 use dispatcher_db::Pool;
 use dispatcher_http::{health_router, with_common_layers, Authenticator, HealthState};
 use dispatcher_mq::Readiness;
+pub use openapi::ApiDoc;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -83,11 +86,13 @@ pub async fn serve(
         templates: Arc::new(templates_cache::TemplateCache::default()),
         estimator: estimate::Estimator::start(settings.clone(), pool.clone(), background.clone()),
     };
-    let app: Router = routes::router(state).merge(health_router(HealthState {
-        pool,
-        readiness,
-        metrics,
-    }));
+    let app: Router = routes::router(state)
+        .merge(health_router(HealthState {
+            pool,
+            readiness,
+            metrics,
+        }))
+        .route("/openapi.json", get(openapi::serve));
     let app = with_common_layers(app, settings.ingest.max_body_bytes);
     tracing::info!(addr = %listener.local_addr()?, "ingest-api listening");
     dispatcher_http::serve(listener, app, cancel.clone()).await?;

@@ -1,12 +1,15 @@
 //! status-api: tenant-scoped reads of dispatch state, rendered results and delivery attempts.
 
+pub mod openapi;
 mod routes;
 
 use axum::extract::FromRef;
+use axum::routing::get;
 use dispatcher_config::Settings;
 use dispatcher_db::Pool;
 use dispatcher_http::{health_router, with_common_layers, Authenticator, HealthState};
 use dispatcher_mq::Readiness;
+pub use openapi::ApiDoc;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -49,11 +52,13 @@ pub async fn serve(
         pool: pool.clone(),
         auth: auth.clone(),
     };
-    let app = routes::router(state).merge(health_router(HealthState {
-        pool,
-        readiness,
-        metrics: dispatcher_telemetry::metrics_handle(),
-    }));
+    let app = routes::router(state)
+        .merge(health_router(HealthState {
+            pool,
+            readiness,
+            metrics: dispatcher_telemetry::metrics_handle(),
+        }))
+        .route("/openapi.json", get(openapi::serve));
     let app = with_common_layers(app, 64 * 1024);
     tracing::info!(addr = %listener.local_addr()?, "status-api listening");
     dispatcher_http::serve(listener, app, cancel).await?;

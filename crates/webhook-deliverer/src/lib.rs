@@ -35,20 +35,24 @@ pub async fn serve(
     let topology = Topology::from_settings(&settings);
     let deliverer = Arc::new(attempt::Deliverer::new(settings.clone(), pool.clone()));
 
-    tasks.spawn(dispatcher_mq::run_consumer(
-        settings.clone(),
-        ConsumerConfig {
-            name: "webhook-deliverer-events".into(),
-            queue: topology.webhook_events_queue(),
-            batch_max: settings.deliverer.batch_max,
-        },
-        Arc::new(EventHandler::new(
-            deliverer.clone(),
-            topology.webhook_events_queue(),
-        )),
-        readiness.register("events-consumer"),
-        cancel.clone(),
+    let events = Arc::new(EventHandler::new(
+        deliverer.clone(),
+        topology.webhook_events_queue(),
     ));
+    // Several consumers, each its own channel: one batch commits while the next is delivered.
+    for i in 0..settings.deliverer.consumers {
+        tasks.spawn(dispatcher_mq::run_consumer(
+            settings.clone(),
+            ConsumerConfig {
+                name: format!("webhook-deliverer-events-{i}"),
+                queue: topology.webhook_events_queue(),
+                batch_max: settings.deliverer.batch_max,
+            },
+            events.clone(),
+            readiness.register(&format!("events-consumer-{i}")),
+            cancel.clone(),
+        ));
+    }
     tasks.spawn(dispatcher_mq::run_consumer(
         settings.clone(),
         ConsumerConfig {

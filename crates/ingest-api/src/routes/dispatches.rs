@@ -8,57 +8,165 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use dispatcher_core::netpolicy::check_url;
-use dispatcher_core::{DispatchRequested, TemplateFormat};
+use dispatcher_core::{DispatchRequested, DispatchStatus, TemplateFormat};
 use dispatcher_db::dispatches::{self, NewDispatch};
+use dispatcher_http::error::doc::{
+    BadRequest, Conflict, InternalError, PayloadTooLarge, ServiceUnavailable, TooManyRequests,
+    Unauthorized, UnprocessableEntity, UnsupportedMediaType,
+};
 use dispatcher_http::views::{status_url, DispatchBody};
 use dispatcher_http::{ApiError, ApiJson, ApiQuery, AuthAccount};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct DispatchRequest {
+pub(crate) struct DispatchRequest {
+    /// A stored template of this account (`POST /v1/templates`).
     template_id: Option<Uuid>,
+    /// An inline template, instead of `templateId`.
     template: Option<InlineTemplate>,
+    /// The template's variables.
     data: serde_json::Map<String, serde_json::Value>,
+    /// Where the rendered document goes; `{"type": "store"}` when absent.
     #[serde(default)]
     provider: Option<Provider>,
+    /// Also receives this dispatch's outcome webhooks. `https://` (unless the deployment allows
+    /// `http://`) and not a loopback, private, link-local or metadata address.
+    #[schema(format = "uri")]
     callback_url: Option<String>,
+    /// Returned as is in the status and in webhooks.
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The request body as documented: [`DispatchRequest`]'s fields, plus the rule serde cannot
+/// state, that exactly one of `templateId` and `template` is given (a `null` counts as absent).
+pub(crate) struct SubmitBody;
+
+impl utoipa::PartialSchema for SubmitBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AllOfBuilder, OneOfBuilder};
+        let only = |given: &str, given_type: Type, absent: &str| {
+            ObjectBuilder::new()
+                .required(given)
+                .property(given, ObjectBuilder::new().schema_type(given_type))
+                .property(absent, ObjectBuilder::new().schema_type(Type::Null))
+        };
+        AllOfBuilder::new()
+            .description(Some(
+                "A document to render and hand to a provider. Give exactly one of `templateId` and \
+                 `template`. No string anywhere in the body (keys included) may contain U+0000.",
+            ))
+            .item(DispatchRequest::schema())
+            .item(
+                OneOfBuilder::new()
+                    .item(only("templateId", Type::String, "template"))
+                    .item(only("template", Type::Object, "templateId")),
+            )
+            .into()
+    }
+}
+
+impl ToSchema for SubmitBody {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "DispatchRequest".into()
+    }
+
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        DispatchRequest::schemas(schemas);
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct InlineTemplate {
+pub(crate) struct InlineTemplate {
     format: TemplateFormat,
+    /// Jinja-style (minijinja) template text, at most 256 KiB of UTF-8.
     body: String,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-enum Provider {
+pub(crate) enum Provider {
     Store,
     Http { url: String },
 }
 
-#[derive(Debug, Deserialize)]
+/// Written by hand because serde treats the variants differently: `store` ignores other fields,
+/// `http` refuses them (the derive cannot say so per variant).
+impl utoipa::PartialSchema for Provider {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, OneOfBuilder};
+        let tag = |name: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some([name]))
+        };
+        let store = ObjectBuilder::new()
+            .description(Some(
+                "Keep the rendered document; it is served at the dispatch's `resultUrl`.",
+            ))
+            .property("type", tag("store"))
+            .required("type");
+        let http = ObjectBuilder::new()
+            .description(Some(
+                "POST the rendered document to `url` (same address rules as `callbackUrl`).",
+            ))
+            .property("type", tag("http"))
+            .required("type")
+            .property(
+                "url",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(utoipa::openapi::SchemaFormat::Custom("uri".into()))),
+            )
+            .required("url")
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        OneOfBuilder::new().item(store).item(http).into()
+    }
+}
+
+impl ToSchema for Provider {}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SubmitQuery {
+    /// `true`, `1` or empty: answer 202 at once. `false`, `0` or absent: wait for the outcome
+    /// (up to the service's `sync_timeout`).
     #[serde(rename = "async", default)]
+    #[param(schema_with = async_flag_schema)]
     is_async: Option<String>,
 }
 
-/// The 202 body.
-#[derive(Debug, Serialize, Deserialize)]
+fn async_flag_schema() -> utoipa::openapi::schema::Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["true", "false", "1", "0", ""]))
+        .build()
+}
+
+/// The 202 body: the dispatch is accepted and queued.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Accepted {
+pub(crate) struct Accepted {
     dispatch_id: Uuid,
-    status: &'static str,
+    /// Always `queued`.
+    status: DispatchStatus,
     queued_at: DateTime<Utc>,
     estimated_completion_time: DateTime<Utc>,
+    /// `GET` it on the status API.
+    #[schema(format = "uri")]
     status_url: String,
 }
 
@@ -97,6 +205,44 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(s.to_owned()))
 }
 
+/// Submit a dispatch.
+///
+/// Validates and durably accepts the dispatch, then either answers at once (`async=true`) or waits
+/// for its outcome up to the service's `sync_timeout`. With an `Idempotency-Key`, a repeated
+/// request with the same body gets the original answer; with another body, 409.
+#[utoipa::path(
+    post,
+    path = "/v1/dispatches",
+    tag = "dispatches",
+    operation_id = "submitDispatch",
+    security(("basicAuth" = [])),
+    params(
+        SubmitQuery,
+        (
+            "Idempotency-Key" = Option<String>,
+            Header,
+            description = "Makes retries safe: 1 to 255 visible ASCII characters, unique per request body.",
+            nullable = false,
+            min_length = 1,
+            max_length = 255,
+            pattern = "^[!-~]+$",
+        ),
+    ),
+    request_body(content = SubmitBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Sync mode: the dispatch finished in time; its status.", body = DispatchBody),
+        (status = 202, description = "Async mode, or sync mode timed out: accepted and queued.", body = Accepted),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = UnprocessableEntity),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = InternalError),
+        (status = 503, response = ServiceUnavailable),
+    ),
+)]
 pub async fn submit(
     State(s): State<AppState>,
     AuthAccount(account): AuthAccount,
@@ -114,6 +260,8 @@ pub async fn submit(
         }
     }
 
+    // Postgres text and jsonb cannot hold U+0000: refuse it here rather than fail the write.
+    super::reject_nul(&raw)?;
     let req: DispatchRequest = serde_path_to_error::deserialize(raw)
         .map_err(|e| ApiError::unprocessable("invalid_field", describe_path_error(&e)))?;
     let (template_id, format, body) = resolve_template(&s, account, &req).await?;
@@ -143,7 +291,7 @@ pub async fn submit(
     let queued_at = Utc::now();
     let accepted = Accepted {
         dispatch_id: id,
-        status: "queued",
+        status: DispatchStatus::Queued,
         queued_at,
         estimated_completion_time: queued_at
             + chrono::Duration::from_std(s.estimator.current()).unwrap_or_default(),

@@ -1,32 +1,99 @@
-mod dispatches;
-mod providers;
-mod templates;
-mod webhooks;
+pub(crate) mod dispatches;
+pub(crate) mod providers;
+pub(crate) mod templates;
+pub(crate) mod webhooks;
 
 use crate::AppState;
-use axum::routing::{get, post};
 use axum::Router;
+use dispatcher_http::ApiError;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The API routes, each registered together with its OpenAPI description (`#[utoipa::path]`), so
+/// the document cannot list a route the service does not serve or miss one it does.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(templates::create, templates::list))
+        .routes(routes!(templates::get))
+        .routes(routes!(dispatches::submit))
+        .routes(routes!(providers::receive))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::get, webhooks::delete))
+}
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route(
-            "/v1/templates",
-            post(templates::create).get(templates::list),
-        )
-        .route("/v1/templates/{id}", get(templates::get))
-        .route("/v1/dispatches", post(dispatches::submit))
-        .route("/v1/providers/{provider}/events", post(providers::receive))
-        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
-        .route("/v1/webhooks/secret/rotate", post(webhooks::rotate_secret))
-        .route(
-            "/v1/webhooks/{id}",
-            get(webhooks::get).delete(webhooks::delete),
-        )
-        .with_state(state)
+    let (router, _) = api().split_for_parts();
+    router.with_state(state)
 }
 
 /// Parses a path id; a malformed id is simply an object that does not exist.
-pub fn parse_id(s: &str, what: &'static str) -> Result<uuid::Uuid, dispatcher_http::ApiError> {
-    s.parse()
-        .map_err(|_| dispatcher_http::ApiError::NotFound(what))
+pub fn parse_id(s: &str, what: &'static str) -> Result<uuid::Uuid, ApiError> {
+    s.parse().map_err(|_| ApiError::NotFound(what))
+}
+
+/// Postgres `text` and `jsonb` cannot store U+0000; a request carrying one anywhere (in a value or
+/// a key) is answered 422 naming the field, instead of failing its write.
+pub fn reject_nul(v: &serde_json::Value) -> Result<(), ApiError> {
+    // Allocates only on the way back from a hit, so clean bodies cost one pass.
+    fn nul_path(v: &serde_json::Value) -> Option<String> {
+        match v {
+            serde_json::Value::String(s) => s.contains('\0').then(String::new),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, item)| nul_path(item).map(|rest| format!("[{i}]{rest}"))),
+            serde_json::Value::Object(map) => map.iter().find_map(|(k, item)| {
+                if k.contains('\0') {
+                    Some(format!(".{}", k.escape_debug()))
+                } else {
+                    nul_path(item).map(|rest| format!(".{k}{rest}"))
+                }
+            }),
+            _ => None,
+        }
+    }
+    match nul_path(v) {
+        None => Ok(()),
+        Some(path) => {
+            let path = path.strip_prefix('.').unwrap_or(&path);
+            reject_nul_str("\0", if path.is_empty() { "body" } else { path })
+        }
+    }
+}
+
+/// [`reject_nul`] for one string field.
+pub fn reject_nul_str(s: &str, field: &str) -> Result<(), ApiError> {
+    if s.contains('\0') {
+        return Err(ApiError::unprocessable(
+            "invalid_field",
+            format!("{field}: must not contain the NUL character (U+0000)"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn nul_is_found_in_values_and_keys() {
+        assert!(reject_nul(&json!({"data": {"a": ["x", 1, null]}})).is_ok());
+        for bad in [
+            json!({"data": {"a": ["x", "y\u{0}"]}}),
+            json!({"metadata": {"k\u{0}": 1}}),
+            json!({"callbackUrl": "https://a.example/\u{0}"}),
+        ] {
+            let err = reject_nul(&bad).unwrap_err();
+            assert!(matches!(err, ApiError::Unprocessable { .. }), "{bad}");
+        }
+        let msg = reject_nul(&json!({"data": {"a": ["x", "\u{0}"]}}))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("data.a[1]:"), "{msg}");
+        assert!(reject_nul_str("a\u{0}b", "name").is_err());
+        assert!(reject_nul_str("ab", "name").is_ok());
+    }
 }

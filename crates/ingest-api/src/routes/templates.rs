@@ -1,26 +1,40 @@
 use crate::AppState;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use dispatcher_core::{template, TemplateFormat};
 use dispatcher_db::templates::{self, Template};
+use dispatcher_http::error::doc::{
+    BadRequest, InternalError, NotFound, PayloadTooLarge, ServiceUnavailable, TooManyRequests,
+    Unauthorized, UnprocessableEntity, UnsupportedMediaType,
+};
 use dispatcher_http::{cursor, ApiError, ApiJson, ApiQuery, AuthAccount};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 const MAX_NAME: usize = 200;
 const MAX_BODY: usize = 256 * 1024;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTemplate {
+    /// 1 to 200 characters, not only whitespace (stored trimmed).
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+    )]
     name: String,
     format: TemplateFormat,
+    /// Jinja-style (minijinja) template text, at most 256 KiB of UTF-8; it must parse.
+    #[schema(pattern = r"^[^\u0000]*$")]
     body: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateBody {
     template_id: Uuid,
@@ -44,6 +58,7 @@ impl From<Template> for TemplateBody {
 
 /// Checks a template body and reports a syntax error with its line.
 pub fn check_body(format: TemplateFormat, body: &str) -> Result<(), ApiError> {
+    super::reject_nul_str(body, "body")?;
     if body.len() > MAX_BODY {
         return Err(ApiError::unprocessable(
             "template_too_large",
@@ -54,16 +69,38 @@ pub fn check_body(format: TemplateFormat, body: &str) -> Result<(), ApiError> {
         .map_err(|e| ApiError::unprocessable("template_syntax_error", e.to_string()))
 }
 
+/// Create a template.
+#[utoipa::path(
+    post,
+    path = "/v1/templates",
+    tag = "templates",
+    operation_id = "createTemplate",
+    security(("basicAuth" = [])),
+    request_body(content = CreateTemplate, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created.", body = TemplateBody),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = UnprocessableEntity),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = InternalError),
+        (status = 503, response = ServiceUnavailable),
+    ),
+)]
 pub async fn create(
     State(s): State<AppState>,
     AuthAccount(account): AuthAccount,
     ApiJson(req): ApiJson<CreateTemplate>,
 ) -> Result<(StatusCode, Json<TemplateBody>), ApiError> {
+    // Counted in characters before trimming, as the document's maxLength counts them.
+    super::reject_nul_str(&req.name, "name")?;
     let name = req.name.trim();
-    if name.is_empty() || name.len() > MAX_NAME {
+    if name.is_empty() || req.name.chars().count() > MAX_NAME {
         return Err(ApiError::unprocessable(
             "invalid_field",
-            format!("name: must be 1 to {MAX_NAME} characters"),
+            format!("name: must be 1 to {MAX_NAME} characters, not only whitespace"),
         ));
     }
     check_body(req.format, &req.body)?;
@@ -72,11 +109,29 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(t.into())))
 }
 
+/// Get a template.
+#[utoipa::path(
+    get,
+    path = "/v1/templates/{id}",
+    tag = "templates",
+    operation_id = "getTemplate",
+    security(("basicAuth" = [])),
+    params(("id" = Uuid, Path, description = "The template's id; anything else answers 404.")),
+    responses(
+        (status = 200, description = "The template.", body = TemplateBody),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = InternalError),
+        (status = 503, response = ServiceUnavailable),
+    ),
+)]
 pub async fn get(
     State(s): State<AppState>,
     AuthAccount(account): AuthAccount,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TemplateBody>, ApiError> {
+    let Path(id) = id?;
     let id = super::parse_id(&id, "template")?;
     templates::get(&s.pool, account, id)
         .await?
@@ -84,19 +139,44 @@ pub async fn get(
         .ok_or(ApiError::NotFound("template"))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// `nextCursor` of the previous page (opaque; any other value answers 400).
+    #[param(pattern = "^[A-Za-z0-9_-]+$")]
     cursor: Option<String>,
+    /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 
-#[derive(Serialize)]
+/// A page of templates, newest first.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateList {
     data: Vec<TemplateBody>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    #[schema(required)]
     next_cursor: Option<String>,
 }
 
+/// List templates, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/templates",
+    tag = "templates",
+    operation_id = "listTemplates",
+    security(("basicAuth" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of templates.", body = TemplateList),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = InternalError),
+        (status = 503, response = ServiceUnavailable),
+    ),
+)]
 pub async fn list(
     State(s): State<AppState>,
     AuthAccount(account): AuthAccount,

@@ -1,0 +1,499 @@
+//! Compatibility with the outside world: real webhooks verified by third-party Standard Webhooks
+//! libraries (Python `standardwebhooks` and `svix`), and real broker messages, webhook bodies and
+//! provider callbacks validated against the JSON Schemas in `proto-schemas/`.
+//!
+//! These tests use the test virtualenv (`make venv`, via `DISPATCHER_TEST_PYTHON`).
+
+use base64::Engine;
+use dispatcher_core::signing::{sign_hex_sha256, WebhookSecret};
+use dispatcher_db::accounts::CreatedAccount;
+use dispatcher_e2e::{
+    python_script, run_python, test_python, verify_webhook, workspace_root, Received, Receiver,
+    Services, TestApp, AMQP_URL, PATIENCE,
+};
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::ExchangeKind;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Submits an async dispatch of an inline text template and returns its id.
+async fn submit(
+    app: &TestApp,
+    who: &CreatedAccount,
+    body: &str,
+    data: Value,
+    callback: &str,
+) -> String {
+    let resp = app
+        .post(
+            &app.ingest_url,
+            "/v1/dispatches?async=true",
+            who,
+            &json!({"template": {"format": "text", "body": body}, "data": data, "callbackUrl": callback}),
+        )
+        .await;
+    assert_eq!(resp.status(), 202);
+    let v: Value = resp.json().await.unwrap();
+    v["dispatchId"].as_str().unwrap().to_owned()
+}
+
+/// The first received webhook about `dispatch_id`.
+fn hook_for(rx: &Receiver, dispatch_id: &str) -> Option<Received> {
+    rx.requests()
+        .into_iter()
+        .find(|r| r.json()["data"]["dispatchId"] == dispatch_id)
+}
+
+async fn wait_hook_for(rx: &Receiver, dispatch_id: &str) -> Received {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(r) = hook_for(rx, dispatch_id) {
+            return r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no webhook for dispatch {dispatch_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Expect {
+    Valid,
+    Invalid,
+}
+
+/// Checks `hook` with each of `secrets` separately in both Python libraries
+/// (`tests/python/verify_webhook.py`): with `Valid` each must accept, with `Invalid` each must
+/// reject.
+async fn python_verify(secrets: &[&str], headers: &Value, body: &[u8], expect: Expect) {
+    let input = json!({
+        "secrets": secrets,
+        "headers": headers,
+        "bodyBase64": B64.encode(body),
+        "expect": if expect == Expect::Valid { "valid" } else { "invalid" },
+    });
+    let out = run_python(
+        &[&python_script("verify_webhook.py")],
+        input.to_string().as_bytes(),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "verify_webhook.py ({expect:?}, {} secret(s)) failed ({}):\n{stdout}\n{stderr}",
+        secrets.len(),
+        out.status
+    );
+    // Guard against a script that passes without checking anything.
+    let report: Value = serde_json::from_str(stdout.trim()).expect("verify_webhook.py report");
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2 * secrets.len(), "{report}");
+    for lib in ["standardwebhooks", "svix"] {
+        assert_eq!(
+            results.iter().filter(|r| r["library"] == lib).count(),
+            secrets.len(),
+            "{report}"
+        );
+    }
+    assert!(results
+        .iter()
+        .all(|r| r["accepted"] == (expect == Expect::Valid)));
+}
+
+/// The signed headers of a received webhook, as a receiver would pass them to a library.
+fn webhook_headers(r: &Received) -> Value {
+    json!({
+        "webhook-id": r.header("webhook-id"),
+        "webhook-timestamp": r.header("webhook-timestamp"),
+        "webhook-signature": r.header("webhook-signature"),
+        "content-type": r.header("content-type"),
+    })
+}
+
+/// The body with one field's value changed (same length class, still valid JSON).
+fn tamper(body: &[u8]) -> Vec<u8> {
+    let text = std::str::from_utf8(body).unwrap();
+    let changed = if text.contains(r#""status":"completed""#) {
+        text.replacen(r#""status":"completed""#, r#""status":"failed""#, 1)
+    } else {
+        text.replacen(r#""status":"failed""#, r#""status":"completed""#, 1)
+    };
+    assert_ne!(changed, text, "body has a status to tamper with: {text}");
+    changed.into_bytes()
+}
+
+#[tokio::test]
+async fn webhooks_verify_with_standardwebhooks_and_svix_across_a_secret_rotation() {
+    test_python();
+    let app = TestApp::spawn().await;
+    let rx = Receiver::start().await;
+    let acct = app.create_account("compat@example.com").await;
+    let old_secret = acct.webhook_secret.clone();
+
+    let first = submit(
+        &app,
+        &acct,
+        "Hello {{ who }}",
+        json!({"who": "Ada"}),
+        &rx.url(),
+    )
+    .await;
+    let hook = wait_hook_for(&rx, &first).await;
+    assert_eq!(hook.json()["type"], "dispatch.completed");
+    let sig = hook.header("webhook-signature").to_owned();
+    assert_eq!(
+        sig.split(' ').count(),
+        1,
+        "one signature before rotation: {sig}"
+    );
+    let headers = webhook_headers(&hook);
+
+    python_verify(&[&old_secret], &headers, &hook.body, Expect::Valid).await;
+    // A changed body, a changed webhook-id, or another secret: both libraries refuse.
+    python_verify(
+        &[&old_secret],
+        &headers,
+        &tamper(&hook.body),
+        Expect::Invalid,
+    )
+    .await;
+    let mut other_id = headers.clone();
+    other_id["webhook-id"] = json!(format!("{}x", hook.header("webhook-id")));
+    python_verify(&[&old_secret], &other_id, &hook.body, Expect::Invalid).await;
+    let stranger = WebhookSecret::generate().expose();
+    python_verify(&[&stranger], &headers, &hook.body, Expect::Invalid).await;
+
+    // Rotate: deliveries are signed with the new secret and, during the grace period, the old one.
+    let resp = app
+        .http
+        .post(format!("{}/v1/webhooks/secret/rotate", app.ingest_url))
+        .basic_auth(&acct.email, Some(&acct.password))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let rotated: Value = resp.json().await.unwrap();
+    let new_secret = rotated["webhookSecret"].as_str().unwrap().to_owned();
+    assert!(new_secret.starts_with("whsec_"), "{rotated}");
+    assert_ne!(new_secret, old_secret);
+    assert!(rotated["previousSecretExpiresAt"].is_string(), "{rotated}");
+
+    let second = submit(
+        &app,
+        &acct,
+        "Bye {{ who }}",
+        json!({"who": "Ada"}),
+        &rx.url(),
+    )
+    .await;
+    let hook2 = wait_hook_for(&rx, &second).await;
+    let sig2 = hook2.header("webhook-signature").to_owned();
+    let entries: Vec<&str> = sig2.split(' ').collect();
+    assert_eq!(entries.len(), 2, "two signatures after rotation: {sig2}");
+    assert!(entries.iter().all(|e| e.starts_with("v1,")), "{sig2}");
+    assert!(verify_webhook(&old_secret, &hook2) && verify_webhook(&new_secret, &hook2));
+
+    let headers2 = webhook_headers(&hook2);
+    // Each secret on its own verifies, in both libraries.
+    python_verify(
+        &[&old_secret, &new_secret],
+        &headers2,
+        &hook2.body,
+        Expect::Valid,
+    )
+    .await;
+    python_verify(
+        &[&old_secret, &new_secret],
+        &headers2,
+        &tamper(&hook2.body),
+        Expect::Invalid,
+    )
+    .await;
+    python_verify(&[&stranger], &headers2, &hook2.body, Expect::Invalid).await;
+}
+
+/// One message captured from the events exchange.
+#[derive(Debug, Clone)]
+struct Captured {
+    routing_key: String,
+    body: Vec<u8>,
+}
+
+/// The schema a broker message's routing key calls for, or `None` for an unknown key.
+fn schema_for(routing_key: &str) -> Option<&'static str> {
+    match routing_key {
+        "dispatch.requested" => Some("dispatch.requested.schema.json"),
+        "dispatch.completed" | "dispatch.failed" => Some("dispatch.outcome.schema.json"),
+        "webhook.retry" => Some("delivery.task.schema.json"),
+        "provider.event" => Some("provider.event.schema.json"),
+        k if k
+            .strip_prefix("webhook.delay.")
+            .is_some_and(|ms| !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            Some("delivery.task.schema.json")
+        }
+        _ => None,
+    }
+}
+
+/// The kind a routing key is counted under (`webhook.delay.<ms>` are one kind).
+fn kind_of(routing_key: &str) -> &str {
+    if routing_key.starts_with("webhook.delay.") {
+        "webhook.delay.*"
+    } else {
+        routing_key
+    }
+}
+
+#[tokio::test]
+async fn broker_messages_and_webhooks_match_the_schemas() {
+    test_python();
+    let app = TestApp::spawn_with(
+        Services::ALL,
+        &[("DISPATCHER__PROVIDERS__ACME__SECRET", "acme-signing-key")],
+    )
+    .await;
+
+    // A queue of the test's own on the events exchange, bound to everything, before any traffic.
+    let topology = dispatcher_mq::Topology::from_settings(&app.settings);
+    let conn = dispatcher_mq::connect(AMQP_URL, "compat-capture")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.exchange_declare(
+        topology.events_exchange().into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let queue = format!("{}.test.capture", app.prefix);
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("classic".into()),
+    );
+    ch.queue_declare(
+        queue.clone().into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        queue.clone().into(),
+        topology.events_exchange().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            queue.clone().into(),
+            "compat-capture".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let captured: Arc<Mutex<Vec<Captured>>> = Arc::default();
+    let sink = captured.clone();
+    let capture_task = tokio::spawn(async move {
+        while let Some(d) = consumer.next().await {
+            let Ok(d) = d else { break };
+            sink.lock().unwrap().push(Captured {
+                routing_key: d.routing_key.to_string(),
+                body: d.data.clone(),
+            });
+            let _ = d.ack(BasicAckOptions::default()).await;
+        }
+    });
+
+    let acct = app.create_account("schemas@example.com").await;
+    let rx = Receiver::start().await;
+    let flaky = Receiver::failing_first(1).await;
+
+    // A completed dispatch, a failed one (undefined variable), and one whose first delivery fails
+    // (a retry goes through a delay queue).
+    let ok = submit(
+        &app,
+        &acct,
+        "Hi {{ who }}",
+        json!({"who": "Ada"}),
+        &rx.url(),
+    )
+    .await;
+    let failed = submit(&app, &acct, "{{ missing }}", json!({}), &rx.url()).await;
+    let retried = submit(&app, &acct, "Again {{ n }}", json!({"n": 1}), &flaky.url()).await;
+
+    // A provider callback about the completed dispatch.
+    let callback = json!({
+        "eventId": "ev-compat-1",
+        "dispatchId": ok,
+        "type": "delivered",
+        "occurredAt": chrono::Utc::now().to_rfc3339(),
+    })
+    .to_string();
+    let resp = app
+        .http
+        .post(format!("{}/v1/providers/acme/events", app.ingest_url))
+        .header("content-type", "application/json")
+        .header(
+            "x-provider-signature",
+            sign_hex_sha256(b"acme-signing-key", callback.as_bytes()),
+        )
+        .body(callback.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["duplicate"], false);
+
+    let hooks = rx.wait_for(2).await;
+    let flaky_hooks = flaky.wait_for(2).await;
+    assert_eq!(
+        hook_for(&rx, &ok).unwrap().json()["type"],
+        "dispatch.completed"
+    );
+    assert_eq!(
+        hook_for(&rx, &failed).unwrap().json()["type"],
+        "dispatch.failed"
+    );
+    assert!(flaky_hooks
+        .iter()
+        .all(|h| h.json()["data"]["dispatchId"] == retried.as_str()));
+    app.wait_count(
+        "SELECT count(*) FROM provider_events WHERE applied_at IS NOT NULL",
+        1,
+    )
+    .await;
+
+    // Every kind, and at least as many of each as this test caused.
+    let wanted: BTreeMap<&str, usize> = [
+        ("dispatch.requested", 3),
+        ("dispatch.completed", 2),
+        ("dispatch.failed", 1),
+        ("webhook.delay.*", 1),
+        ("webhook.retry", 1),
+        ("provider.event", 1),
+    ]
+    .into_iter()
+    .collect();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let messages = loop {
+        let got = captured.lock().unwrap().clone();
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for m in &got {
+            *counts.entry(kind_of(&m.routing_key)).or_default() += 1;
+        }
+        if wanted
+            .iter()
+            .all(|(k, n)| counts.get(k).copied().unwrap_or(0) >= *n)
+        {
+            break got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "captured {counts:?}, want at least {wanted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    capture_task.abort();
+    let _ = ch.close(200, "done".into()).await;
+    let _ = conn.close(200, "done".into()).await;
+
+    let mut items = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let Some(schema) = schema_for(&m.routing_key) else {
+            panic!(
+                "message {i} has routing key {:?}, which no schema in proto-schemas/ covers: {}",
+                m.routing_key,
+                String::from_utf8_lossy(&m.body)
+            );
+        };
+        let body = String::from_utf8(m.body.clone()).expect("message bodies are UTF-8 JSON");
+        if schema == "dispatch.outcome.schema.json" {
+            // The routing key is the payload's type.
+            let v: Value = serde_json::from_str(&body).expect("outcome is JSON");
+            assert_eq!(v["payload"]["type"], m.routing_key.as_str(), "{body}");
+        }
+        items.push(json!({
+            "schema": schema,
+            "label": format!("broker message {i} ({})", m.routing_key),
+            "body": body,
+        }));
+    }
+    for (i, h) in hooks.iter().chain(flaky_hooks.iter()).enumerate() {
+        items.push(json!({
+            "schema": "webhook.schema.json",
+            "label": format!("webhook body {i}"),
+            "body": String::from_utf8(h.body.to_vec()).expect("webhook bodies are UTF-8"),
+        }));
+    }
+    items.push(json!({
+        "schema": "provider.callback.schema.json",
+        "label": "provider callback body",
+        "body": callback,
+    }));
+
+    let n_items = items.len();
+    let input = json!({
+        "schemaDir": workspace_root().join("proto-schemas").to_string_lossy(),
+        "items": items,
+    });
+    let out = run_python(
+        &[&python_script("validate_messages.py")],
+        input.to_string().as_bytes(),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schema violations ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).expect("validate_messages.py report");
+    let validated: usize = report["validated"]
+        .as_object()
+        .expect("validated counts")
+        .values()
+        .map(|n| n.as_u64().unwrap() as usize)
+        .sum();
+    assert_eq!(validated, n_items, "{report}");
+    for schema in [
+        "dispatch.requested.schema.json",
+        "dispatch.outcome.schema.json",
+        "delivery.task.schema.json",
+        "provider.event.schema.json",
+        "webhook.schema.json",
+        "provider.callback.schema.json",
+    ] {
+        assert!(
+            report["validated"][schema].as_u64().unwrap_or(0) >= 1,
+            "nothing validated against {schema}: {report}"
+        );
+    }
+}
