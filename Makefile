@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SERVICES := ingest-api status-api dispatch-worker webhook-deliverer
 
-.PHONY: all build run stop test unit e2e fmt lint services clean venv
+.PHONY: all build run stop test bench unit e2e fmt lint services clean venv
 
 # The tests' Python virtualenv (Standard Webhooks libraries, JSON Schema and Kubernetes manifest
 # validators). Recreated only when tests/python/requirements.txt or constraints.txt change.
@@ -48,6 +48,11 @@ $(VENV_STAMP): tests/python/requirements.txt tests/python/constraints.txt
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
 	  -r tests/python/requirements.txt -c tests/python/constraints.txt
 	touch $@
+
+# Load benchmark against release builds on this machine; prints a table and writes
+# bench/results.json. Size it with DISPATCHER_BENCH_N and DISPATCHER_BENCH_RATE.
+bench:
+	@scripts/bench.sh
 
 fmt:
 	$(CARGO) fmt --all
