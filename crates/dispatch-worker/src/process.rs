@@ -24,6 +24,7 @@ pub struct WorkerHandler {
     http: reqwest::Client,
     policy: Policy,
     queue: String,
+    templates: template::RenderCache,
 }
 
 #[derive(Deserialize)]
@@ -44,6 +45,7 @@ impl WorkerHandler {
             http,
             policy,
             queue,
+            templates: template::RenderCache::new(1024),
         }
     }
 
@@ -56,7 +58,10 @@ impl WorkerHandler {
 
     /// Renders and hands one dispatch to its provider; never fails, the outcome says what happened.
     async fn run_one(&self, d: Claimed) -> Finished {
-        let outcome = match template::render(d.template_format, &d.template_body, &d.data) {
+        let outcome = match self
+            .templates
+            .render(d.template_format, &d.template_body, &d.data)
+        {
             Err(e) => Err(DispatchError::new(
                 ErrorCode::TemplateRenderError,
                 e.message,

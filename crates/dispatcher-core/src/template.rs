@@ -196,3 +196,84 @@ mod tests {
         assert_eq!(TemplateFormat::parse("pdf"), None);
     }
 }
+
+/// Compiled templates, so rendering the same template again skips parsing. Bounded: when full it
+/// starts over (templates are small and the working set of a deployment is its template catalogue).
+pub struct RenderCache {
+    max: usize,
+    map: std::sync::Mutex<
+        std::collections::HashMap<(TemplateFormat, String), std::sync::Arc<Environment<'static>>>,
+    >,
+}
+
+impl RenderCache {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            map: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Same result as [`render`], compiling each distinct template once.
+    pub fn render(
+        &self,
+        format: TemplateFormat,
+        body: &str,
+        data: &serde_json::Value,
+    ) -> Result<String, RenderError> {
+        let key = (format, body.to_owned());
+        let cached = self.map.lock().expect("render cache").get(&key).cloned();
+        let env = match cached {
+            Some(env) => env,
+            None => {
+                let mut env = environment(format);
+                env.add_template_owned("t", body.to_owned())
+                    .map_err(|e| RenderError {
+                        message: describe(&e),
+                    })?;
+                let env = std::sync::Arc::new(env);
+                let mut map = self.map.lock().expect("render cache");
+                if map.len() >= self.max {
+                    map.clear();
+                }
+                map.insert(key, env.clone());
+                env
+            }
+        };
+        let tmpl = env.get_template("t").map_err(|e| RenderError {
+            message: describe(&e),
+        })?;
+        tmpl.render(data).map_err(|e| RenderError {
+            message: describe(&e),
+        })
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn cached_rendering_matches_direct_rendering() {
+        let cache = RenderCache::new(2);
+        for (f, body, data) in [
+            (TemplateFormat::Html, "<b>{{ x }}</b>", json!({"x": "<i>"})),
+            (TemplateFormat::Text, "<b>{{ x }}</b>", json!({"x": "<i>"})),
+            (
+                TemplateFormat::Json,
+                "{\"a\": {{ x }}}",
+                json!({"x": "q\""}),
+            ),
+            (TemplateFormat::Html, "<b>{{ x }}</b>", json!({"x": "&"})),
+        ] {
+            assert_eq!(cache.render(f, body, &data), render(f, body, &data));
+        }
+        assert!(cache
+            .render(TemplateFormat::Text, "{{ nope }}", &json!({}))
+            .is_err());
+        assert!(cache
+            .render(TemplateFormat::Text, "{% if %}", &json!({}))
+            .is_err());
+    }
+}
