@@ -5,5 +5,6 @@ mod compat;
 mod deploy_files;
 mod faults;
 mod foundation;
+mod schemathesis;
 mod security;
 mod telemetry;
