@@ -1,6 +1,6 @@
 //! The transactional outbox table. Rows are inserted by the statements that change state (see
 //! `dispatches`, `deliveries`); the relay in `dispatcher-mq` locks a batch, publishes it with
-//! confirms and marks it sent in the same transaction.
+//! confirms and deletes it in the same transaction.
 
 use crate::{DbError, Pool};
 use uuid::Uuid;
@@ -24,7 +24,7 @@ pub async fn lock_batch(
     let stmt = tx
         .prepare_cached(
             "SELECT id, message_id, routing_key, payload, headers->>'traceparent' FROM outbox
-             WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .await?;
     Ok(tx
@@ -41,38 +41,25 @@ pub async fn lock_batch(
         .collect())
 }
 
+/// Removes published rows, in the locking transaction, once the broker confirmed them.
 pub async fn mark_sent(
     tx: &deadpool_postgres::Transaction<'_>,
     ids: &[i64],
 ) -> Result<(), DbError> {
     let stmt = tx
-        .prepare_cached("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
+        .prepare_cached("DELETE FROM outbox WHERE id = ANY($1)")
         .await?;
     tx.execute(&stmt, &[&ids]).await?;
     Ok(())
 }
 
-/// Deletes sent rows older than `keep_secs`, a bounded batch at a time. Returns rows deleted.
-pub async fn purge_sent(pool: &Pool, keep_secs: f64, batch: i64) -> Result<u64, DbError> {
-    let client = pool.get().await?;
-    let stmt = client
-        .prepare_cached(
-            "DELETE FROM outbox WHERE id IN (
-                 SELECT id FROM outbox
-                 WHERE sent_at < now() - make_interval(secs => $1)
-                 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
-        )
-        .await?;
-    Ok(client.execute(&stmt, &[&keep_secs, &batch]).await?)
-}
-
-/// Unsent rows and the age in seconds of the oldest one (an index-only look at the unsent part).
+/// Unsent rows and the age in seconds of the oldest one.
 pub async fn backlog(pool: &Pool) -> Result<(i64, f64), DbError> {
     let client = pool.get().await?;
     let row = client
         .query_one(
             "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0)
-             FROM outbox WHERE sent_at IS NULL",
+             FROM outbox",
             &[],
         )
         .await?;

@@ -2,7 +2,7 @@
 //!
 //! Each round locks a batch with `FOR UPDATE SKIP LOCKED` (so any number of relays, in any
 //! service replica, share the table without publishing the same row concurrently), publishes it
-//! with confirms, marks it sent and commits. A crash between publish and commit publishes the batch
+//! with confirms, deletes it and commits. A crash between publish and commit publishes the batch
 //! again later: duplicates are possible, losses are not, and consumers are idempotent.
 //!
 //! The relay sleeps until a NOTIFY from the inserting transaction (or a slow fallback poll) and
@@ -18,9 +18,6 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// How long sent rows are kept (for inspection) before they are purged.
-const KEEP_SENT: Duration = Duration::from_secs(600);
-const PURGE_EVERY: Duration = Duration::from_secs(30);
 /// How often the backlog gauges are refreshed.
 const GAUGE_EVERY: Duration = Duration::from_secs(5);
 
@@ -51,7 +48,6 @@ pub async fn run_relay(
         cancel.child_token(),
     );
     let mut backoff = Backoff::default();
-    let mut last_purge = Instant::now();
     let mut last_gauge = Instant::now() - GAUGE_EVERY;
     while !cancel.is_cancelled() {
         let session = async {
@@ -78,13 +74,6 @@ pub async fn run_relay(
                     if let Ok((unsent, oldest)) = outbox::backlog(&pool).await {
                         metrics::gauge!("dispatcher_outbox_backlog").set(unsent as f64);
                         metrics::gauge!("dispatcher_outbox_oldest_unsent_seconds").set(oldest);
-                    }
-                }
-                if last_purge.elapsed() > PURGE_EVERY {
-                    last_purge = Instant::now();
-                    if let Err(e) = outbox::purge_sent(&pool, KEEP_SENT.as_secs_f64(), 10_000).await
-                    {
-                        debug!(error = %e, "outbox purge skipped");
                     }
                 }
                 if !conn.status().connected() {

@@ -6,14 +6,14 @@
 //!   dispatches (a primary-key range scan: ids are UUIDv7, so ordered by time);
 //! - work ahead: ready messages in the `dispatch.requested` queue (a passive declare) plus
 //!   unpublished outbox rows;
-//! - drain rate: outcome events written to the outbox per second since the last sample (an id
-//!   range scan), i.e. what all workers together finish right now.
+//! - drain rate: how many of the most recent dispatches (a primary-key range scan) finished in
+//!   the last few seconds, i.e. what all workers together finish right now.
 
 use dispatcher_config::Settings;
 use dispatcher_db::Pool;
 use dispatcher_mq::Topology;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 const REFRESH: Duration = Duration::from_secs(2);
@@ -56,7 +56,6 @@ impl Estimator {
         tokio::spawn(async move {
             let topology = Topology::from_settings(&settings);
             let mut channel = None;
-            let mut last: Option<(i64, Instant)> = None;
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -80,15 +79,10 @@ impl Estimator {
                     },
                     None => 0,
                 };
-                let Ok(sample) = sample(&pool, last.map(|l| l.0)).await else {
+                let Ok(sample) = sample(&pool).await else {
                     continue;
                 };
-                let rate = match last {
-                    Some((_, at)) => sample.outcomes as f64 / at.elapsed().as_secs_f64().max(0.001),
-                    None => 0.0,
-                };
-                last = Some((sample.max_outbox_id, Instant::now()));
-                let estimate = compute(sample.median, depth + sample.unsent, rate);
+                let estimate = compute(sample.median, depth + sample.unsent, sample.drain_per_sec);
                 *current.write().expect("estimate") = estimate;
                 metrics::gauge!("dispatcher_estimated_completion_seconds")
                     .set(estimate.as_secs_f64());
@@ -98,51 +92,38 @@ impl Estimator {
     }
 }
 
+/// Seconds over which finished dispatches are counted for the drain rate.
+const RATE_WINDOW: f64 = 5.0;
+
 struct Sample {
     median: Option<Duration>,
     unsent: u64,
-    max_outbox_id: i64,
-    /// Outcome events written since the previous sample's last outbox id.
-    outcomes: i64,
+    drain_per_sec: f64,
 }
 
-async fn sample(pool: &Pool, since: Option<i64>) -> Result<Sample, dispatcher_db::DbError> {
+async fn sample(pool: &Pool) -> Result<Sample, dispatcher_db::DbError> {
     let client = pool.get().await?;
-    let median: Option<f64> = client
+    let row = client
         .query_one(
-            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM completed_at - queued_at))::float8
-             FROM (SELECT completed_at, queued_at FROM dispatches
-                   WHERE completed_at IS NOT NULL ORDER BY id DESC LIMIT 200) recent",
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM completed_at - queued_at))::float8,
+                    count(*) FILTER (WHERE completed_at > now() - make_interval(secs => $1))
+             FROM (SELECT completed_at, queued_at FROM dispatches ORDER BY id DESC LIMIT 5000) recent",
+            &[&RATE_WINDOW],
+        )
+        .await?;
+    let median: Option<f64> = row.get(0);
+    let finished: i64 = row.get(1);
+    let unsent: i64 = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT 100000) o",
             &[],
         )
         .await?
         .get(0);
-    let row = client
-        .query_one(
-            "SELECT COALESCE(max(id), 0),
-                    count(*) FILTER (WHERE sent_at IS NULL)
-             FROM (SELECT id, sent_at FROM outbox ORDER BY id DESC LIMIT 100000) o",
-            &[],
-        )
-        .await?;
-    let max_outbox_id: i64 = row.get(0);
-    let unsent: i64 = row.get(1);
-    let outcomes: i64 = match since {
-        Some(since) => client
-            .query_one(
-                "SELECT count(*) FROM outbox WHERE id > $1 AND id <= $2
-                   AND routing_key IN ('dispatch.completed', 'dispatch.failed')",
-                &[&since, &max_outbox_id],
-            )
-            .await?
-            .get(0),
-        None => 0,
-    };
     Ok(Sample {
         median: median.map(|m| Duration::from_secs_f64(m.max(0.0))),
         unsent: unsent as u64,
-        max_outbox_id,
-        outcomes,
+        drain_per_sec: finished as f64 / RATE_WINDOW,
     })
 }
 
