@@ -169,6 +169,30 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// CPU seconds the whole machine spent so far (all processes: services, Postgres, RabbitMQ and
+/// the load generator), from the first line of /proc/stat.
+fn machine_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().next()?.to_owned();
+            let f: Vec<f64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
+            let busy: f64 = f
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != 3 && *i != 4)
+                .map(|(_, v)| v)
+                .sum();
+            Some(busy / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 /// Peak resident set size in MiB.
 fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -320,6 +344,7 @@ async fn main() -> anyhow::Result<()> {
         cfg.n
     );
     let cpu_before: Vec<f64> = cfg.pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
+    let machine_before = machine_cpu_seconds();
     let start = Instant::now();
     let ids: Vec<anyhow::Result<String>> = futures::stream::iter(0..cfg.n)
         .map(|i| {
@@ -335,8 +360,10 @@ async fn main() -> anyhow::Result<()> {
     let last = wait_arrivals(&arrivals, &ids, Duration::from_secs(300)).await?;
     let e2e_secs = last.duration_since(start).as_secs_f64();
     let cpu_after: Vec<f64> = cfg.pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
+    let machine_cpu = machine_cpu_seconds() - machine_before;
     let sustained = serde_json::json!({
         "dispatches": cfg.n,
+        "machine_cpu_seconds_per_1000_dispatches": machine_cpu * 1000.0 / cfg.n as f64,
         "submit_seconds": submitted,
         "seconds_until_last_webhook": e2e_secs,
         "dispatches_per_second": cfg.n as f64 / e2e_secs,
@@ -396,7 +423,7 @@ fn print_table(r: &Results) {
     let p = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
     println!("\n{:<52} {:>12}", "measure", "value");
     println!("{}", "-".repeat(65));
-    let row = |name: &str, v: f64, unit: &str| println!("{name:<52} {v:>10.1} {unit}");
+    let row = |name: &str, v: f64, unit: &str| println!("{name:<52} {v:>10.3} {unit}");
     row(
         "async ingest, closed loop (64 clients)",
         r.ingest_closed_loop.requests_per_second,
