@@ -446,6 +446,14 @@ fn print_table(r: &Results) {
         "disp/s",
     );
     row(
+        "  whole machine: CPU per 1000 dispatches",
+        p(
+            &r.end_to_end_sustained,
+            "machine_cpu_seconds_per_1000_dispatches",
+        ),
+        "s",
+    );
+    row(
         "end to end, open loop: offered",
         p(&r.end_to_end_open_loop, "offered_per_second"),
         "disp/s",
