@@ -345,6 +345,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let cpu_before: Vec<f64> = cfg.pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
     let machine_before = machine_cpu_seconds();
+    let own_before = cpu_seconds(std::process::id());
     let start = Instant::now();
     let ids: Vec<anyhow::Result<String>> = futures::stream::iter(0..cfg.n)
         .map(|i| {
@@ -361,9 +362,11 @@ async fn main() -> anyhow::Result<()> {
     let e2e_secs = last.duration_since(start).as_secs_f64();
     let cpu_after: Vec<f64> = cfg.pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
     let machine_cpu = machine_cpu_seconds() - machine_before;
+    let own_cpu = cpu_seconds(std::process::id()) - own_before;
     let sustained = serde_json::json!({
         "dispatches": cfg.n,
         "machine_cpu_seconds_per_1000_dispatches": machine_cpu * 1000.0 / cfg.n as f64,
+        "load_generator_cpu_seconds_per_1000_dispatches": own_cpu * 1000.0 / cfg.n as f64,
         "submit_seconds": submitted,
         "seconds_until_last_webhook": e2e_secs,
         "dispatches_per_second": cfg.n as f64 / e2e_secs,
