@@ -3,12 +3,14 @@
 //! It drives an already running Dispatcher (started by `scripts/bench.sh`) from this machine,
 //! runs a local webhook receiver, and measures:
 //!
-//! 1. async ingest, closed loop at maximum: requests/s and latency percentiles;
-//! 2. async ingest, open loop at a fixed offered rate (latency measured from the scheduled send
+//! 1. end to end, open loop at `DISPATCHER_BENCH_RATE`: submit-to-webhook latency percentiles;
+//! 2. async ingest, open loop at 2 000 requests/s (latency measured from the scheduled send
 //!    time, so a slow server cannot hide its queueing);
-//! 3. sustained end to end: N dispatches submitted as fast as accepted, until every webhook has
-//!    arrived: dispatches/s;
-//! 4. end to end, open loop at `DISPATCHER_BENCH_RATE`: submit-to-webhook latency percentiles;
+//! 3. async ingest, closed loop at maximum: requests/s and latency percentiles;
+//! 4. sustained end to end: N dispatches submitted as fast as accepted, until every webhook has
+//!    arrived: dispatches/s.
+//!
+//! The fixed-rate phases run first, on a system in steady state; the saturating phases after.
 //!
 //! plus peak RSS and CPU seconds per 1 000 dispatches of each service (from /proc). Results are
 //! printed as a table and written as JSON.
@@ -328,19 +330,47 @@ async fn main() -> anyhow::Result<()> {
         email: cfg.email.clone(),
         password: cfg.password.clone(),
     });
-    // Warm up (connections, prepared statements, caches).
+    // Warm up (connections, prepared statements, caches) along the whole path.
     ingest_closed_loop(&client, 500, 32).await?;
+    let warm: Vec<String> = futures::stream::iter(0..500)
+        .map(|i| {
+            let c = client.clone();
+            let cb = callback.clone();
+            async move { c.submit(i, Some(&cb)).await }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    wait_arrivals(&arrivals, &warm, Duration::from_secs(120)).await?;
 
-    println!("1/4 async ingest, closed loop ...");
-    let ingest_max = ingest_closed_loop(&client, cfg.n, 64).await?;
+    // Latency at fixed offered rates first, on a system in steady state; then the saturating
+    // closed-loop phases (which leave vacuum and broker work behind them).
+    println!("1/4 end to end, open loop at {} dispatches/s ...", cfg.rate);
+    let secs = 10;
+    let (sent, _, offered) =
+        open_loop(client.clone(), cfg.rate, secs, Some(callback.clone())).await?;
+    let sent_ids: Vec<String> = sent.iter().map(|(id, _)| id.clone()).collect();
+    wait_arrivals(&arrivals, &sent_ids, Duration::from_secs(120)).await?;
+    let e2e_lat: Vec<Duration> = {
+        let at = arrivals.at.lock().unwrap();
+        sent.iter()
+            .map(|(id, t)| at[id].saturating_duration_since(*t))
+            .collect()
+    };
+    let e2e_open = serde_json::json!({"offered_per_second": offered, "dispatches": sent.len(), "submit_to_webhook": percentiles(e2e_lat)});
 
     println!("2/4 async ingest, open loop at 2000 req/s ...");
     let (_, lat, offered) = open_loop(client.clone(), 2000, 5, None).await?;
     let ingest_open =
         serde_json::json!({"offered_per_second": offered, "latency": percentiles(lat)});
 
+    println!("3/4 async ingest, closed loop ...");
+    let ingest_max = ingest_closed_loop(&client, cfg.n, 64).await?;
+
     println!(
-        "3/4 end to end, {} dispatches as fast as accepted ...",
+        "4/4 end to end, {} dispatches as fast as accepted ...",
         cfg.n
     );
     let cpu_before: Vec<f64> = cfg.pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
@@ -371,20 +401,6 @@ async fn main() -> anyhow::Result<()> {
         "seconds_until_last_webhook": e2e_secs,
         "dispatches_per_second": cfg.n as f64 / e2e_secs,
     });
-
-    println!("4/4 end to end, open loop at {} dispatches/s ...", cfg.rate);
-    let secs = 10;
-    let (sent, _, offered) =
-        open_loop(client.clone(), cfg.rate, secs, Some(callback.clone())).await?;
-    let sent_ids: Vec<String> = sent.iter().map(|(id, _)| id.clone()).collect();
-    wait_arrivals(&arrivals, &sent_ids, Duration::from_secs(120)).await?;
-    let e2e_lat: Vec<Duration> = {
-        let at = arrivals.at.lock().unwrap();
-        sent.iter()
-            .map(|(id, t)| at[id].saturating_duration_since(*t))
-            .collect()
-    };
-    let e2e_open = serde_json::json!({"offered_per_second": offered, "dispatches": sent.len(), "submit_to_webhook": percentiles(e2e_lat)});
 
     let services = cfg
         .pids
