@@ -473,6 +473,14 @@ fn print_table(r: &Results) {
         "s",
     );
     row(
+        "  of which the load generator",
+        p(
+            &r.end_to_end_sustained,
+            "load_generator_cpu_seconds_per_1000_dispatches",
+        ),
+        "s",
+    );
+    row(
         "end to end, open loop: offered",
         p(&r.end_to_end_open_loop, "offered_per_second"),
         "disp/s",

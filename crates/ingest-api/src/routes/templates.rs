@@ -65,8 +65,30 @@ pub fn check_body(format: TemplateFormat, body: &str) -> Result<(), ApiError> {
             format!("template body exceeds {MAX_BODY} bytes"),
         ));
     }
+    // Clients often send the same inline template with every dispatch: remember the bodies that
+    // parsed (by SHA-256, bounded) instead of compiling them again on every request.
+    static VALID: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<[u8; 32]>>> =
+        std::sync::OnceLock::new();
+    let key: [u8; 32] = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(format.as_str().as_bytes());
+        h.update([0]);
+        h.update(body.as_bytes());
+        h.finalize().into()
+    };
+    let valid = VALID.get_or_init(Default::default);
+    if valid.lock().expect("template cache").contains(&key) {
+        return Ok(());
+    }
     template::validate(format, body)
-        .map_err(|e| ApiError::unprocessable("template_syntax_error", e.to_string()))
+        .map_err(|e| ApiError::unprocessable("template_syntax_error", e.to_string()))?;
+    let mut set = valid.lock().expect("template cache");
+    if set.len() >= 10_000 {
+        set.clear();
+    }
+    set.insert(key);
+    Ok(())
 }
 
 /// Create a template.
