@@ -60,6 +60,6 @@ for port in 18080 18081 19091 19092; do
 done
 
 BENCH_PIDS="ingest-api=${pids[0]},status-api=${pids[1]},dispatch-worker=${pids[2]},webhook-deliverer=${pids[3]}" \
-BENCH_INGEST_URL=http://127.0.0.1:18080 BENCH_EMAIL="$email" BENCH_PASSWORD="$password" \
+BENCH_INGEST_URL=http://127.0.0.1:18080 BENCH_STATUS_URL=http://127.0.0.1:18081 BENCH_EMAIL="$email" BENCH_PASSWORD="$password" \
 BENCH_OUT=bench/results.json \
   "$BIN/dispatcher-bench"

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 struct Config {
     ingest: String,
+    status: String,
     email: String,
     password: String,
     pids: Vec<(String, u32)>,
@@ -56,8 +57,13 @@ fn config() -> anyhow::Result<Config> {
     if !ingest.starts_with("http://127.") && !ingest.starts_with("http://localhost") {
         bail!("the benchmark only targets loopback addresses");
     }
+    let status = env("BENCH_STATUS_URL")?;
+    if !status.starts_with("http://127.") && !status.starts_with("http://localhost") {
+        bail!("the benchmark only targets loopback addresses");
+    }
     Ok(Config {
         ingest,
+        status,
         email: env("BENCH_EMAIL")?,
         password: env("BENCH_PASSWORD")?,
         pids,
@@ -274,6 +280,33 @@ async fn open_loop(
     Ok((ids, lat, total as f64 / sent_for))
 }
 
+/// Waits until no dispatch is queued or processing, so a phase does not pay for the previous
+/// phase's backlog.
+async fn wait_idle(c: &Client, status_url: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let mut busy = false;
+        for st in ["queued", "processing"] {
+            let v: serde_json::Value = c
+                .http
+                .get(format!("{status_url}/v1/dispatches?status={st}&limit=1"))
+                .basic_auth(&c.email, Some(&c.password))
+                .send()
+                .await?
+                .json()
+                .await?;
+            busy |= v["data"].as_array().is_some_and(|d| !d.is_empty());
+        }
+        if !busy {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the system did not drain within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn wait_arrivals(a: &Arrivals, ids: &[String], limit: Duration) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + limit;
     loop {
@@ -361,14 +394,17 @@ async fn main() -> anyhow::Result<()> {
     };
     let e2e_open = serde_json::json!({"offered_per_second": offered, "dispatches": sent.len(), "submit_to_webhook": percentiles(e2e_lat)});
 
+    wait_idle(&client, &cfg.status).await?;
     println!("2/4 async ingest, open loop at 2000 req/s ...");
     let (_, lat, offered) = open_loop(client.clone(), 2000, 5, None).await?;
     let ingest_open =
         serde_json::json!({"offered_per_second": offered, "latency": percentiles(lat)});
 
+    wait_idle(&client, &cfg.status).await?;
     println!("3/4 async ingest, closed loop ...");
     let ingest_max = ingest_closed_loop(&client, cfg.n, 64).await?;
 
+    wait_idle(&client, &cfg.status).await?;
     println!(
         "4/4 end to end, {} dispatches as fast as accepted ...",
         cfg.n
