@@ -493,21 +493,7 @@ async fn every_binary_drains_and_exits_cleanly_on_sigterm() {
         ),
     ];
     let ingest = format!("http://127.0.0.1:{port}");
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while app
-        .http
-        .get(format!("{ingest}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ingest-api binary never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    app.wait_ready(&ingest).await;
     let mut ids = Vec::new();
     for i in 0..20 {
         let r = app

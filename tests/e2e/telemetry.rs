@@ -97,21 +97,7 @@ async fn one_trace_crosses_ingest_worker_and_deliverer_into_the_webhook() {
         ),
     ];
     let ingest = format!("http://127.0.0.1:{port}");
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while app
-        .http
-        .get(format!("{ingest}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ingest-api never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    app.wait_ready(&ingest).await;
 
     // The client starts the trace.
     let trace_id = uuid::Uuid::new_v4().simple().to_string();
@@ -127,6 +113,7 @@ async fn one_trace_crosses_ingest_worker_and_deliverer_into_the_webhook() {
     assert_eq!(r.status(), 202);
 
     let hook = &rx.wait_for(1).await[0];
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     let tp = hook.header("traceparent");
     assert_eq!(
         tp.split('-').nth(1),
@@ -152,7 +139,7 @@ async fn one_trace_crosses_ingest_worker_and_deliverer_into_the_webhook() {
             break;
         }
         assert!(
-            tokio::time::Instant::now() < deadline + PATIENCE,
+            tokio::time::Instant::now() < deadline,
             "spans in the trace so far: {services:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -232,22 +219,8 @@ async fn every_service_serves_prometheus_metrics() {
         ),
     ];
     let ingest = format!("http://127.0.0.1:{pi}");
-    let deadline = tokio::time::Instant::now() + PATIENCE;
     for port in [pi, pw, pd] {
-        while app
-            .http
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            .map(|r| r.status() != 200)
-            .unwrap_or(true)
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "service on {port} never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        app.wait_ready(&format!("http://127.0.0.1:{port}")).await;
     }
     for i in 0..5 {
         let body = if i == 0 { "{{ missing }}" } else { "ok" };
@@ -298,15 +271,25 @@ async fn every_service_serves_prometheus_metrics() {
     assert!(worker.iter().any(|(n, v)| n.contains("status=\"failed\"")
         && n.starts_with("dispatcher_dispatches_finished_total")
         && *v >= 1.0));
-    let deliverer = scrape(format!("http://127.0.0.1:{pd}/metrics")).await;
-    for name in [
+    // The deliverer counts its batch after the receiver has answered and the attempts are
+    // committed: scrape until the batch is in (or the patience runs out).
+    let wanted = [
         "dispatcher_delivery_attempts_total",
         "dispatcher_deliveries_total",
         "dispatcher_delivery_duration_seconds",
         "dispatcher_webhook_delivery_lag_seconds",
         "dispatcher_circuit_breakers_open",
         "dispatcher_messages_acked_total",
-    ] {
+    ];
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let deliverer = loop {
+        let m = scrape(format!("http://127.0.0.1:{pd}/metrics")).await;
+        if wanted.iter().all(|n| has(&m, n)) || tokio::time::Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for name in wanted {
         assert!(has(&deliverer, name), "webhook-deliverer lacks {name}");
     }
     let status = scrape(format!("{}/metrics", app.status_url)).await;

@@ -804,3 +804,26 @@ pub fn python_script(name: &str) -> String {
         .to_string_lossy()
         .into_owned()
 }
+
+impl TestApp {
+    /// Waits until the service at `base` answers `/readyz` with 200.
+    pub async fn wait_ready(&self, base: &str) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let ready = self
+                .http
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ready {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{base} never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -140,7 +140,10 @@ impl WorkerHandler {
                     .map_err(|e| {
                         DispatchError::new(
                             ErrorCode::ProviderError,
-                            format!("provider request failed: {}", error_chain(&e)),
+                            format!(
+                                "provider request failed: {}",
+                                dispatcher_outbound::error_chain(&e)
+                            ),
                         )
                     })?;
                 if resp.status().is_success() {
@@ -154,17 +157,6 @@ impl WorkerHandler {
             }
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 impl BatchHandler for WorkerHandler {

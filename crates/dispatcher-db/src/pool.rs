@@ -37,6 +37,15 @@ pub fn connect_pool(settings: &DatabaseSettings) -> Result<Pool, DbError> {
         .map_err(|e| DbError::Build(e.to_string()))
 }
 
+/// The pool a service runs on; applies pending migrations first when `database.migrate` is set.
+pub async fn start(settings: &DatabaseSettings) -> Result<Pool, DbError> {
+    let pool = connect_pool(settings)?;
+    if settings.migrate {
+        crate::migrate::run(&pool).await?;
+    }
+    Ok(pool)
+}
+
 /// One dedicated connection outside the pool (LISTEN needs a connection of its own). The returned
 /// connection future must be polled by the caller.
 pub async fn connect_single(

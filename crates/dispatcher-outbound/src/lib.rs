@@ -79,6 +79,19 @@ impl Resolve for PolicyResolver {
     }
 }
 
+/// An error and all its causes on one line ("connection error: ...: Connection refused"), for
+/// attempt records and provider errors, where the innermost cause is the useful part.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// The shared client: policy resolver, no redirects, connection reuse per host.
 pub fn client(settings: &DeliverySettings, user_agent: &str) -> reqwest::Client {
     reqwest::Client::builder()

@@ -38,10 +38,7 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
-    let pool = dispatcher_db::connect_pool(&settings.database)?;
-    if settings.database.migrate {
-        dispatcher_db::migrate::run(&pool).await?;
-    }
+    let pool = dispatcher_db::pool::start(&settings.database).await?;
     // The status API reads Postgres only; its readiness has no broker part.
     let readiness = Readiness::default();
     let auth = Authenticator::new(pool.clone(), settings.rate_limit.clone());

@@ -258,7 +258,11 @@ impl Deliverer {
                 } else {
                     "connection error"
                 };
-                return fail(format!("{kind}: {}", error_chain(&e)), None, None);
+                return fail(
+                    format!("{kind}: {}", dispatcher_outbound::error_chain(&e)),
+                    None,
+                    None,
+                );
             }
         };
         let status = resp.status();
@@ -292,15 +296,4 @@ impl Deliverer {
         };
         fail(what, code, retry_after)
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -26,10 +26,7 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
-    let pool = dispatcher_db::connect_pool(&settings.database)?;
-    if settings.database.migrate {
-        dispatcher_db::migrate::run(&pool).await?;
-    }
+    let pool = dispatcher_db::pool::start(&settings.database).await?;
     let readiness = Readiness::default();
     let tasks = TaskTracker::new();
     let topology = Topology::from_settings(&settings);
