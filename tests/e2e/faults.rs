@@ -410,7 +410,7 @@ async fn an_open_circuit_holds_deliveries_back_until_a_probe_succeeds() {
                 "100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms",
             ),
             ("DISPATCHER__DELIVERY__CIRCUIT_BREAKER_THRESHOLD", "3"),
-            ("DISPATCHER__DELIVERY__CIRCUIT_BREAKER_COOLDOWN", "4s"),
+            ("DISPATCHER__DELIVERY__CIRCUIT_BREAKER_COOLDOWN", "8s"),
         ],
     )
     .await;
