@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SERVICES := ingest-api status-api dispatch-worker webhook-deliverer
 
-.PHONY: all build run stop test bench unit e2e fmt lint services clean venv
+.PHONY: all build run stop test bench fmt lint services clean venv
 
 # The tests' Python virtualenv (Standard Webhooks libraries, JSON Schema and Kubernetes manifest
 # validators). Recreated only when tests/python/requirements.txt or constraints.txt change.
