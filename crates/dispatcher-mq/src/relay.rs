@@ -84,6 +84,9 @@ pub async fn run_relay(
                     _ = wake.recv() => {}
                     _ = tokio::time::sleep(settings.outbox.poll_interval) => {}
                 }
+                // One drain covers every commit notified so far: skip the queued wake-ups
+                // instead of running an (empty) round for each.
+                while wake.try_recv().is_ok() {}
             }
         };
         match session.await {
