@@ -84,6 +84,7 @@ impl WorkerHandler {
             event_id: Uuid::now_v7(),
             account_id: d.account_id,
             dispatch_id: d.id,
+            callback_url: d.callback_url.clone(),
             payload: WebhookPayload {
                 event_type,
                 timestamp: completed_at,

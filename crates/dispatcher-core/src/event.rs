@@ -67,6 +67,9 @@ pub struct OutcomeEvent {
     pub event_id: Uuid,
     pub account_id: Uuid,
     pub dispatch_id: Uuid,
+    /// The dispatch's own callback URL, carried so the deliverer need not read the dispatch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
     pub payload: WebhookPayload,
 }
 

@@ -291,33 +291,6 @@ pub async fn list_attempts(
         .collect())
 }
 
-/// Where an outcome event goes: the dispatch's own callbackUrl and every matching, active
-/// subscription of its account. Returns (dispatch_id, webhook_id, url).
-pub async fn targets(
-    pool: &Pool,
-    dispatch_ids: &[Uuid],
-) -> Result<Vec<(Uuid, Option<Uuid>, String)>, DbError> {
-    let client = pool.get().await?;
-    let stmt = client
-        .prepare_cached(
-            "SELECT d.id, NULL::uuid, d.callback_url FROM dispatches d
-             WHERE d.id = ANY($1) AND d.callback_url IS NOT NULL
-             UNION ALL
-             SELECT d.id, w.id, w.callback_url
-             FROM dispatches d JOIN webhook_subscriptions w
-               ON w.account_id = d.account_id AND w.deleted_at IS NULL AND w.disabled_at IS NULL
-             WHERE d.id = ANY($1)
-               AND (w.event = '*' OR w.event = 'dispatch.' || d.status)",
-        )
-        .await?;
-    Ok(client
-        .query(&stmt, &[&dispatch_ids])
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect())
-}
-
 /// Stops future deliveries to a subscription whose endpoint answered `410 Gone`.
 pub async fn disable_subscription(pool: &Pool, webhook_id: Uuid) -> Result<(), DbError> {
     let client = pool.get().await?;

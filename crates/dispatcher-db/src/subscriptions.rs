@@ -108,3 +108,26 @@ pub async fn delete(pool: &Pool, account_id: Uuid, id: Uuid) -> Result<bool, DbE
         .await?;
     Ok(client.execute(&stmt, &[&id, &account_id]).await? == 1)
 }
+
+/// Active subscriptions of the given accounts matching `event` (or `*`):
+/// (account_id, webhook_id, callback_url).
+pub async fn matching(
+    pool: &Pool,
+    account_ids: &[Uuid],
+    event: &str,
+) -> Result<Vec<(Uuid, Uuid, String)>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT account_id, id, callback_url FROM webhook_subscriptions
+             WHERE account_id = ANY($1) AND deleted_at IS NULL AND disabled_at IS NULL
+               AND (event = '*' OR event = $2)",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[&account_ids, &event])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}

@@ -2,9 +2,10 @@
 
 use crate::attempt::Deliverer;
 use dispatcher_core::event::{delivery_id, webhook_message_id};
-use dispatcher_core::{DeliveryTask, OutcomeEvent};
+use dispatcher_core::{DeliveryTask, EventType, OutcomeEvent};
 use dispatcher_db::dead_letters::{self, NewDeadLetter};
 use dispatcher_db::deliveries::{self, NewDelivery};
+use dispatcher_db::subscriptions;
 use dispatcher_db::DbError;
 use dispatcher_mq::{BatchHandler, HandlerError, Incoming};
 use std::collections::HashMap;
@@ -63,18 +64,47 @@ impl BatchHandler for EventHandler {
         if events.is_empty() {
             return Ok(());
         }
-        let ids: Vec<_> = events.iter().map(|(e, _)| e.dispatch_id).collect();
+        // Where each event goes: its dispatch's own callback URL (carried in the event) and the
+        // account's matching subscriptions (one query per event type in the batch).
+        let mut subscribed: HashMap<(uuid::Uuid, &'static str), Vec<(uuid::Uuid, String)>> =
+            HashMap::new();
+        for event_type in [EventType::DispatchCompleted, EventType::DispatchFailed] {
+            let accounts: Vec<uuid::Uuid> = events
+                .iter()
+                .filter(|(e, _)| e.payload.event_type == event_type)
+                .map(|(e, _)| e.account_id)
+                .collect::<std::collections::HashSet<_>>()
+                .into_iter()
+                .collect();
+            if accounts.is_empty() {
+                continue;
+            }
+            for (account, webhook, url) in
+                subscriptions::matching(&self.deliverer.pool, &accounts, event_type.as_str())
+                    .await
+                    .map_err(transient)?
+            {
+                subscribed
+                    .entry((account, event_type.as_str()))
+                    .or_default()
+                    .push((webhook, url));
+            }
+        }
         let mut targets: HashMap<uuid::Uuid, Vec<(Option<uuid::Uuid>, String)>> = HashMap::new();
-        for (dispatch, webhook, url) in deliveries::targets(&self.deliverer.pool, &ids)
-            .await
-            .map_err(transient)?
-        {
-            targets.entry(dispatch).or_default().push((webhook, url));
+        for (e, _) in &events {
+            let list = targets.entry(e.event_id).or_default();
+            if let Some(url) = &e.callback_url {
+                list.push((None, url.clone()));
+            }
+            let key = (e.account_id, e.payload.event_type.as_str());
+            for (webhook, url) in subscribed.get(&key).into_iter().flatten() {
+                list.push((Some(*webhook), url.clone()));
+            }
         }
         let mut rows = Vec::new();
         for (e, traceparent) in &events {
             let payload = serde_json::to_vec(&e.payload).expect("payload serializes");
-            for (webhook, url) in targets.get(&e.dispatch_id).into_iter().flatten() {
+            for (webhook, url) in targets.get(&e.event_id).into_iter().flatten() {
                 // The endpoint key: the subscription for subscribed deliveries, else the URL.
                 let endpoint = webhook
                     .map(|w| format!("webhook:{w}"))
