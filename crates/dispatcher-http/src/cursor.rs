@@ -7,6 +7,9 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+/// A row's position in a newest-first listing: (timestamp, id).
+pub type Key = (DateTime<Utc>, Uuid);
+
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 200;
 
@@ -50,5 +53,38 @@ mod tests {
         assert_eq!(limit(None).unwrap(), DEFAULT_LIMIT);
         assert!(limit(Some(0)).is_err());
         assert!(limit(Some(MAX_LIMIT + 1)).is_err());
+    }
+}
+
+/// The `cursor` and `limit` query parameters every listing takes.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// `nextCursor` of the previous page (opaque; any other value answers 400).
+    #[param(pattern = "^[A-Za-z0-9_-]+$")]
+    pub cursor: Option<String>,
+    /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<i64>,
+}
+
+/// A validated page request: the keyset position to continue after, and the page size.
+pub fn page(cursor: Option<&str>, limit: Option<i64>) -> Result<(Option<Key>, i64), ApiError> {
+    Ok((cursor.map(decode).transpose()?, self::limit(limit)?))
+}
+
+/// The `nextCursor` of a page: the key of its last row when the page is full, else none.
+pub fn next<T>(
+    rows: &[T],
+    limit: i64,
+    key: impl Fn(&T) -> (DateTime<Utc>, Uuid),
+) -> Option<String> {
+    if rows.len() as i64 == limit {
+        rows.last().map(|r| {
+            let (ts, id) = key(r);
+            encode(ts, id)
+        })
+    } else {
+        None
     }
 }

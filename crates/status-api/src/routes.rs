@@ -277,12 +277,9 @@ async fn list(
                 .map_err(|e| ApiError::bad_request("invalid_status", e))
         })
         .transpose()?;
-    let limit = cursor::limit(q.limit)?;
-    let before = q.cursor.as_deref().map(cursor::decode).transpose()?;
+    let (before, limit) = cursor::page(q.cursor.as_deref(), q.limit)?;
     let rows = dispatches::list(&s.pool, account, status, before, limit).await?;
-    let next_cursor = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|d| cursor::encode(d.queued_at, d.id)))
-        .flatten();
+    let next_cursor = cursor::next(&rows, limit, |d| (d.queued_at, d.id));
     let base = s.settings.public_base();
     Ok(Json(DispatchList {
         data: rows

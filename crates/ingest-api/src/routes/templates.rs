@@ -12,7 +12,7 @@ use dispatcher_http::error::doc::{
 };
 use dispatcher_http::{cursor, ApiError, ApiJson, ApiQuery, AuthAccount};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 const MAX_NAME: usize = 200;
@@ -161,17 +161,6 @@ pub async fn get(
         .ok_or(ApiError::NotFound("template"))
 }
 
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    /// `nextCursor` of the previous page (opaque; any other value answers 400).
-    #[param(pattern = "^[A-Za-z0-9_-]+$")]
-    cursor: Option<String>,
-    /// Page size, 1 to 200 (default 50).
-    #[param(minimum = 1, maximum = 200)]
-    limit: Option<i64>,
-}
-
 /// A page of templates, newest first.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -189,7 +178,7 @@ pub struct TemplateList {
     tag = "templates",
     operation_id = "listTemplates",
     security(("basicAuth" = [])),
-    params(ListQuery),
+    params(cursor::PageQuery),
     responses(
         (status = 200, description = "A page of templates.", body = TemplateList),
         (status = 400, response = BadRequest),
@@ -202,14 +191,11 @@ pub struct TemplateList {
 pub async fn list(
     State(s): State<AppState>,
     AuthAccount(account): AuthAccount,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    ApiQuery(q): ApiQuery<cursor::PageQuery>,
 ) -> Result<Json<TemplateList>, ApiError> {
-    let limit = cursor::limit(q.limit)?;
-    let before = q.cursor.as_deref().map(cursor::decode).transpose()?;
+    let (before, limit) = cursor::page(q.cursor.as_deref(), q.limit)?;
     let rows = templates::list(&s.pool, account, before, limit).await?;
-    let next_cursor = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|t| cursor::encode(t.created_at, t.id)))
-        .flatten();
+    let next_cursor = cursor::next(&rows, limit, |r| (r.created_at, r.id));
     Ok(Json(TemplateList {
         data: rows.into_iter().map(Into::into).collect(),
         next_cursor,

@@ -15,7 +15,7 @@ use dispatcher_http::error::doc::{
 use dispatcher_http::{cursor, ApiError, ApiJson, ApiQuery, AuthAccount};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::schema::{ObjectBuilder, Type};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 const MAX_DESCRIPTION: usize = 500;
@@ -160,17 +160,6 @@ pub async fn get(
         .ok_or(ApiError::NotFound("webhook"))
 }
 
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    /// `nextCursor` of the previous page (opaque; any other value answers 400).
-    #[param(pattern = "^[A-Za-z0-9_-]+$")]
-    cursor: Option<String>,
-    /// Page size, 1 to 200 (default 50).
-    #[param(minimum = 1, maximum = 200)]
-    limit: Option<i64>,
-}
-
 /// A page of subscriptions, newest first.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -188,7 +177,7 @@ pub struct WebhookList {
     tag = "webhooks",
     operation_id = "listWebhooks",
     security(("basicAuth" = [])),
-    params(ListQuery),
+    params(cursor::PageQuery),
     responses(
         (status = 200, description = "A page of subscriptions.", body = WebhookList),
         (status = 400, response = BadRequest),
@@ -201,14 +190,11 @@ pub struct WebhookList {
 pub async fn list(
     State(s): State<AppState>,
     AuthAccount(account): AuthAccount,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    ApiQuery(q): ApiQuery<cursor::PageQuery>,
 ) -> Result<Json<WebhookList>, ApiError> {
-    let limit = cursor::limit(q.limit)?;
-    let before = q.cursor.as_deref().map(cursor::decode).transpose()?;
+    let (before, limit) = cursor::page(q.cursor.as_deref(), q.limit)?;
     let rows = subscriptions::list(&s.pool, account, before, limit).await?;
-    let next_cursor = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|w| cursor::encode(w.created_at, w.id)))
-        .flatten();
+    let next_cursor = cursor::next(&rows, limit, |r| (r.created_at, r.id));
     Ok(Json(WebhookList {
         data: rows.into_iter().map(Into::into).collect(),
         next_cursor,
