@@ -49,4 +49,17 @@ if ! rabbit_up; then
   # The port opens before the broker accepts AMQP sessions.
   wait_for RabbitMQ "as_root rabbitmqctl await_startup"
 fi
+
+# RabbitMQ 3.10 stops supervising at-least-once dead-lettering when a quorum queue is deleted
+# while its dead-letter worker is still starting (the restarted worker cannot find the queue, and
+# the supervisor gives up after that second crash). From then on every new delay queue fails to
+# start and published retries are refused until the broker restarts. Check for it and put the
+# supervisor back.
+if command -v rabbitmqctl >/dev/null 2>&1; then
+  dlx=$(as_root rabbitmqctl -q eval 'whereis(rabbit_fifo_dlx_sup).' 2>/dev/null || echo unknown)
+  if [ "$dlx" = "undefined" ]; then
+    echo "RabbitMQ lost its dead-letter supervisor; restarting it"
+    as_root rabbitmqctl -q eval 'supervisor:restart_child(rabbit_sup, rabbit_fifo_dlx_sup).' >/dev/null
+  fi
+fi
 echo "PostgreSQL and RabbitMQ are up"

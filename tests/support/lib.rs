@@ -398,6 +398,12 @@ impl Drop for TestApp {
             rt.block_on(async move {
                 if let Ok(conn) = dispatcher_mq::connect(AMQP_URL, "test-cleanup").await {
                     if let Ok(ch) = conn.create_channel().await {
+                        // The services may have declarations in flight (a short test can end
+                        // while they still connect). Deleting a quorum queue whose dead-letter
+                        // worker is still starting breaks dead-lettering in RabbitMQ 3.10 for
+                        // every later queue, so let every queue exist and settle first.
+                        let _ = topology.declare(&ch).await;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
                         let _ = topology.delete(&ch).await;
                     }
                     let _ = conn.close(200, "bye".into()).await;
