@@ -13,6 +13,16 @@ fn pg_config(settings: &DatabaseSettings) -> Result<tokio_postgres::Config, DbEr
     if cfg.get_application_name().is_none() {
         cfg.application_name("dispatcher");
     }
+    // Plan every execution of a prepared statement with its actual parameters. Our statements
+    // select rows by `id = ANY($1)`; a generic plan cached while a table was still small keeps
+    // scanning it sequentially after it has grown (seen under load: thousands of sequential
+    // scans of `dispatches`). Statements run once per batch, so planning costs little.
+    let custom_plans = "-c plan_cache_mode=force_custom_plan";
+    let options = match cfg.get_options() {
+        Some(o) if !o.is_empty() => format!("{o} {custom_plans}"),
+        _ => custom_plans.to_owned(),
+    };
+    cfg.options(options);
     Ok(cfg)
 }
 
