@@ -1,6 +1,6 @@
 //! The transactional outbox table. Rows are inserted by the statements that change state (see
-//! `dispatches`, `deliveries`); the relay in `dispatcher-mq` locks a batch, publishes it with
-//! confirms and deletes it in the same transaction.
+//! `dispatches`, `deliveries`); the relay in `dispatcher-mq` deletes a batch, publishes it with
+//! confirms and commits the deletion only once the broker confirmed it.
 
 use crate::{DbError, Pool};
 use uuid::Uuid;
@@ -15,19 +15,23 @@ pub struct OutboxRow {
     pub traceparent: Option<String>,
 }
 
-/// Locks up to `limit` unsent rows, skipping rows another relay holds, so replicas never publish
-/// the same row concurrently.
-pub async fn lock_batch(
+/// Takes up to `limit` unsent rows, oldest first, by deleting them in the caller's transaction:
+/// the relay publishes them and commits only once the broker confirmed every one, so a failed
+/// publish rolls the rows back. `SKIP LOCKED` lets any number of relays (in any replica) share
+/// the table without publishing the same row concurrently. One statement and one row write per
+/// message, where locking and then deleting took two of each.
+pub async fn take_batch(
     tx: &deadpool_postgres::Transaction<'_>,
     limit: i64,
 ) -> Result<Vec<OutboxRow>, DbError> {
     let stmt = tx
         .prepare_cached(
-            "SELECT id, message_id, routing_key, payload, headers->>'traceparent' FROM outbox
-             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            "DELETE FROM outbox WHERE id IN (
+                 SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING id, message_id, routing_key, payload, headers->>'traceparent'",
         )
         .await?;
-    Ok(tx
+    let mut rows: Vec<OutboxRow> = tx
         .query(&stmt, &[&limit])
         .await?
         .iter()
@@ -38,19 +42,10 @@ pub async fn lock_batch(
             payload: r.get(3),
             traceparent: r.get(4),
         })
-        .collect())
-}
-
-/// Removes published rows, in the locking transaction, once the broker confirmed them.
-pub async fn mark_sent(
-    tx: &deadpool_postgres::Transaction<'_>,
-    ids: &[i64],
-) -> Result<(), DbError> {
-    let stmt = tx
-        .prepare_cached("DELETE FROM outbox WHERE id = ANY($1)")
-        .await?;
-    tx.execute(&stmt, &[&ids]).await?;
-    Ok(())
+        .collect();
+    // RETURNING follows no particular order; publish in commit order.
+    rows.sort_unstable_by_key(|r| r.id);
+    Ok(rows)
 }
 
 /// Unsent rows and the age in seconds of the oldest one.

@@ -1,9 +1,10 @@
 //! The outbox relay: moves committed outbox rows to RabbitMQ.
 //!
-//! Each round locks a batch with `FOR UPDATE SKIP LOCKED` (so any number of relays, in any
-//! service replica, share the table without publishing the same row concurrently), publishes it
-//! with confirms, deletes it and commits. A crash between publish and commit publishes the batch
-//! again later: duplicates are possible, losses are not, and consumers are idempotent.
+//! Each round deletes a batch inside a transaction (`FOR UPDATE SKIP LOCKED`, so any number of
+//! relays, in any service replica, share the table without publishing the same row
+//! concurrently), publishes it with confirms and only then commits. A failed publish rolls the
+//! deletion back; a crash between publish and commit publishes the batch again later:
+//! duplicates are possible, losses are not, and consumers are idempotent.
 //!
 //! The relay sleeps until a NOTIFY from the inserting transaction (or a slow fallback poll) and
 //! then drains the backlog.
@@ -125,23 +126,22 @@ async fn relay_once(pool: &Pool, publisher: &Publisher, batch: i64) -> Result<us
     tx.batch_execute("SET LOCAL synchronous_commit = off")
         .await
         .map_err(DbError::from)?;
-    let rows = outbox::lock_batch(&tx, batch).await?;
+    let rows = outbox::take_batch(&tx, batch).await?;
     if rows.is_empty() {
         return Ok(0);
     }
     let messages: Vec<OutgoingMessage> = rows
-        .iter()
+        .into_iter()
         .map(|r| OutgoingMessage {
             message_id: r.message_id,
-            routing_key: r.routing_key.clone(),
-            payload: r.payload.clone(),
-            traceparent: r.traceparent.clone(),
+            routing_key: r.routing_key,
+            payload: r.payload,
+            traceparent: r.traceparent,
         })
         .collect();
+    // On error the transaction is dropped, rolling the deletion back: the rows stay unsent.
     publisher.publish_batch(&messages).await?;
-    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    outbox::mark_sent(&tx, &ids).await?;
     tx.commit().await.map_err(DbError::from)?;
-    metrics::counter!("dispatcher_outbox_relayed_total").increment(rows.len() as u64);
-    Ok(rows.len())
+    metrics::counter!("dispatcher_outbox_relayed_total").increment(messages.len() as u64);
+    Ok(messages.len())
 }
