@@ -244,6 +244,61 @@ fn machine_cpu_seconds() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Machines of the same nominal size differ by several times (and one machine drifts), so every
+/// result carries two calibration figures to make runs comparable (lower is faster):
+/// milliseconds of fixed integer work on one core, and microseconds per loopback TCP round trip
+/// between two threads (wake-ups and syscalls, which dominate a system of small messages).
+#[derive(Serialize, Clone, Copy)]
+struct Calibration {
+    integer_work_ms: f64,
+    loopback_round_trip_us: f64,
+}
+
+fn calibrate() -> Calibration {
+    let start = Instant::now();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..50_000_000u32 {
+        // xorshift64: cheap, branch-free, and impossible for the compiler to fold away.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    std::hint::black_box(x);
+    let integer_work_ms = start.elapsed().as_secs_f64() * 1000.0;
+    Calibration {
+        integer_work_ms,
+        loopback_round_trip_us: loopback_round_trip_us().unwrap_or(f64::NAN),
+    }
+}
+
+fn loopback_round_trip_us() -> std::io::Result<f64> {
+    use std::io::{Read, Write};
+    const ROUNDS: u32 = 20_000;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut buf = [0u8; 64];
+        for _ in 0..ROUNDS {
+            s.read_exact(&mut buf)?;
+            s.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    let mut c = std::net::TcpStream::connect(addr)?;
+    c.set_nodelay(true)?;
+    let mut buf = [7u8; 64];
+    let start = Instant::now();
+    for _ in 0..ROUNDS {
+        c.write_all(&buf)?;
+        c.read_exact(&mut buf)?;
+    }
+    let us = start.elapsed().as_secs_f64() * 1e6 / ROUNDS as f64;
+    echo.join().expect("echo thread")?;
+    Ok(us)
+}
+
 /// Peak resident set size in MiB.
 fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -380,6 +435,8 @@ struct ServiceUsage {
 #[derive(Serialize)]
 struct Results {
     machine: String,
+    /// [`calibrate`] before the first phase and after the last.
+    calibration: [Calibration; 2],
     ingest_closed_loop: IngestResult,
     /// Everything the machine did while the closed-loop ingest phase ran (the worker and the
     /// deliverer keep processing the accepted dispatches meanwhile), per 1 000 requests.
@@ -409,6 +466,7 @@ async fn main() -> anyhow::Result<()> {
         &cfg.email,
         &cfg.password,
     )?);
+    let calibration_before = calibrate();
     // Warm up (connections, prepared statements, caches) along the whole path.
     ingest_closed_loop(&client, 500, 32).await?;
     let warm: Vec<String> = futures::stream::iter(0..500)
@@ -507,6 +565,7 @@ async fn main() -> anyhow::Result<()> {
                 .map(|n| n.get())
                 .unwrap_or(0)
         ),
+        calibration: [calibration_before, calibrate()],
         ingest_closed_loop: ingest_max,
         ingest_closed_loop_machine_cpu_seconds_per_1000: ingest_machine_cpu,
         ingest_open_loop: ingest_open,
@@ -528,6 +587,18 @@ fn print_table(r: &Results) {
     println!("\n{:<52} {:>12}", "measure", "value");
     println!("{}", "-".repeat(65));
     let row = |name: &str, v: f64, unit: &str| println!("{name:<52} {v:>10.3} {unit}");
+    for (when, c) in ["before", "after"].iter().zip(&r.calibration) {
+        row(
+            &format!("calibration {when}: integer work (lower is faster)"),
+            c.integer_work_ms,
+            "ms",
+        );
+        row(
+            &format!("calibration {when}: loopback TCP round trip"),
+            c.loopback_round_trip_us,
+            "us",
+        );
+    }
     row(
         "async ingest, closed loop (64 clients)",
         r.ingest_closed_loop.requests_per_second,
