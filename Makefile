@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SERVICES := ingest-api status-api dispatch-worker webhook-deliverer
 
-.PHONY: all build run stop test bench fmt lint services clean venv
+.PHONY: all build run stop test bench soak fmt lint services clean venv
 
 # The tests' Python virtualenv (Standard Webhooks libraries, JSON Schema and Kubernetes manifest
 # validators). Recreated only when tests/python/requirements.txt or constraints.txt change.
@@ -53,6 +53,11 @@ $(VENV_STAMP): tests/python/requirements.txt tests/python/constraints.txt
 # bench/results.json. Size it with DISPATCHER_BENCH_N and DISPATCHER_BENCH_RATE.
 bench:
 	@scripts/bench.sh
+
+# A long run at a fixed rate (DISPATCHER_BENCH_RATE, default 1 000/s) for DISPATCHER_SOAK_SECONDS
+# (default 600): per-minute latency and RSS, and a failure if any webhook is missing.
+soak:
+	@BENCH_MODE=soak BENCH_OUT=bench/soak.json scripts/bench.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make bench`: release build, a fresh database and AMQP prefix, the four services on loopback
-# ports, then the load generator. Results: bench/results.json.
+# `make bench` and `make soak`: release build, a fresh database and AMQP prefix, the four services
+# on loopback ports, then the load generator. Results: bench/results.json (bench/soak.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-services.sh
@@ -61,5 +61,5 @@ done
 
 BENCH_PIDS="ingest-api=${pids[0]},status-api=${pids[1]},dispatch-worker=${pids[2]},webhook-deliverer=${pids[3]}" \
 BENCH_INGEST_URL=http://127.0.0.1:18080 BENCH_STATUS_URL=http://127.0.0.1:18081 BENCH_EMAIL="$email" BENCH_PASSWORD="$password" \
-BENCH_OUT=bench/results.json \
+BENCH_OUT="${BENCH_OUT:-bench/results.json}" \
   "$BIN/dispatcher-bench"

@@ -38,6 +38,8 @@ struct Config {
     n: usize,
     rate: u64,
     out: String,
+    /// `Some(seconds)` for `make soak`: a long run at `rate` instead of the benchmark phases.
+    soak_seconds: Option<u64>,
 }
 
 fn env(name: &str) -> anyhow::Result<String> {
@@ -76,6 +78,15 @@ fn config() -> anyhow::Result<Config> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(1_000),
         out: std::env::var("BENCH_OUT").unwrap_or_else(|_| "bench/results.json".into()),
+        soak_seconds: match std::env::var("BENCH_MODE").as_deref() {
+            Ok("soak") => Some(
+                std::env::var("DISPATCHER_SOAK_SECONDS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(600),
+            ),
+            _ => None,
+        },
     })
 }
 
@@ -299,6 +310,20 @@ fn loopback_round_trip_us() -> std::io::Result<f64> {
     Ok(us)
 }
 
+/// Current resident set size in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
 /// Peak resident set size in MiB.
 fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -447,6 +472,105 @@ struct Results {
     services: HashMap<String, ServiceUsage>,
 }
 
+#[derive(Serialize)]
+struct SoakWindow {
+    second: u64,
+    dispatches: usize,
+    submit_to_webhook: Percentiles,
+    rss_mib: HashMap<String, f64>,
+}
+
+/// `make soak`: open loop at `rate` for `seconds`, in windows of up to a minute. Each window's
+/// webhooks must all arrive before the next starts; a missing one fails the run. Prints one line
+/// per window (latency, and every service's current RSS, to show growth) and writes the windows
+/// as JSON.
+async fn soak(
+    cfg: &Config,
+    client: Arc<Client>,
+    arrivals: &Arrivals,
+    callback: &str,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let window = seconds.clamp(1, 60);
+    let mut windows = Vec::new();
+    let (mut total, mut delivered) = (0, 0);
+    let start = Instant::now();
+    println!(
+        "soak: {} dispatches/s for {seconds} s, windows of {window} s",
+        cfg.rate
+    );
+    let webhooks_before = arrivals.count.load(Ordering::Relaxed);
+    let mut sent_for = 0;
+    while sent_for < seconds {
+        let this_window = window.min(seconds - sent_for);
+        sent_for += this_window;
+        let (sent, _, _) = open_loop(
+            client.clone(),
+            cfg.rate,
+            this_window,
+            Some(callback.to_owned()),
+        )
+        .await?;
+        let ids: Vec<String> = sent.iter().map(|(id, _)| id.clone()).collect();
+        wait_arrivals(arrivals, &ids, Duration::from_secs(120)).await?;
+        let lat: Vec<Duration> = {
+            let at = arrivals.at.lock().unwrap();
+            sent.iter()
+                .map(|(id, t)| at[id].saturating_duration_since(*t))
+                .collect()
+        };
+        total += ids.len();
+        delivered += {
+            let at = arrivals.at.lock().unwrap();
+            ids.iter().filter(|id| at.contains_key(*id)).count()
+        };
+        let w = SoakWindow {
+            second: start.elapsed().as_secs(),
+            dispatches: ids.len(),
+            submit_to_webhook: percentiles(lat),
+            rss_mib: cfg
+                .pids
+                .iter()
+                .map(|(n, p)| (n.clone(), rss_mib(*p)))
+                .collect(),
+        };
+        let mut rss: Vec<_> = w.rss_mib.iter().collect();
+        rss.sort_by(|a, b| a.0.cmp(b.0));
+        println!(
+            "{:>5} s  {:>6} delivered  p50 {:>7.1} ms  p99 {:>7.1} ms  RSS {}",
+            w.second,
+            delivered,
+            w.submit_to_webhook.p50_ms,
+            w.submit_to_webhook.p99_ms,
+            rss.iter()
+                .map(|(n, v)| format!("{n} {v:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        windows.push(w);
+    }
+    // Every dispatch has one webhook; more requests than dispatches are redeliveries.
+    let requests = arrivals.count.load(Ordering::Relaxed) - webhooks_before;
+    let result = serde_json::json!({
+        "offered_per_second": cfg.rate,
+        "seconds": seconds,
+        "dispatches": total,
+        "webhooks_delivered": delivered,
+        "duplicate_webhook_requests": requests.saturating_sub(total),
+        "windows": windows,
+    });
+    println!(
+        "soak: {total} submitted, {delivered} delivered, {} duplicate requests",
+        requests.saturating_sub(total)
+    );
+    if delivered != total {
+        bail!("{} of {total} webhooks missing", total - delivered);
+    }
+    std::fs::write(&cfg.out, serde_json::to_string_pretty(&result)? + "\n")?;
+    println!("written to {}", cfg.out);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg = config()?;
@@ -481,6 +605,9 @@ async fn main() -> anyhow::Result<()> {
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
     wait_arrivals(&arrivals, &warm, Duration::from_secs(120)).await?;
+    if let Some(seconds) = cfg.soak_seconds {
+        return soak(&cfg, client, &arrivals, &callback, seconds).await;
+    }
 
     // Latency at fixed offered rates first, on a system in steady state; then the saturating
     // closed-loop phases (which leave vacuum and broker work behind them).
