@@ -153,8 +153,6 @@ fn percentiles(mut v: Vec<Duration>) -> Percentiles {
 struct Client {
     http: reqwest::Client,
     url: String,
-    email: String,
-    password: String,
     /// The `Authorization` header, encoded once.
     authorization: reqwest::header::HeaderValue,
 }
@@ -181,8 +179,6 @@ impl Client {
             authorization: probe.headers()[reqwest::header::AUTHORIZATION].clone(),
             http,
             url,
-            email: email.to_owned(),
-            password: password.to_owned(),
         })
     }
 
@@ -413,9 +409,11 @@ async fn wait_idle(c: &Client, status_url: &str) -> anyhow::Result<()> {
             let v: serde_json::Value = c
                 .http
                 .get(format!("{status_url}/v1/dispatches?status={st}&limit=1"))
-                .basic_auth(&c.email, Some(&c.password))
+                .header(reqwest::header::AUTHORIZATION, c.authorization.clone())
                 .send()
                 .await?
+                // An error answer has no `data`: it must fail the run, not read as idle.
+                .error_for_status()?
                 .json()
                 .await?;
             busy |= v["data"].as_array().is_some_and(|d| !d.is_empty());
@@ -493,7 +491,7 @@ async fn soak(
 ) -> anyhow::Result<()> {
     let window = seconds.clamp(1, 60);
     let mut windows = Vec::new();
-    let (mut total, mut delivered) = (0, 0);
+    let mut total = 0;
     let start = Instant::now();
     println!(
         "soak: {} dispatches/s for {seconds} s, windows of {window} s",
@@ -512,6 +510,7 @@ async fn soak(
         )
         .await?;
         let ids: Vec<String> = sent.iter().map(|(id, _)| id.clone()).collect();
+        // Fails the run if any webhook of the window is missing.
         wait_arrivals(arrivals, &ids, Duration::from_secs(120)).await?;
         let lat: Vec<Duration> = {
             let at = arrivals.at.lock().unwrap();
@@ -520,10 +519,6 @@ async fn soak(
                 .collect()
         };
         total += ids.len();
-        delivered += {
-            let at = arrivals.at.lock().unwrap();
-            ids.iter().filter(|id| at.contains_key(*id)).count()
-        };
         let w = SoakWindow {
             second: start.elapsed().as_secs(),
             dispatches: ids.len(),
@@ -539,7 +534,7 @@ async fn soak(
         println!(
             "{:>5} s  {:>6} delivered  p50 {:>7.1} ms  p99 {:>7.1} ms  RSS {}",
             w.second,
-            delivered,
+            total,
             w.submit_to_webhook.p50_ms,
             w.submit_to_webhook.p99_ms,
             rss.iter()
@@ -555,17 +550,14 @@ async fn soak(
         "offered_per_second": cfg.rate,
         "seconds": seconds,
         "dispatches": total,
-        "webhooks_delivered": delivered,
+        "webhooks_delivered": total,
         "duplicate_webhook_requests": requests.saturating_sub(total),
         "windows": windows,
     });
     println!(
-        "soak: {total} submitted, {delivered} delivered, {} duplicate requests",
+        "soak: {total} submitted, {total} delivered, {} duplicate requests",
         requests.saturating_sub(total)
     );
-    if delivered != total {
-        bail!("{} of {total} webhooks missing", total - delivered);
-    }
     std::fs::write(&cfg.out, serde_json::to_string_pretty(&result)? + "\n")?;
     println!("written to {}", cfg.out);
     Ok(())
