@@ -292,6 +292,20 @@ async fn every_service_serves_prometheus_metrics() {
     for name in wanted {
         assert!(has(&deliverer, name), "webhook-deliverer lacks {name}");
     }
+    // Any relay may publish any outbox row, so the five requests are counted across the three.
+    let requested: f64 = [&ing, &worker, &deliverer]
+        .iter()
+        .flat_map(|m| m.iter())
+        .filter(|(n, _)| {
+            n.starts_with("dispatcher_messages_published_total")
+                && n.contains("routing_key=\"dispatch.requested\"")
+        })
+        .map(|(_, v)| v)
+        .sum();
+    assert!(
+        requested >= 5.0,
+        "published dispatch.requested: {requested}"
+    );
     let status = scrape(format!("{}/metrics", app.status_url)).await;
     assert!(has(&status, "dispatcher_http_requests_total"));
 }

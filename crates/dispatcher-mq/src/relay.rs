@@ -43,6 +43,12 @@ pub async fn run_relay(
     cancel: CancellationToken,
 ) {
     let topology = Topology::from_settings(&settings);
+    // Every relay may publish any service's outbox rows, so a replica can go a long time without
+    // publishing a given key. Registering the counters at zero keeps each series present on
+    // every /metrics from the start, which `rate()` and absence alerts need.
+    for key in crate::topology::WORK_KEYS {
+        metrics::counter!("dispatcher_messages_published_total", "routing_key" => key).increment(0);
+    }
     let mut wake = dispatcher_db::listen::spawn_listener(
         settings.database.clone(),
         &["dispatcher_outbox"],

@@ -21,6 +21,13 @@ use std::time::Duration;
 
 /// Routing key of retry tasks once their delay expired.
 pub const RETRY_KEY: &str = "webhook.retry";
+/// Routing keys of the work messages written to the outbox (retry delays aside).
+pub const WORK_KEYS: [&str; 4] = [
+    "dispatch.requested",
+    "dispatch.completed",
+    "dispatch.failed",
+    "provider.event",
+];
 /// A message redelivered this many times (consumer crashes, nacks) is dead-lettered.
 pub const DELIVERY_LIMIT: i64 = 20;
 /// Retry delays are these multiples of the scheduled delay (±20 % jitter, and up to 2x for a
@@ -243,6 +250,18 @@ async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn work_keys_name_every_event_type() {
+        use dispatcher_core::event::EventType;
+        for t in [
+            EventType::DispatchRequested,
+            EventType::DispatchCompleted,
+            EventType::DispatchFailed,
+        ] {
+            assert!(WORK_KEYS.contains(&t.as_str()), "{}", t.as_str());
+        }
+    }
 
     #[test]
     fn names_live_under_the_prefix() {
