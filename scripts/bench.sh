@@ -45,7 +45,10 @@ cleanup() {
   wait 2>/dev/null || true
   # Remove the run's queues and database.
   drop_queues
-  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
+  # BENCH_KEEP_DB=1 keeps the database for a look at stage timings afterwards.
+  if [ -z "${BENCH_KEEP_DB:-}" ]; then
+    psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
+  fi
 }
 trap cleanup EXIT
 for n in "${names[@]}"; do

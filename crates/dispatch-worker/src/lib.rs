@@ -8,6 +8,8 @@ mod provider_events;
 pub use process::WorkerHandler;
 
 use dispatcher_config::Settings;
+use dispatcher_db::outbox::OutboxWake;
+use dispatcher_db::pool::{async_commit_pool_size, AsyncCommitPool};
 use dispatcher_http::{health_app, HealthState};
 use dispatcher_mq::consumer::ConsumerConfig;
 use dispatcher_mq::{Readiness, Topology};
@@ -33,7 +35,18 @@ pub async fn serve(
     let tasks = TaskTracker::new();
     let topology = Topology::from_settings(&settings);
 
-    let handler = Arc::new(WorkerHandler::new(settings.clone(), pool.clone()));
+    let outbox_wake = OutboxWake::default();
+    // Claims and the relay's deletions, shared by the consumers and the relay.
+    let async_pool = AsyncCommitPool::connect(
+        &settings.database,
+        async_commit_pool_size(settings.worker.consumers),
+    )?;
+    let handler = Arc::new(WorkerHandler::new(
+        settings.clone(),
+        pool.clone(),
+        async_pool.clone(),
+        outbox_wake.clone(),
+    ));
     // Several consumers, each its own channel: one batch commits while the next is processed.
     for i in 0..settings.worker.consumers {
         tasks.spawn(dispatcher_mq::run_consumer(
@@ -78,8 +91,9 @@ pub async fn serve(
     ));
     tasks.spawn(dispatcher_mq::relay::run_relay(
         settings.clone(),
-        pool.clone(),
+        async_pool,
         "dispatch-worker".into(),
+        outbox_wake,
         readiness.register("outbox-relay"),
         cancel.clone(),
     ));

@@ -8,6 +8,8 @@ use dispatcher_core::{
 };
 use dispatcher_db::dead_letters::{self, NewDeadLetter};
 use dispatcher_db::dispatches::{self, Claimed, Finished};
+use dispatcher_db::outbox::OutboxWake;
+use dispatcher_db::pool::AsyncCommitPool;
 use dispatcher_db::Pool;
 use dispatcher_mq::{BatchHandler, HandlerError, Incoming, Topology};
 use dispatcher_outbound::Policy;
@@ -21,6 +23,9 @@ use uuid::Uuid;
 pub struct WorkerHandler {
     settings: Arc<Settings>,
     pool: Pool,
+    /// For the claim, which may be lost in a crash (the message is redelivered).
+    claim_pool: AsyncCommitPool,
+    outbox_wake: OutboxWake,
     http: reqwest::Client,
     policy: Policy,
     queue: String,
@@ -35,13 +40,20 @@ enum Provider {
 }
 
 impl WorkerHandler {
-    pub fn new(settings: Arc<Settings>, pool: Pool) -> Self {
+    pub fn new(
+        settings: Arc<Settings>,
+        pool: Pool,
+        claim_pool: AsyncCommitPool,
+        outbox_wake: OutboxWake,
+    ) -> Self {
         let http = dispatcher_outbound::client(&settings.delivery, "dispatcher-provider/1");
         let policy = Policy::from_settings(&settings.delivery);
         let queue = Topology::new(&settings.amqp.prefix, &[]).dispatch_queue();
         Self {
             settings,
             pool,
+            claim_pool,
+            outbox_wake,
             http,
             policy,
             queue,
@@ -193,7 +205,7 @@ impl BatchHandler for WorkerHandler {
             return Ok(());
         }
         // Finished dispatches are not claimed: a redelivered message is acknowledged untouched.
-        let claimed = dispatches::claim(&self.pool, &ids)
+        let claimed = dispatches::claim(&self.claim_pool, &ids)
             .await
             .map_err(transient)?;
         let finished: Vec<Finished> = futures::stream::iter(claimed)
@@ -208,6 +220,7 @@ impl BatchHandler for WorkerHandler {
             dispatches::finish_batch(&self.pool, &finished)
                 .await
                 .map_err(transient)?;
+            self.outbox_wake.committed();
         }
         Ok(())
     }

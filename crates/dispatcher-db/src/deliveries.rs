@@ -339,7 +339,7 @@ pub async fn requeue(pool: &Pool, f: &RequeueFilter) -> Result<Vec<Uuid>, DbErro
              SELECT id FROM upd",
         )
         .await?;
-    Ok(client
+    let ids: Vec<Uuid> = client
         .query(
             &stmt,
             &[
@@ -353,7 +353,15 @@ pub async fn requeue(pool: &Pool, f: &RequeueFilter) -> Result<Vec<Uuid>, DbErro
         .await?
         .iter()
         .map(|r| r.get(0))
-        .collect())
+        .collect();
+    if !ids.is_empty() {
+        // The callers (status API, CLI) run no relay: wake the deployment's relays. The rows are
+        // committed by now, and a lost notification only delays them to the relays' next poll.
+        client
+            .batch_execute("SELECT pg_notify('dispatcher_outbox', '')")
+            .await?;
+    }
+    Ok(ids)
 }
 
 /// A dead-lettered delivery, for `dispatchctl dlq list`.

@@ -1,6 +1,7 @@
 //! Dispatches: batched acceptance (dispatch row + outbox row in one statement), conditional state
 //! transitions for workers, and tenant-scoped reads.
 
+use crate::pool::AsyncCommitPool;
 use crate::{DbError, Pool};
 use chrono::{DateTime, Utc};
 use dispatcher_core::{DispatchError, DispatchStatus, TemplateFormat};
@@ -264,19 +265,17 @@ pub struct Claimed {
 /// by a worker that died) and returns them. Finished dispatches are not returned: their redelivered
 /// messages are simply acknowledged.
 ///
-/// The claim commits without waiting for the WAL flush: if it is lost in a crash the dispatch is
-/// simply still `queued` when its message is redelivered. The finishing statement, which must not
-/// be lost once the message is acknowledged, commits synchronously.
-pub async fn claim(pool: &Pool, ids: &[Uuid]) -> Result<Vec<Claimed>, DbError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    tx.batch_execute("SET LOCAL synchronous_commit = off")
-        .await?;
+/// The claim commits without waiting for the WAL flush (an `AsyncCommitPool`, so it is one
+/// statement): if it is lost in a crash the dispatch is simply still `queued` when its message is
+/// redelivered. The finishing statement, which must not be lost once the message is
+/// acknowledged, commits synchronously.
+pub async fn claim(pool: &AsyncCommitPool, ids: &[Uuid]) -> Result<Vec<Claimed>, DbError> {
+    let client = pool.get().await?;
     let sources: Vec<&str> = DispatchStatus::sources_of(DispatchStatus::Processing)
         .iter()
         .map(|s| s.as_str())
         .collect();
-    let stmt = tx
+    let stmt = client
         .prepare_cached(
             "UPDATE dispatches
              SET status = 'processing', started_at = COALESCE(started_at, now()),
@@ -286,8 +285,7 @@ pub async fn claim(pool: &Pool, ids: &[Uuid]) -> Result<Vec<Claimed>, DbError> {
                        callback_url, metadata",
         )
         .await?;
-    let rows = tx.query(&stmt, &[&ids, &sources]).await?;
-    tx.commit().await?;
+    let rows = client.query(&stmt, &[&ids, &sources]).await?;
     rows.iter()
         .map(|r| {
             let f: String = r.get("template_format");

@@ -5,8 +5,14 @@ use crate::{DbError, Pool};
 use tracing::info;
 
 /// (version, name, sql), in order. Files live in `migrations/` at the repository root.
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "init", include_str!("../../../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("../../../migrations/0001_init.sql")),
+    (
+        2,
+        "outbox_wake_in_process",
+        include_str!("../../../migrations/0002_outbox_wake_in_process.sql"),
+    ),
+];
 
 const LOCK_KEY: i64 = 0x0d15_9a7c_4e00_0001;
 

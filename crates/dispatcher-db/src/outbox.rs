@@ -2,8 +2,33 @@
 //! `dispatches`, `deliveries`); the relay in `dispatcher-mq` deletes a batch, publishes it with
 //! confirms and commits the deletion only once the broker confirmed it.
 
-use crate::{DbError, Pool};
+use crate::pool::AsyncCommitPool;
+use crate::DbError;
+use std::sync::Arc;
+use tokio::sync::Notify;
 use uuid::Uuid;
+
+/// Wakes this process's relay after a commit that wrote outbox rows.
+///
+/// The process that wrote a row relays it: waking every relay of the deployment (a NOTIFY per
+/// inserting transaction) cost each commit a cluster-wide notification lock and each of the other
+/// relays an empty round. A permit is kept when the relay is busy, so a commit during a drain
+/// leads to one more drain and no wake-up is lost. Rows whose writer cannot relay them (its broker
+/// connection is down, or it crashed after committing) are taken by the relays' fallback poll.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxWake(Arc<Notify>);
+
+impl OutboxWake {
+    /// Call after the commit, never before: the relay must find the rows.
+    pub fn committed(&self) {
+        self.0.notify_one();
+    }
+
+    /// Resolves after the next (or an already pending) `committed`.
+    pub async fn wait(&self) {
+        self.0.notified().await;
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
@@ -48,8 +73,8 @@ pub async fn take_batch(
     Ok(rows)
 }
 
-/// Unsent rows and the age in seconds of the oldest one.
-pub async fn backlog(pool: &Pool) -> Result<(i64, f64), DbError> {
+/// Unsent rows and the age in seconds of the oldest one (a read, on the relay's own pool).
+pub async fn backlog(pool: &AsyncCommitPool) -> Result<(i64, f64), DbError> {
     let client = pool.get().await?;
     let row = client
         .query_one(
@@ -59,4 +84,27 @@ pub async fn backlog(pool: &Pool) -> Result<(i64, f64), DbError> {
         )
         .await?;
     Ok((row.get(0), row.get(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OutboxWake;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_commit_while_the_relay_is_busy_is_not_lost() {
+        let wake = OutboxWake::default();
+        // The relay is draining, not waiting, when the writer commits.
+        wake.clone().committed();
+        tokio::time::timeout(Duration::from_secs(5), wake.wait())
+            .await
+            .expect("the pending commit wakes the relay");
+    }
+
+    #[tokio::test]
+    async fn no_commit_no_wake() {
+        let wake = OutboxWake::default();
+        let woke = tokio::time::timeout(Duration::from_millis(50), wake.wait()).await;
+        assert!(woke.is_err());
+    }
 }

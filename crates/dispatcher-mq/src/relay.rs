@@ -6,13 +6,16 @@
 //! deletion back; a crash between publish and commit publishes the batch again later:
 //! duplicates are possible, losses are not, and consumers are idempotent.
 //!
-//! The relay sleeps until a NOTIFY from the inserting transaction (or a slow fallback poll) and
-//! then drains the backlog.
+//! The relay sleeps until its own process commits outbox rows (`OutboxWake`), a NOTIFY from a
+//! process that runs no relay (requeues from the status API or the CLI), or a fallback poll that
+//! picks up rows whose writer could not relay them; then it drains the backlog.
 
 use crate::publisher::{OutgoingMessage, PublishError, Publisher};
 use crate::{Backoff, Topology};
 use dispatcher_config::Settings;
-use dispatcher_db::{outbox, DbError, Pool};
+use dispatcher_db::outbox::{self, OutboxWake};
+use dispatcher_db::pool::AsyncCommitPool;
+use dispatcher_db::DbError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,8 +40,9 @@ enum RelayError {
 /// Runs until `cancel`. `ready` is true while the relay holds a broker connection.
 pub async fn run_relay(
     settings: Arc<Settings>,
-    pool: Pool,
+    pool: AsyncCommitPool,
     name: String,
+    local: OutboxWake,
     ready: Arc<AtomicBool>,
     cancel: CancellationToken,
 ) {
@@ -88,6 +92,7 @@ pub async fn run_relay(
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok::<(), RelayError>(()),
+                    _ = local.wait() => {}
                     _ = wake.recv() => {}
                     _ = tokio::time::sleep(settings.outbox.poll_interval) => {}
                 }
@@ -113,7 +118,11 @@ pub async fn run_relay(
 }
 
 /// Publishes batches until a batch comes back short. Returns rows published.
-async fn drain(pool: &Pool, publisher: &Publisher, batch: i64) -> Result<usize, RelayError> {
+async fn drain(
+    pool: &AsyncCommitPool,
+    publisher: &Publisher,
+    batch: i64,
+) -> Result<usize, RelayError> {
     let mut total = 0;
     loop {
         let n = relay_once(pool, publisher, batch).await?;
@@ -124,14 +133,15 @@ async fn drain(pool: &Pool, publisher: &Publisher, batch: i64) -> Result<usize, 
     }
 }
 
-async fn relay_once(pool: &Pool, publisher: &Publisher, batch: i64) -> Result<usize, RelayError> {
-    let mut client = pool.get().await.map_err(DbError::from)?;
+async fn relay_once(
+    pool: &AsyncCommitPool,
+    publisher: &Publisher,
+    batch: i64,
+) -> Result<usize, RelayError> {
+    // An async-commit connection: losing this commit in a crash only means publishing the batch
+    // again (consumers are idempotent), so it need not wait for the WAL flush.
+    let mut client = pool.get().await?;
     let tx = client.transaction().await.map_err(DbError::from)?;
-    // Losing this commit in a crash only means publishing the batch again (consumers are
-    // idempotent), so it need not wait for the WAL flush.
-    tx.batch_execute("SET LOCAL synchronous_commit = off")
-        .await
-        .map_err(DbError::from)?;
     let rows = outbox::take_batch(&tx, batch).await?;
     if rows.is_empty() {
         return Ok(0);

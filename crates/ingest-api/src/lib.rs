@@ -13,6 +13,7 @@ use axum::extract::FromRef;
 use axum::routing::get;
 use axum::Router;
 use dispatcher_config::Settings;
+use dispatcher_db::pool::{async_commit_pool_size, AsyncCommitPool};
 use dispatcher_db::Pool;
 use dispatcher_http::{health_router, with_common_layers, Authenticator, HealthState};
 use dispatcher_mq::Readiness;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub pool: Pool,
     pub auth: Arc<Authenticator>,
     pub writer: writer::BatchWriter,
+    /// Wakes this process's outbox relay after a commit that wrote outbox rows.
+    pub outbox_wake: dispatcher_db::outbox::OutboxWake,
     pub waiters: Arc<waiters::Waiters>,
     pub templates: Arc<templates_cache::TemplateCache>,
     pub estimator: estimate::Estimator,
@@ -60,17 +63,23 @@ pub async fn serve(
     let background = cancel.child_token();
 
     let relay_ready = readiness.register("outbox-relay");
+    let outbox_wake = dispatcher_db::outbox::OutboxWake::default();
     tasks.spawn(dispatcher_mq::relay::run_relay(
         settings.clone(),
-        pool.clone(),
+        AsyncCommitPool::connect(&settings.database, async_commit_pool_size(0))?,
         "ingest-api".into(),
+        outbox_wake.clone(),
         relay_ready,
         background.clone(),
     ));
     let waiters = waiters::Waiters::start(&settings.database, background.clone());
     let writer_stop = CancellationToken::new();
-    let (writer, writer_task) =
-        writer::BatchWriter::start(pool.clone(), settings.ingest.batch_max, writer_stop.clone());
+    let (writer, writer_task) = writer::BatchWriter::start(
+        pool.clone(),
+        outbox_wake.clone(),
+        settings.ingest.batch_max,
+        writer_stop.clone(),
+    );
 
     let auth = Authenticator::new(pool.clone(), settings.rate_limit.clone());
     auth.watch_invalidations(&settings.database, background.clone());
@@ -79,6 +88,7 @@ pub async fn serve(
         pool: pool.clone(),
         auth: auth.clone(),
         writer,
+        outbox_wake,
         waiters,
         templates: Arc::new(templates_cache::TemplateCache::default()),
         estimator: estimate::Estimator::start(settings.clone(), pool.clone(), background.clone()),

@@ -6,6 +6,7 @@
 //! only answered after its own row is durable.
 
 use dispatcher_db::dispatches::{insert_batch, NewDispatch};
+use dispatcher_db::outbox::OutboxWake;
 use dispatcher_db::{DbError, Pool};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -27,9 +28,14 @@ pub enum WriteError {
 }
 
 impl BatchWriter {
-    pub fn start(pool: Pool, batch_max: usize, stop: CancellationToken) -> (Self, JoinHandle<()>) {
+    pub fn start(
+        pool: Pool,
+        wake: OutboxWake,
+        batch_max: usize,
+        stop: CancellationToken,
+    ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(batch_max * 8);
-        let handle = tokio::spawn(run(pool, rx, batch_max, stop));
+        let handle = tokio::spawn(run(pool, wake, rx, batch_max, stop));
         (Self { tx }, handle)
     }
 
@@ -49,7 +55,13 @@ impl BatchWriter {
     }
 }
 
-async fn run(pool: Pool, mut rx: mpsc::Receiver<Job>, batch_max: usize, stop: CancellationToken) {
+async fn run(
+    pool: Pool,
+    wake: OutboxWake,
+    mut rx: mpsc::Receiver<Job>,
+    batch_max: usize,
+    stop: CancellationToken,
+) {
     let mut buf = Vec::with_capacity(batch_max);
     loop {
         let first = tokio::select! {
@@ -76,6 +88,9 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Job>, batch_max: usize, stop: Ca
         metrics::histogram!("dispatcher_ingest_batch_size").record(rows.len() as f64);
         match insert_batch(&pool, &rows, &traces).await {
             Ok(inserted) => {
+                if !inserted.is_empty() {
+                    wake.committed();
+                }
                 for (row, reply) in rows.iter().zip(replies) {
                     let _ = reply.send(Ok(inserted.contains(&row.id)));
                 }

@@ -7,6 +7,7 @@ use dispatcher_core::retry::{next_step, AttemptOutcome, NextStep};
 use dispatcher_core::signing::{signature_header, WebhookSecret};
 use dispatcher_core::DeliveryTask;
 use dispatcher_db::deliveries::{self, AttemptRecord, Delivery, RetryMessage};
+use dispatcher_db::outbox::OutboxWake;
 use dispatcher_db::{accounts, DbError, Pool};
 use dispatcher_mq::Topology;
 use dispatcher_outbound::Policy;
@@ -21,6 +22,8 @@ use uuid::Uuid;
 pub struct Deliverer {
     settings: Arc<Settings>,
     pub pool: Pool,
+    /// Retries are outbox rows: this process's relay is woken after they commit.
+    outbox_wake: OutboxWake,
     http: reqwest::Client,
     policy: Policy,
     /// Per-endpoint (URL origin) circuit breakers. Each replica keeps its own: a dead endpoint is
@@ -44,12 +47,13 @@ struct PostResult {
 }
 
 impl Deliverer {
-    pub fn new(settings: Arc<Settings>, pool: Pool) -> Self {
+    pub fn new(settings: Arc<Settings>, pool: Pool, outbox_wake: OutboxWake) -> Self {
         let http = dispatcher_outbound::client(&settings.delivery, "dispatcher-webhooks/1");
         let policy = Policy::from_settings(&settings.delivery);
         Self {
             settings,
             pool,
+            outbox_wake,
             http,
             policy,
             circuits: Mutex::new(HashMap::new()),
@@ -109,7 +113,9 @@ impl Deliverer {
             })
             .collect();
         metrics::counter!("dispatcher_deliveries_held_total").increment(rows.len() as u64);
-        deliveries::hold_batch(&self.pool, &rows).await
+        deliveries::hold_batch(&self.pool, &rows).await?;
+        self.outbox_wake.committed();
+        Ok(())
     }
 
     /// Attempts every delivery (each one's attempt number is `attempts + 1`) and records the
@@ -141,6 +147,9 @@ impl Deliverer {
         let (records, disable): (Vec<AttemptRecord>, Vec<Option<Uuid>>) =
             records.into_iter().unzip();
         deliveries::record_attempts(&self.pool, &records).await?;
+        if records.iter().any(|r| r.retry.is_some()) {
+            self.outbox_wake.committed();
+        }
         for webhook_id in disable.into_iter().flatten() {
             deliveries::disable_subscription(&self.pool, webhook_id).await?;
         }

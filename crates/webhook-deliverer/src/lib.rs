@@ -7,6 +7,8 @@ mod handlers;
 pub use handlers::{EventHandler, RetryHandler};
 
 use dispatcher_config::Settings;
+use dispatcher_db::outbox::OutboxWake;
+use dispatcher_db::pool::{async_commit_pool_size, AsyncCommitPool};
 use dispatcher_http::{health_app, HealthState};
 use dispatcher_mq::consumer::ConsumerConfig;
 use dispatcher_mq::{Readiness, Topology};
@@ -30,7 +32,12 @@ pub async fn serve(
     let readiness = Readiness::default();
     let tasks = TaskTracker::new();
     let topology = Topology::from_settings(&settings);
-    let deliverer = Arc::new(attempt::Deliverer::new(settings.clone(), pool.clone()));
+    let outbox_wake = OutboxWake::default();
+    let deliverer = Arc::new(attempt::Deliverer::new(
+        settings.clone(),
+        pool.clone(),
+        outbox_wake.clone(),
+    ));
 
     let events = Arc::new(EventHandler::new(
         deliverer.clone(),
@@ -63,8 +70,9 @@ pub async fn serve(
     ));
     tasks.spawn(dispatcher_mq::relay::run_relay(
         settings.clone(),
-        pool.clone(),
+        AsyncCommitPool::connect(&settings.database, async_commit_pool_size(0))?,
         "webhook-deliverer".into(),
+        outbox_wake,
         readiness.register("outbox-relay"),
         cancel.clone(),
     ));

@@ -110,6 +110,9 @@ pub async fn receive(
         },
     )
     .await?;
+    if new {
+        s.outbox_wake.committed();
+    }
     Ok(Json(Received {
         received: true,
         duplicate: !new,
