@@ -1,7 +1,11 @@
 use crate::DbError;
-use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime, Timeouts};
+use deadpool_postgres::{
+    ClientWrapper, Hook, HookError, Manager, ManagerConfig, Metrics, RecyclingMethod, Runtime,
+    Timeouts,
+};
 use dispatcher_config::DatabaseSettings;
 use std::str::FromStr;
+use std::time::Duration;
 use tokio_postgres::NoTls;
 
 pub use deadpool_postgres::Pool;
@@ -20,17 +24,53 @@ fn pg_config_with(
     if cfg.get_application_name().is_none() {
         cfg.application_name("dispatcher");
     }
-    // Plan every execution of a prepared statement with its actual parameters. Our statements
-    // select rows by `id = ANY($1)`; a generic plan cached while a table was still small keeps
-    // scanning it sequentially after it has grown (seen under load: thousands of sequential
-    // scans of `dispatches`). Statements run once per batch, so planning costs little.
-    let ours = format!("-c plan_cache_mode=force_custom_plan {extra_options}");
-    let options = match cfg.get_options() {
-        Some(o) if !o.is_empty() => format!("{o} {ours}"),
-        _ => ours,
-    };
-    cfg.options(options);
+    if !extra_options.is_empty() {
+        let options = match cfg.get_options() {
+            Some(o) if !o.is_empty() => format!("{o} {extra_options}"),
+            _ => extra_options.to_owned(),
+        };
+        cfg.options(options);
+    }
     Ok(cfg)
+}
+
+/// Prepared statements are re-prepared at these connection ages, then every `REPLAN_EVERY`.
+///
+/// PostgreSQL switches a prepared statement to a generic plan after five executions and keeps
+/// it for the life of the statement. A generic plan made while a table was still small (a new
+/// deployment, a benchmark's first seconds) scans it sequentially even after it has grown: seen
+/// under load as thousands of sequential scans of `dispatches` reading 80 M rows in a minute.
+/// Planning every execution instead (`plan_cache_mode = force_custom_plan`) fixed that but took
+/// over a third of PostgreSQL's CPU. Dropping the cached statements now and then makes the next
+/// generic plan from the table as it is, at the cost of a few re-preparations.
+const REPLAN_AT: [Duration; 6] = [
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+    Duration::from_secs(10),
+    Duration::from_secs(30),
+    Duration::from_secs(90),
+    Duration::from_secs(180),
+];
+const REPLAN_EVERY: Duration = Duration::from_secs(300);
+
+/// Which re-preparation period a connection of this age is in.
+fn replan_epoch(age: Duration) -> u64 {
+    match REPLAN_AT.iter().position(|at| age < *at) {
+        Some(i) => i as u64,
+        None => {
+            let past = age - REPLAN_AT[REPLAN_AT.len() - 1];
+            REPLAN_AT.len() as u64 + past.as_secs() / REPLAN_EVERY.as_secs()
+        }
+    }
+}
+
+/// Runs before a pooled connection is handed out again.
+fn replan_when_due(client: &mut ClientWrapper, metrics: &Metrics) -> Result<(), HookError> {
+    let last_use = metrics.recycled.unwrap_or(metrics.created) - metrics.created;
+    if replan_epoch(metrics.age()) != replan_epoch(last_use) {
+        client.statement_cache.clear();
+    }
+    Ok(())
 }
 
 /// A pool whose waits are bounded, so a missing database turns into a quick 503, not a hang.
@@ -75,6 +115,7 @@ fn build_pool(
     );
     Pool::builder(manager)
         .max_size(max_size)
+        .pre_recycle(Hook::sync_fn(replan_when_due))
         .timeouts(Timeouts {
             wait: Some(settings.acquire_timeout),
             create: Some(settings.connect_timeout),
@@ -119,5 +160,22 @@ pub async fn ping(pool: &Pool) -> bool {
     match pool.get().await {
         Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_are_replanned_often_while_young_then_every_five_minutes() {
+        let epoch = |s: u64| replan_epoch(Duration::from_secs(s));
+        assert_eq!(epoch(0), 0);
+        assert_ne!(epoch(0), epoch(1));
+        assert_ne!(epoch(2), epoch(3));
+        assert_eq!(epoch(30), epoch(89));
+        assert_eq!(epoch(180), epoch(479));
+        assert_ne!(epoch(479), epoch(480));
+        assert!(epoch(100_000) > epoch(10_000));
     }
 }
