@@ -12,6 +12,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "outbox_wake_in_process",
         include_str!("../../../migrations/0002_outbox_wake_in_process.sql"),
     ),
+    (
+        3,
+        "hot_tables_without_foreign_key_checks",
+        include_str!("../../../migrations/0003_hot_tables_without_foreign_key_checks.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x0d15_9a7c_4e00_0001;
