@@ -306,6 +306,15 @@ async fn every_service_serves_prometheus_metrics() {
         requested >= 5.0,
         "published dispatch.requested: {requested}"
     );
+    for name in [
+        "dispatcher_outbox_relay_delay_seconds",
+        "dispatcher_outbox_publish_seconds",
+    ] {
+        assert!(
+            [&ing, &worker, &deliverer].iter().any(|m| has(m, name)),
+            "no relay reports {name}"
+        );
+    }
     let status = scrape(format!("{}/metrics", app.status_url)).await;
     assert!(has(&status, "dispatcher_http_requests_total"));
 }

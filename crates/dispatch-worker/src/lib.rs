@@ -9,7 +9,7 @@ pub use process::WorkerHandler;
 
 use dispatcher_config::Settings;
 use dispatcher_db::outbox::OutboxWake;
-use dispatcher_db::pool::{async_commit_pool_size, AsyncCommitPool};
+use dispatcher_db::pool::AsyncCommitPool;
 use dispatcher_http::{health_app, HealthState};
 use dispatcher_mq::consumer::ConsumerConfig;
 use dispatcher_mq::{Readiness, Topology};
@@ -39,7 +39,7 @@ pub async fn serve(
     // Claims and the relay's deletions, shared by the consumers and the relay.
     let async_pool = AsyncCommitPool::connect(
         &settings.database,
-        async_commit_pool_size(settings.worker.consumers),
+        dispatcher_mq::relay::LANES + settings.worker.consumers,
     )?;
     let handler = Arc::new(WorkerHandler::new(
         settings.clone(),

@@ -38,6 +38,8 @@ pub struct OutboxRow {
     pub payload: Vec<u8>,
     /// W3C trace context to carry in the AMQP headers.
     pub traceparent: Option<String>,
+    /// Seconds since the row's transaction began, when it was taken.
+    pub age_seconds: f64,
 }
 
 /// Takes up to `limit` unsent rows, oldest first, by deleting them in the caller's transaction:
@@ -53,7 +55,8 @@ pub async fn take_batch(
         .prepare_cached(
             "DELETE FROM outbox WHERE id IN (
                  SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-             RETURNING id, message_id, routing_key, payload, headers->>'traceparent'",
+             RETURNING id, message_id, routing_key, payload, headers->>'traceparent',
+                       EXTRACT(EPOCH FROM clock_timestamp() - created_at)::float8",
         )
         .await?;
     let mut rows: Vec<OutboxRow> = tx
@@ -66,6 +69,7 @@ pub async fn take_batch(
             routing_key: r.get(2),
             payload: r.get(3),
             traceparent: r.get(4),
+            age_seconds: r.get(5),
         })
         .collect();
     // RETURNING follows no particular order; publish in commit order.

@@ -126,12 +126,6 @@ fn build_pool(
         .map_err(|e| DbError::Build(e.to_string()))
 }
 
-/// How many connections a service's async-commit pool may open: one for the relay, one for each
-/// consumer that claims.
-pub fn async_commit_pool_size(consumers: usize) -> usize {
-    1 + consumers
-}
-
 /// The pool a service runs on; applies pending migrations first when `database.migrate` is set.
 pub async fn start(settings: &DatabaseSettings) -> Result<Pool, DbError> {
     let pool = connect_pool(settings)?;

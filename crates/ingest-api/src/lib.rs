@@ -13,7 +13,7 @@ use axum::extract::FromRef;
 use axum::routing::get;
 use axum::Router;
 use dispatcher_config::Settings;
-use dispatcher_db::pool::{async_commit_pool_size, AsyncCommitPool};
+use dispatcher_db::pool::AsyncCommitPool;
 use dispatcher_db::Pool;
 use dispatcher_http::{health_router, with_common_layers, Authenticator, HealthState};
 use dispatcher_mq::Readiness;
@@ -66,7 +66,7 @@ pub async fn serve(
     let outbox_wake = dispatcher_db::outbox::OutboxWake::default();
     tasks.spawn(dispatcher_mq::relay::run_relay(
         settings.clone(),
-        AsyncCommitPool::connect(&settings.database, async_commit_pool_size(0))?,
+        AsyncCommitPool::connect(&settings.database, dispatcher_mq::relay::LANES)?,
         "ingest-api".into(),
         outbox_wake.clone(),
         relay_ready,

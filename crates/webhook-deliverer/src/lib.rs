@@ -8,7 +8,7 @@ pub use handlers::{EventHandler, RetryHandler};
 
 use dispatcher_config::Settings;
 use dispatcher_db::outbox::OutboxWake;
-use dispatcher_db::pool::{async_commit_pool_size, AsyncCommitPool};
+use dispatcher_db::pool::AsyncCommitPool;
 use dispatcher_http::{health_app, HealthState};
 use dispatcher_mq::consumer::ConsumerConfig;
 use dispatcher_mq::{Readiness, Topology};
@@ -70,7 +70,7 @@ pub async fn serve(
     ));
     tasks.spawn(dispatcher_mq::relay::run_relay(
         settings.clone(),
-        AsyncCommitPool::connect(&settings.database, async_commit_pool_size(0))?,
+        AsyncCommitPool::connect(&settings.database, dispatcher_mq::relay::LANES)?,
         "webhook-deliverer".into(),
         outbox_wake,
         readiness.register("outbox-relay"),
