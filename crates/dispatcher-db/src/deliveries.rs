@@ -186,6 +186,11 @@ pub async fn record_attempts(pool: &Pool, rows: &[AttemptRecord]) -> Result<u64,
                  SELECT i.retry_id, i.retry_key, i.retry_payload
                  FROM input i JOIN upd ON upd.id = i.delivery_id
                  WHERE i.retry_id IS NOT NULL
+             ), dead AS (
+                 INSERT INTO dead_deliveries (delivery_id)
+                 SELECT i.delivery_id FROM input i JOIN upd ON upd.id = i.delivery_id
+                 WHERE i.new_status = 'dead'
+                 ON CONFLICT (delivery_id) DO UPDATE SET dead_at = now()
              )
              SELECT count(*) FROM upd",
         )
@@ -335,6 +340,8 @@ pub async fn requeue(pool: &Pool, f: &RequeueFilter) -> Result<Vec<Uuid>, DbErro
                  SELECT gen_random_uuid(), 'webhook.retry',
                         convert_to(json_build_object('deliveryId', id, 'attempt', 1)::text, 'UTF8')
                  FROM upd
+             ), revived AS (
+                 DELETE FROM dead_deliveries WHERE delivery_id IN (SELECT id FROM upd)
              )
              SELECT id FROM upd",
         )
@@ -380,8 +387,9 @@ pub async fn list_dead(pool: &Pool, limit: i64) -> Result<Vec<DeadDelivery>, DbE
     let client = pool.get().await?;
     Ok(client
         .query(
-            "SELECT id, account_id, dispatch_id, url, attempts, last_error, updated_at
-             FROM deliveries WHERE status = 'dead' ORDER BY updated_at DESC LIMIT $1",
+            "SELECT d.id, d.account_id, d.dispatch_id, d.url, d.attempts, d.last_error, d.updated_at
+             FROM dead_deliveries x JOIN deliveries d ON d.id = x.delivery_id
+             WHERE d.status = 'dead' ORDER BY x.dead_at DESC LIMIT $1",
             &[&limit],
         )
         .await?

@@ -17,6 +17,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "hot_tables_without_foreign_key_checks",
         include_str!("../../../migrations/0003_hot_tables_without_foreign_key_checks.sql"),
     ),
+    (
+        4,
+        "dead_deliveries_table",
+        include_str!("../../../migrations/0004_dead_deliveries_table.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x0d15_9a7c_4e00_0001;
