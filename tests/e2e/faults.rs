@@ -550,3 +550,61 @@ async fn a_broker_restart_mid_load_loses_nothing() {
         ids.len()
     );
 }
+
+/// A database outage must not hold shutdown hostage: the relays and consumers that are retrying
+/// against it stop on SIGTERM like the rest.
+#[tokio::test]
+async fn sigterm_during_a_database_outage_exits_promptly() {
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let db = format!("postgres://postgres@{}/{{db}}", proxy.addr);
+    let app = TestApp::spawn_with(
+        Services {
+            ingest: false,
+            worker: false,
+            deliverer: false,
+            status: false,
+        },
+        &[
+            ("DISPATCHER__DATABASE__URL", &db),
+            ("DISPATCHER__DATABASE__CONNECT_TIMEOUT", "1s"),
+            ("DISPATCHER__DATABASE__ACQUIRE_TIMEOUT", "1s"),
+        ],
+    )
+    .await;
+    let mut env = app.process_env();
+    // Long enough that a process waiting for the database rather than for its own tasks is
+    // told apart from one that stops at once.
+    env.insert("DISPATCHER__SHUTDOWN_TIMEOUT".into(), "60s".into());
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    env.insert(
+        "DISPATCHER__INGEST__LISTEN".into(),
+        format!("127.0.0.1:{port}"),
+    );
+    let mut procs: Vec<ServiceProcess> = ["ingest-api", "dispatch-worker", "webhook-deliverer"]
+        .iter()
+        .map(|bin| ServiceProcess::spawn(bin, &env, &format!("{}-outage-{bin}.log", app.prefix)))
+        .collect();
+    app.wait_ready(&format!("http://127.0.0.1:{port}")).await;
+    proxy.cut();
+    // Let every relay and consumer run into the outage.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for p in &mut procs {
+        let pid = p.child.id().unwrap().to_string();
+        let st = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(st.success());
+    }
+    for p in &mut procs {
+        let status = tokio::time::timeout(Duration::from_secs(20), p.child.wait())
+            .await
+            .expect("exited without waiting out the 60 s shutdown timeout")
+            .unwrap();
+        assert!(status.success(), "clean exit, got {status}");
+    }
+}

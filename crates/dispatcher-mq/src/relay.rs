@@ -67,8 +67,11 @@ impl Lane<'_> {
                 Ok(_) => {}
                 Err(RelayError::Db(e)) => {
                     warn!(error = %e, "outbox relay cannot reach the database; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
+                    // Shutdown must not wait for the database to come back.
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    }
                 }
                 Err(e) => return Err(e),
             }
