@@ -14,6 +14,15 @@ fn pg_config(settings: &DatabaseSettings) -> Result<tokio_postgres::Config, DbEr
     pg_config_with(settings, "")
 }
 
+/// Session settings of every pooled connection.
+///
+/// `plan_cache_mode = force_generic_plan`: the statements on the data path take their rows by
+/// id arrays (`= ANY($1)`, `unnest`), for which PostgreSQL's default kept choosing a fresh
+/// custom plan at every execution after its five trial runs: planning was a sixth of the
+/// server's CPU at 1 000 dispatches/s. A generic plan is made once per prepared statement, and
+/// `REPLAN_AT` renews it as the tables grow.
+const POOL_OPTIONS: &str = "-c plan_cache_mode=force_generic_plan";
+
 fn pg_config_with(
     settings: &DatabaseSettings,
     extra_options: &str,
@@ -36,13 +45,13 @@ fn pg_config_with(
 
 /// Prepared statements are re-prepared at these connection ages, then every `REPLAN_EVERY`.
 ///
-/// PostgreSQL switches a prepared statement to a generic plan after five executions and keeps
-/// it for the life of the statement. A generic plan made while a table was still small (a new
-/// deployment, a benchmark's first seconds) scans it sequentially even after it has grown: seen
-/// under load as thousands of sequential scans of `dispatches` reading 80 M rows in a minute.
-/// Planning every execution instead (`plan_cache_mode = force_custom_plan`) fixed that but took
-/// over a third of PostgreSQL's CPU. Dropping the cached statements now and then makes the next
-/// generic plan from the table as it is, at the cost of a few re-preparations.
+/// A generic plan is kept for the life of its prepared statement. One made while a table was
+/// still small (a new deployment, a benchmark's first seconds) scans it sequentially even after
+/// it has grown: seen under load as thousands of sequential scans of `dispatches` reading 80 M
+/// rows in a minute. Planning every execution instead (`plan_cache_mode = force_custom_plan`)
+/// fixed that but took over a third of PostgreSQL's CPU. Dropping the cached statements now and
+/// then makes the next generic plan from the table as it is, at the cost of a few
+/// re-preparations.
 const REPLAN_AT: [Duration; 6] = [
     Duration::from_secs(1),
     Duration::from_secs(3),
@@ -75,7 +84,11 @@ fn replan_when_due(client: &mut ClientWrapper, metrics: &Metrics) -> Result<(), 
 
 /// A pool whose waits are bounded, so a missing database turns into a quick 503, not a hang.
 pub fn connect_pool(settings: &DatabaseSettings) -> Result<Pool, DbError> {
-    build_pool(pg_config(settings)?, settings, settings.pool_size)
+    build_pool(
+        pg_config_with(settings, POOL_OPTIONS)?,
+        settings,
+        settings.pool_size,
+    )
 }
 
 /// A small pool whose connections commit without waiting for the WAL flush
@@ -91,7 +104,10 @@ pub struct AsyncCommitPool(Pool);
 
 impl AsyncCommitPool {
     pub fn connect(settings: &DatabaseSettings, max_size: usize) -> Result<Self, DbError> {
-        let cfg = pg_config_with(settings, "-c synchronous_commit=off")?;
+        let cfg = pg_config_with(
+            settings,
+            &format!("{POOL_OPTIONS} -c synchronous_commit=off"),
+        )?;
         let max_size = max_size.clamp(1, settings.pool_size.max(1));
         Ok(Self(build_pool(cfg, settings, max_size)?))
     }
