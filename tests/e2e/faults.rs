@@ -466,15 +466,7 @@ async fn every_binary_drains_and_exits_cleanly_on_sigterm() {
     .await;
     let rx = Receiver::start().await;
     let acct = app.create_account("term@example.com").await;
-    let mut env = app.process_env();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    env.insert(
-        "DISPATCHER__INGEST__LISTEN".into(),
-        format!("127.0.0.1:{port}"),
-    );
+    let (env, ingest) = env_with_ingest_port(&app);
     let mut procs = vec![
         ServiceProcess::spawn(
             "ingest-api",
@@ -492,7 +484,6 @@ async fn every_binary_drains_and_exits_cleanly_on_sigterm() {
             &format!("{}-term-deliverer.log", app.prefix),
         ),
     ];
-    let ingest = format!("http://127.0.0.1:{port}");
     app.wait_ready(&ingest).await;
     let mut ids = Vec::new();
     for i in 0..20 {
@@ -508,23 +499,8 @@ async fn every_binary_drains_and_exits_cleanly_on_sigterm() {
         );
     }
     wait_all_delivered(&rx, &ids).await;
-    for p in &mut procs {
-        let pid = p.child.id().unwrap().to_string();
-        let st = tokio::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(st.success());
-    }
-    for p in &mut procs {
-        // shutdown_timeout is 5 s in tests; allow the process a little more to exit.
-        let status = tokio::time::timeout(Duration::from_secs(15), p.child.wait())
-            .await
-            .expect("exited within the shutdown timeout")
-            .unwrap();
-        assert!(status.success(), "clean exit, got {status}");
-    }
+    // shutdown_timeout is 5 s in tests; allow the processes a little more to exit.
+    terminate_all(&mut procs, Duration::from_secs(15)).await;
 }
 
 #[tokio::test]
@@ -571,10 +547,25 @@ async fn sigterm_during_a_database_outage_exits_promptly() {
         ],
     )
     .await;
-    let mut env = app.process_env();
+    let (mut env, ingest) = env_with_ingest_port(&app);
     // Long enough that a process waiting for the database rather than for its own tasks is
     // told apart from one that stops at once.
     env.insert("DISPATCHER__SHUTDOWN_TIMEOUT".into(), "60s".into());
+    let mut procs: Vec<ServiceProcess> = ["ingest-api", "dispatch-worker", "webhook-deliverer"]
+        .iter()
+        .map(|bin| ServiceProcess::spawn(bin, &env, &format!("{}-outage-{bin}.log", app.prefix)))
+        .collect();
+    app.wait_ready(&ingest).await;
+    proxy.cut();
+    // Let every relay and consumer run into the outage.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Well inside the 60 s shutdown timeout.
+    terminate_all(&mut procs, Duration::from_secs(20)).await;
+}
+
+/// The processes' environment with the ingest API on a free port of its own, and that API's URL.
+fn env_with_ingest_port(app: &TestApp) -> (HashMap<String, String>, String) {
+    let mut env = app.process_env();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -583,15 +574,12 @@ async fn sigterm_during_a_database_outage_exits_promptly() {
         "DISPATCHER__INGEST__LISTEN".into(),
         format!("127.0.0.1:{port}"),
     );
-    let mut procs: Vec<ServiceProcess> = ["ingest-api", "dispatch-worker", "webhook-deliverer"]
-        .iter()
-        .map(|bin| ServiceProcess::spawn(bin, &env, &format!("{}-outage-{bin}.log", app.prefix)))
-        .collect();
-    app.wait_ready(&format!("http://127.0.0.1:{port}")).await;
-    proxy.cut();
-    // Let every relay and consumer run into the outage.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for p in &mut procs {
+    (env, format!("http://127.0.0.1:{port}"))
+}
+
+/// Sends SIGTERM to every process, then expects each to exit cleanly within `within`.
+async fn terminate_all(procs: &mut [ServiceProcess], within: Duration) {
+    for p in procs.iter() {
         let pid = p.child.id().unwrap().to_string();
         let st = tokio::process::Command::new("kill")
             .args(["-TERM", &pid])
@@ -600,10 +588,10 @@ async fn sigterm_during_a_database_outage_exits_promptly() {
             .unwrap();
         assert!(st.success());
     }
-    for p in &mut procs {
-        let status = tokio::time::timeout(Duration::from_secs(20), p.child.wait())
+    for p in procs.iter_mut() {
+        let status = tokio::time::timeout(within, p.child.wait())
             .await
-            .expect("exited without waiting out the 60 s shutdown timeout")
+            .unwrap_or_else(|_| panic!("no exit within {within:?} of SIGTERM"))
             .unwrap();
         assert!(status.success(), "clean exit, got {status}");
     }
