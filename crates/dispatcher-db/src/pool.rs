@@ -84,11 +84,7 @@ fn replan_when_due(client: &mut ClientWrapper, metrics: &Metrics) -> Result<(), 
 
 /// A pool whose waits are bounded, so a missing database turns into a quick 503, not a hang.
 pub fn connect_pool(settings: &DatabaseSettings) -> Result<Pool, DbError> {
-    build_pool(
-        pg_config_with(settings, POOL_OPTIONS)?,
-        settings,
-        settings.pool_size,
-    )
+    build_pool(settings, settings.pool_size, "")
 }
 
 /// A small pool whose connections commit without waiting for the WAL flush
@@ -104,12 +100,12 @@ pub struct AsyncCommitPool(Pool);
 
 impl AsyncCommitPool {
     pub fn connect(settings: &DatabaseSettings, max_size: usize) -> Result<Self, DbError> {
-        let cfg = pg_config_with(
-            settings,
-            &format!("{POOL_OPTIONS} -c synchronous_commit=off"),
-        )?;
         let max_size = max_size.clamp(1, settings.pool_size.max(1));
-        Ok(Self(build_pool(cfg, settings, max_size)?))
+        Ok(Self(build_pool(
+            settings,
+            max_size,
+            "-c synchronous_commit=off",
+        )?))
     }
 
     pub async fn get(&self) -> Result<deadpool_postgres::Object, DbError> {
@@ -117,11 +113,14 @@ impl AsyncCommitPool {
     }
 }
 
+/// `extra_options` are session settings on top of `POOL_OPTIONS`.
 fn build_pool(
-    cfg: tokio_postgres::Config,
     settings: &DatabaseSettings,
     max_size: usize,
+    extra_options: &str,
 ) -> Result<Pool, DbError> {
+    let options = format!("{POOL_OPTIONS} {extra_options}");
+    let cfg = pg_config_with(settings, options.trim_end())?;
     let manager = Manager::from_config(
         cfg,
         NoTls,

@@ -107,7 +107,7 @@ pub async fn run_relay(
     // Every relay may publish any service's outbox rows, so a replica can go a long time without
     // publishing a given key. Registering the counters at zero keeps each series present on
     // every /metrics from the start, which `rate()` and absence alerts need.
-    for key in crate::topology::WORK_KEYS {
+    for (_, key) in topology.work_bindings() {
         metrics::counter!("dispatcher_messages_published_total", "routing_key" => key).increment(0);
     }
     let mut wake = dispatcher_db::listen::spawn_listener(

@@ -21,13 +21,6 @@ use std::time::Duration;
 
 /// Routing key of retry tasks once their delay expired.
 pub const RETRY_KEY: &str = "webhook.retry";
-/// Routing keys of the work messages written to the outbox (retry delays aside).
-pub const WORK_KEYS: [&str; 4] = [
-    "dispatch.requested",
-    "dispatch.completed",
-    "dispatch.failed",
-    "provider.event",
-];
 /// A message redelivered this many times (consumer crashes, nacks) is dead-lettered.
 pub const DELIVERY_LIMIT: i64 = 20;
 /// Retry delays are these multiples of the scheduled delay (±20 % jitter, and up to 2x for a
@@ -108,6 +101,17 @@ impl Topology {
         args
     }
 
+    /// Each work queue with a routing key it takes from the events exchange: the keys of the
+    /// messages written to the outbox (retry tasks, which come back from the delay queues, aside).
+    pub fn work_bindings(&self) -> [(String, &'static str); 4] {
+        [
+            (self.dispatch_queue(), "dispatch.requested"),
+            (self.webhook_events_queue(), "dispatch.completed"),
+            (self.webhook_events_queue(), "dispatch.failed"),
+            (self.provider_events_queue(), "provider.event"),
+        ]
+    }
+
     /// Declares everything. Safe to run concurrently from every replica at every start.
     pub async fn declare(&self, ch: &Channel) -> Result<(), lapin::Error> {
         let durable = ExchangeDeclareOptions {
@@ -132,20 +136,17 @@ impl Topology {
         bind(ch, &self.dead_queue(), &self.dead_exchange(), "").await?;
 
         let events = self.events_exchange();
-        declare_queue(ch, &self.dispatch_queue(), self.work_queue_args()).await?;
-        bind(ch, &self.dispatch_queue(), &events, "dispatch.requested").await?;
-        declare_queue(ch, &self.webhook_events_queue(), self.work_queue_args()).await?;
-        bind(
-            ch,
-            &self.webhook_events_queue(),
-            &events,
-            "dispatch.completed",
-        )
-        .await?;
-        bind(ch, &self.webhook_events_queue(), &events, "dispatch.failed").await?;
-        declare_queue(ch, &self.provider_events_queue(), self.work_queue_args()).await?;
-        bind(ch, &self.provider_events_queue(), &events, "provider.event").await?;
-        declare_queue(ch, &self.webhook_retry_queue(), self.work_queue_args()).await?;
+        for queue in [
+            self.dispatch_queue(),
+            self.webhook_events_queue(),
+            self.provider_events_queue(),
+            self.webhook_retry_queue(),
+        ] {
+            declare_queue(ch, &queue, self.work_queue_args()).await?;
+        }
+        for (queue, key) in self.work_bindings() {
+            bind(ch, &queue, &events, key).await?;
+        }
         bind(ch, &self.webhook_retry_queue(), &events, RETRY_KEY).await?;
 
         for ms in &self.delays_ms {
@@ -252,14 +253,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn work_keys_name_every_event_type() {
+    fn every_event_type_is_bound_to_a_work_queue() {
         use dispatcher_core::event::EventType;
+        let bindings = Topology::new("t1", &[]).work_bindings();
         for t in [
             EventType::DispatchRequested,
             EventType::DispatchCompleted,
             EventType::DispatchFailed,
         ] {
-            assert!(WORK_KEYS.contains(&t.as_str()), "{}", t.as_str());
+            assert!(
+                bindings.iter().any(|(_, key)| *key == t.as_str()),
+                "{}",
+                t.as_str()
+            );
         }
     }
 
