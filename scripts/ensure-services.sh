@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure PostgreSQL (127.0.0.1:5432) and RabbitMQ (127.0.0.1:5672) are up: starts them if they
-# are installed and stopped, installs them from Debian's packages if they are missing.
+# are installed and stopped, installs them from Debian's packages if they are missing. Also installs
+# the tools the tests use: pdftotext (poppler-utils) reads the text of rendered PDFs.
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -15,7 +16,21 @@ wait_for() { # name, command
 }
 
 pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q; }
-rabbit_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+rabbit_port_open() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+# A broker can accept TCP connections and never answer the AMQP handshake (seen with RabbitMQ
+# 3.10): send the protocol header and wait, at most 5 s, for the broker's first frame
+# (Connection.Start, a method frame: type 1).
+rabbit_handshake() {
+  timeout 6 python3 - <<'PY' >/dev/null 2>&1
+import socket, sys
+s = socket.create_connection(("127.0.0.1", 5672), timeout=5)
+s.settimeout(5)
+s.sendall(b"AMQP\x00\x00\x09\x01")
+frame = s.recv(1)
+sys.exit(0 if frame == b"\x01" else 1)
+PY
+}
+rabbit_up() { rabbit_port_open && rabbit_handshake; }
 
 installed_apt=0
 apt_install() {
@@ -36,6 +51,14 @@ if ! pg_up; then
   echo "starting PostgreSQL $ver"
   as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start || as_root pg_ctlcluster "$ver" main start
   wait_for PostgreSQL pg_up
+fi
+
+if rabbit_port_open && ! rabbit_handshake; then
+  # Listening but not answering: restart the broker this script manages.
+  echo "RabbitMQ accepts connections but does not answer the AMQP handshake; restarting it"
+  as_root rabbitmqctl -q stop >/dev/null 2>&1 || true
+  for _ in $(seq 1 30); do rabbit_port_open || break; sleep 1; done
+  if rabbit_port_open; then as_root pkill -f beam.smp || true; sleep 2; fi
 fi
 
 if ! rabbit_up; then
@@ -61,5 +84,9 @@ if command -v rabbitmqctl >/dev/null 2>&1; then
     echo "RabbitMQ lost its dead-letter supervisor; restarting it"
     as_root rabbitmqctl -q eval 'supervisor:restart_child(rabbit_sup, rabbit_fifo_dlx_sup).' >/dev/null
   fi
+fi
+if ! command -v pdftotext >/dev/null 2>&1; then
+  echo "installing poppler-utils (pdftotext) from Debian's packages"
+  apt_install poppler-utils
 fi
 echo "PostgreSQL and RabbitMQ are up"

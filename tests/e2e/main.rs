@@ -3,6 +3,7 @@
 mod api;
 mod compat;
 mod deploy_files;
+mod documents;
 mod faults;
 mod foundation;
 mod schemathesis;

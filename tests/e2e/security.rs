@@ -423,7 +423,7 @@ async fn hostile_inputs_get_clear_errors_and_the_service_keeps_working() {
         case(
             Method::POST,
             "/v1/dispatches",
-            Some(r#"{"template": {"format": "pdf", "body": "x"}, "data": {}}"#),
+            Some(r#"{"template": {"format": "docx", "body": "x"}, "data": {}}"#),
             422,
             "invalid_field",
         ),

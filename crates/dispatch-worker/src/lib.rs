@@ -41,11 +41,15 @@ pub async fn serve(
         &settings.database,
         dispatcher_mq::relay::LANES + settings.worker.consumers,
     )?;
+    let renderer = dispatcher_render::Renderer::start(dispatcher_render::Limits::from_settings(
+        &settings.render,
+    ))?;
     let handler = Arc::new(WorkerHandler::new(
         settings.clone(),
         pool.clone(),
         async_pool.clone(),
         outbox_wake.clone(),
+        renderer,
     ));
     // Several consumers, each its own channel: one batch commits while the next is processed.
     for i in 0..settings.worker.consumers {

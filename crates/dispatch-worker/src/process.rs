@@ -3,7 +3,7 @@
 use chrono::Utc;
 use dispatcher_config::Settings;
 use dispatcher_core::{
-    template, DispatchError, DispatchRequested, DispatchStatus, ErrorCode, EventType, OutcomeEvent,
+    DispatchError, DispatchRequested, DispatchStatus, ErrorCode, EventType, OutcomeEvent,
     WebhookData, WebhookPayload,
 };
 use dispatcher_db::dead_letters::{self, NewDeadLetter};
@@ -13,6 +13,7 @@ use dispatcher_db::pool::AsyncCommitPool;
 use dispatcher_db::Pool;
 use dispatcher_mq::{BatchHandler, HandlerError, Incoming, Topology};
 use dispatcher_outbound::Policy;
+use dispatcher_render::{Document, Renderer};
 use futures::StreamExt;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -29,7 +30,7 @@ pub struct WorkerHandler {
     http: reqwest::Client,
     policy: Policy,
     queue: String,
-    templates: template::RenderCache,
+    renderer: Renderer,
 }
 
 #[derive(Deserialize)]
@@ -45,6 +46,7 @@ impl WorkerHandler {
         pool: Pool,
         claim_pool: AsyncCommitPool,
         outbox_wake: OutboxWake,
+        renderer: Renderer,
     ) -> Self {
         let http = dispatcher_outbound::client(&settings.delivery, "dispatcher-provider/1");
         let policy = Policy::from_settings(&settings.delivery);
@@ -57,7 +59,7 @@ impl WorkerHandler {
             http,
             policy,
             queue,
-            templates: template::RenderCache::new(1024),
+            renderer,
         }
     }
 
@@ -71,8 +73,13 @@ impl WorkerHandler {
     /// Renders and hands one dispatch to its provider; never fails, the outcome says what happened.
     async fn run_one(&self, d: Claimed) -> Finished {
         let outcome = match self
-            .templates
-            .render(d.template_format, &d.template_body, &d.data)
+            .renderer
+            .render(
+                d.template_format,
+                Arc::from(d.template_body.as_str()),
+                Arc::new(d.data.clone()),
+            )
+            .await
         {
             Err(e) => Err(DispatchError::new(
                 ErrorCode::TemplateRenderError,
@@ -85,8 +92,8 @@ impl WorkerHandler {
         let (status, result, content_type, error) = match outcome {
             Ok(doc) => (
                 DispatchStatus::Completed,
-                Some(doc.into_bytes()),
-                Some(d.template_format.content_type().to_owned()),
+                Some(doc.bytes),
+                Some(doc.content_type.to_owned()),
                 None,
             ),
             Err(e) => (DispatchStatus::Failed, None, None, Some(e)),
@@ -129,7 +136,7 @@ impl WorkerHandler {
         }
     }
 
-    async fn provide(&self, d: &Claimed, doc: String) -> Result<String, DispatchError> {
+    async fn provide(&self, d: &Claimed, doc: Document) -> Result<Document, DispatchError> {
         let provider: Provider = serde_json::from_value(d.provider.clone()).map_err(|e| {
             DispatchError::new(ErrorCode::ProviderError, format!("unknown provider: {e}"))
         })?;
@@ -145,9 +152,9 @@ impl WorkerHandler {
                 let resp = self
                     .http
                     .post(parsed)
-                    .header("content-type", d.template_format.content_type())
+                    .header("content-type", doc.content_type)
                     .header("dispatch-id", d.id.to_string())
-                    .body(doc.clone())
+                    .body(doc.bytes.clone())
                     .send()
                     .await
                     .map_err(|e| {

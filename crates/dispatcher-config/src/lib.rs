@@ -53,6 +53,7 @@ pub struct Settings {
     pub ingest: IngestSettings,
     pub status: StatusSettings,
     pub worker: WorkerSettings,
+    pub render: RenderSettings,
     pub deliverer: DelivererSettings,
     pub delivery: DeliverySettings,
     pub rate_limit: RateLimitSettings,
@@ -107,6 +108,8 @@ pub struct IngestSettings {
     pub sync_timeout: Duration,
     pub batch_max: usize,
     pub max_body_bytes: usize,
+    /// Largest body of `POST /v1/dispatches/batch` (up to 1 000 dispatch bodies).
+    pub max_batch_body_bytes: usize,
     #[serde(deserialize_with = "de_duration")]
     pub provider_event_window: Duration,
 }
@@ -123,6 +126,27 @@ pub struct WorkerSettings {
     pub batch_max: usize,
     pub concurrency: usize,
     pub consumers: usize,
+}
+
+/// Limits on rendering one document, in the worker and in `POST /v1/dispatches/validate`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RenderSettings {
+    /// Render threads per process; 0 means one per core.
+    pub threads: usize,
+    /// Longest one render may take once started.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Most pages a PDF may have.
+    pub max_pages: usize,
+    /// Largest rendered document, in bytes.
+    pub max_output_bytes: usize,
+    /// minijinja fuel per render (about one unit per template instruction).
+    pub fuel: u64,
+    /// Address space of each PDF helper process; 0 leaves it unlimited.
+    pub max_memory_bytes: u64,
+    /// Path of the PDF helper binary; empty looks for `dispatch-render` beside the service's own.
+    #[serde(deserialize_with = "de_string")]
+    pub helper: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -251,10 +275,15 @@ impl Settings {
             ("worker.consumers", self.worker.consumers),
             ("deliverer.consumers", self.deliverer.consumers),
             ("outbox.batch_size", self.outbox.batch_size),
+            ("render.max_pages", self.render.max_pages),
+            ("render.max_output_bytes", self.render.max_output_bytes),
         ] {
             if v == 0 {
                 return bad(format!("{name} must be at least 1"));
             }
+        }
+        if self.render.timeout.is_zero() || self.render.fuel == 0 {
+            return bad("render.timeout and render.fuel must be positive".into());
         }
         if self.delivery.timeout.is_zero() {
             return bad("delivery.timeout must be positive".into());

@@ -1,5 +1,5 @@
 //! The Dispatcher domain: what a dispatch is, which state changes are legal, what the messages on the
-//! broker and the webhooks on the wire look like, how webhooks are signed and how templates render.
+//! broker and the webhooks on the wire look like, how webhooks are signed and which template formats exist.
 //!
 //! Nothing in this crate performs I/O, so every rule here is unit-tested without a database or broker.
 

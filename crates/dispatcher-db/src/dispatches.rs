@@ -39,6 +39,74 @@ pub async fn insert_batch(
     traceparents: &[Option<String>],
 ) -> Result<Vec<Uuid>, DbError> {
     let client = pool.get().await?;
+    insert_rows(&client, rows, traceparents).await
+}
+
+/// A batch submission's Idempotency-Key and the answer a repeat of it gets.
+#[derive(Debug, Clone)]
+pub struct BatchKey<'a> {
+    pub key: &'a str,
+    pub request_hash: &'a [u8],
+    pub response: &'a serde_json::Value,
+}
+
+/// Writes the accepted items of one batch submission in one transaction, with the batch's
+/// Idempotency-Key if it has one. `Ok(false)`: that key already exists and nothing was written.
+pub async fn insert_submission(
+    pool: &Pool,
+    account_id: Uuid,
+    rows: &[NewDispatch],
+    traceparents: &[Option<String>],
+    key: Option<BatchKey<'_>>,
+) -> Result<bool, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    if let Some(k) = key {
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO batch_submissions (account_id, idempotency_key, request_hash, response)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (account_id, idempotency_key) DO NOTHING",
+            )
+            .await?;
+        let n = tx
+            .execute(&stmt, &[&account_id, &k.key, &k.request_hash, k.response])
+            .await?;
+        if n == 0 {
+            return Ok(false);
+        }
+    }
+    if !rows.is_empty() {
+        insert_rows(&tx, rows, traceparents).await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// What an earlier batch submission with the same Idempotency-Key stored.
+pub async fn find_batch_by_key(
+    pool: &Pool,
+    account_id: Uuid,
+    key: &str,
+) -> Result<Option<(Vec<u8>, serde_json::Value)>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT request_hash, response FROM batch_submissions
+             WHERE account_id = $1 AND idempotency_key = $2",
+        )
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[&account_id, &key])
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
+async fn insert_rows(
+    client: &impl deadpool_postgres::GenericClient,
+    rows: &[NewDispatch],
+    traceparents: &[Option<String>],
+) -> Result<Vec<Uuid>, DbError> {
     let stmt = client
         .prepare_cached(
             "WITH input AS (

@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "dead_deliveries_table",
         include_str!("../../../migrations/0004_dead_deliveries_table.sql"),
     ),
+    (
+        5,
+        "pdf_templates_and_batch_submissions",
+        include_str!("../../../migrations/0005_pdf_templates_and_batch_submissions.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x0d15_9a7c_4e00_0001;

@@ -48,6 +48,21 @@ impl ApiError {
         }
     }
 
+    /// `{"error":{"code","message"}}` for this error, as one item of a batch answer. `None` for
+    /// errors that are not the item's own (the service or the caller's credentials): the whole
+    /// request fails with those instead.
+    pub fn item_error(&self) -> Option<ErrorBody> {
+        let (status, code) = self.status_and_code();
+        (status.is_client_error()
+            && !matches!(self, ApiError::Unauthorized | ApiError::RateLimited(_)))
+        .then(|| ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message: self.to_string(),
+            },
+        })
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
@@ -68,12 +83,12 @@ impl ApiError {
 }
 
 /// The body of every error answer: `{"error":{"code","message"}}`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// A stable snake_case code, e.g. `not_found`, `invalid_field`, `rate_limited`.
     #[schema(examples("invalid_field"))]

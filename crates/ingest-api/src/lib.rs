@@ -34,6 +34,8 @@ pub struct AppState {
     pub waiters: Arc<waiters::Waiters>,
     pub templates: Arc<templates_cache::TemplateCache>,
     pub estimator: estimate::Estimator,
+    /// Renders documents for `POST /v1/dispatches/validate`, within `render` limits.
+    pub renderer: dispatcher_render::Renderer,
 }
 
 impl FromRef<AppState> for Arc<Authenticator> {
@@ -81,6 +83,9 @@ pub async fn serve(
         writer_stop.clone(),
     );
 
+    let renderer = dispatcher_render::Renderer::start(dispatcher_render::Limits::from_settings(
+        &settings.render,
+    ))?;
     let auth = Authenticator::new(pool.clone(), settings.rate_limit.clone());
     auth.watch_invalidations(&settings.database, background.clone());
     let state = AppState {
@@ -92,6 +97,7 @@ pub async fn serve(
         waiters,
         templates: Arc::new(templates_cache::TemplateCache::default()),
         estimator: estimate::Estimator::start(settings.clone(), pool.clone(), background.clone()),
+        renderer,
     };
     let app: Router = routes::router(state)
         .merge(health_router(HealthState {

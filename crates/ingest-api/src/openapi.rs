@@ -139,7 +139,7 @@ mod tests {
             }
         }
         assert_eq!(
-            seen, 10,
+            seen, 12,
             "every /v1 operation of the ingest API is documented"
         );
     }

@@ -47,7 +47,7 @@ pub(crate) struct DispatchRequest {
 
 /// The request body as documented: [`DispatchRequest`]'s fields, plus the rule serde cannot
 /// state, that exactly one of `templateId` and `template` is given (a `null` counts as absent).
-pub(crate) struct SubmitBody;
+pub struct SubmitBody;
 
 impl utoipa::PartialSchema for SubmitBody {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
@@ -92,7 +92,8 @@ impl ToSchema for SubmitBody {
 #[serde(deny_unknown_fields)]
 pub(crate) struct InlineTemplate {
     format: TemplateFormat,
-    /// Jinja-style (minijinja) template text, at most 256 KiB of UTF-8.
+    /// Template text, at most 256 KiB of UTF-8: Jinja-style (minijinja) for the text formats,
+    /// Typst markup for `pdf`.
     body: String,
 }
 
@@ -185,7 +186,7 @@ fn parse_async(q: &SubmitQuery) -> Result<bool, ApiError> {
     }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -260,69 +261,17 @@ pub async fn submit(
         }
     }
 
-    // Postgres text and jsonb cannot hold U+0000: refuse it here rather than fail the write.
-    super::reject_nul(&raw)?;
-    let req: DispatchRequest = serde_path_to_error::deserialize(raw)
-        .map_err(|e| ApiError::unprocessable("invalid_field", describe_path_error(&e)))?;
-    let (template_id, format, body) = resolve_template(&s, account, &req).await?;
-    let provider = req.provider.unwrap_or(Provider::Store);
-    if let Provider::Http { url } = &provider {
-        check_url(
-            url,
-            s.settings.delivery.allow_http,
-            &s.settings.delivery.allow_hosts,
-        )
-        .map_err(|e| {
-            ApiError::unprocessable("invalid_provider_url", format!("provider.url: {e}"))
-        })?;
-    }
-    if let Some(url) = &req.callback_url {
-        check_url(
-            url,
-            s.settings.delivery.allow_http,
-            &s.settings.delivery.allow_hosts,
-        )
-        .map_err(|e| {
-            ApiError::unprocessable("invalid_callback_url", format!("callbackUrl: {e}"))
-        })?;
-    }
-
-    let id = Uuid::now_v7();
-    let queued_at = Utc::now();
-    let accepted = Accepted {
-        dispatch_id: id,
-        status: DispatchStatus::Queued,
-        queued_at,
-        estimated_completion_time: queued_at
-            + chrono::Duration::from_std(s.estimator.current()).unwrap_or_default(),
-        status_url: status_url(s.settings.public_base(), id),
-    };
-    let message = DispatchRequested {
-        message_id: Uuid::now_v7(),
-        dispatch_id: id,
-        account_id: account,
-        queued_at,
-    };
-    let row = NewDispatch {
-        id,
-        account_id: account,
-        template_id,
-        template_format: format,
-        template_body: body,
-        data: serde_json::Value::Object(req.data),
-        provider: serde_json::to_value(&provider).expect("provider serializes"),
-        callback_url: req.callback_url,
-        metadata: req.metadata.map(serde_json::Value::Object),
-        idempotency_key: key.clone(),
-        request_hash: key.as_ref().map(|_| request_hash.clone()),
-        idempotency_response: key
-            .as_ref()
-            .map(|_| serde_json::to_value(&accepted).expect("body serializes")),
-        notify_on_finish: !is_async,
-        queued_at,
-        message_id: message.message_id,
-        message: serde_json::to_vec(&message).expect("message serializes"),
-    };
+    let prepared = prepare(&s, account, raw).await?;
+    let (row, accepted) = prepared.into_row(
+        &s,
+        account,
+        Idempotency {
+            key: key.clone(),
+            request_hash: request_hash.clone(),
+        },
+        !is_async,
+    );
+    let id = row.id;
 
     // Register before writing so a fast worker's notification cannot be missed.
     let waiter = (!is_async).then(|| s.waiters.register(id));
@@ -405,6 +354,113 @@ async fn wait_for_outcome(
             // A notification can be lost while the listener reconnects; re-check now and then.
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
+    }
+}
+
+/// A dispatch request that passed every check made at submission: ready to render or to write.
+pub(crate) struct Prepared {
+    template_id: Option<Uuid>,
+    format: TemplateFormat,
+    body: String,
+    data: serde_json::Map<String, serde_json::Value>,
+    provider: Provider,
+    callback_url: Option<String>,
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A single submission's Idempotency-Key and the hash of its body.
+pub(crate) struct Idempotency {
+    pub(crate) key: Option<String>,
+    pub(crate) request_hash: Vec<u8>,
+}
+
+/// Checks one dispatch body as `POST /v1/dispatches` does: fields, template (its syntax), provider
+/// and callback addresses. The same checks serve `validate` and each item of `batch`.
+pub(crate) async fn prepare(
+    s: &AppState,
+    account: Uuid,
+    raw: serde_json::Value,
+) -> Result<Prepared, ApiError> {
+    // Postgres text and jsonb cannot hold U+0000: refuse it here rather than fail the write.
+    super::reject_nul(&raw)?;
+    let req: DispatchRequest = serde_path_to_error::deserialize(raw)
+        .map_err(|e| ApiError::unprocessable("invalid_field", describe_path_error(&e)))?;
+    let (template_id, format, body) = resolve_template(s, account, &req).await?;
+    let provider = req.provider.unwrap_or(Provider::Store);
+    // Checked by the address policy at submission too, so a refused address fails fast.
+    let check = |url: &str, code: &'static str, field: &str| {
+        let d = &s.settings.delivery;
+        check_url(url, d.allow_http, &d.allow_hosts)
+            .map_err(|e| ApiError::unprocessable(code, format!("{field}: {e}")))
+    };
+    if let Provider::Http { url } = &provider {
+        check(url, "invalid_provider_url", "provider.url")?;
+    }
+    if let Some(url) = &req.callback_url {
+        check(url, "invalid_callback_url", "callbackUrl")?;
+    }
+    Ok(Prepared {
+        template_id,
+        format,
+        body,
+        data: req.data,
+        provider,
+        callback_url: req.callback_url,
+        metadata: req.metadata,
+    })
+}
+
+impl Prepared {
+    /// What rendering needs: the format, the template's body and the data.
+    pub(crate) fn into_template_and_data(self) -> (TemplateFormat, String, serde_json::Value) {
+        (self.format, self.body, serde_json::Value::Object(self.data))
+    }
+
+    /// The row to write (with its `dispatch.requested` message) and the 202 body that answers it.
+    pub(crate) fn into_row(
+        self,
+        s: &AppState,
+        account: Uuid,
+        idempotency: Idempotency,
+        notify_on_finish: bool,
+    ) -> (NewDispatch, Accepted) {
+        let id = Uuid::now_v7();
+        let queued_at = Utc::now();
+        let accepted = Accepted {
+            dispatch_id: id,
+            status: DispatchStatus::Queued,
+            queued_at,
+            estimated_completion_time: queued_at
+                + chrono::Duration::from_std(s.estimator.current()).unwrap_or_default(),
+            status_url: status_url(s.settings.public_base(), id),
+        };
+        let message = DispatchRequested {
+            message_id: Uuid::now_v7(),
+            dispatch_id: id,
+            account_id: account,
+            queued_at,
+        };
+        let keyed = idempotency.key.is_some();
+        let row = NewDispatch {
+            id,
+            account_id: account,
+            template_id: self.template_id,
+            template_format: self.format,
+            template_body: self.body,
+            data: serde_json::Value::Object(self.data),
+            provider: serde_json::to_value(&self.provider).expect("provider serializes"),
+            callback_url: self.callback_url,
+            metadata: self.metadata.map(serde_json::Value::Object),
+            idempotency_key: idempotency.key,
+            request_hash: keyed.then_some(idempotency.request_hash),
+            idempotency_response: keyed
+                .then(|| serde_json::to_value(&accepted).expect("body serializes")),
+            notify_on_finish,
+            queued_at,
+            message_id: message.message_id,
+            message: serde_json::to_vec(&message).expect("message serializes"),
+        };
+        (row, accepted)
     }
 }
 

@@ -1,6 +1,8 @@
+pub(crate) mod batch;
 pub(crate) mod dispatches;
 pub(crate) mod providers;
 pub(crate) mod templates;
+pub(crate) mod validate;
 pub(crate) mod webhooks;
 
 use crate::AppState;
@@ -12,7 +14,21 @@ use utoipa_axum::routes;
 /// The API routes, each registered together with its OpenAPI description (`#[utoipa::path]`), so
 /// the document cannot list a route the service does not serve or miss one it does.
 pub fn api() -> OpenApiRouter<AppState> {
+    api_with_batch_limit(DEFAULT_MAX_BATCH_BODY_BYTES)
+}
+
+/// Largest body of `POST /v1/dispatches/batch` unless configured (`ingest.max_batch_body_bytes`).
+pub const DEFAULT_MAX_BATCH_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// [`api`] with the batch endpoint's own body limit: a batch carries up to 1 000 bodies, so it
+/// may be larger than `ingest.max_body_bytes` allows a single request.
+pub fn api_with_batch_limit(max_batch_body_bytes: usize) -> OpenApiRouter<AppState> {
+    let batch = OpenApiRouter::new()
+        .routes(routes!(batch::submit_batch))
+        .layer(axum::extract::DefaultBodyLimit::max(max_batch_body_bytes));
     OpenApiRouter::new()
+        .merge(batch)
+        .routes(routes!(validate::validate))
         .routes(routes!(templates::create, templates::list))
         .routes(routes!(templates::get))
         .routes(routes!(dispatches::submit))
@@ -23,7 +39,8 @@ pub fn api() -> OpenApiRouter<AppState> {
 }
 
 pub fn router(state: AppState) -> Router {
-    let (router, _) = api().split_for_parts();
+    let (router, _) =
+        api_with_batch_limit(state.settings.ingest.max_batch_body_bytes).split_for_parts();
     router.with_state(state)
 }
 

@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use dispatcher_core::{template, TemplateFormat};
+use dispatcher_core::TemplateFormat;
 use dispatcher_db::templates::{self, Template};
 use dispatcher_http::error::doc::{
     BadRequest, InternalError, NotFound, PayloadTooLarge, ServiceUnavailable, TooManyRequests,
@@ -29,7 +29,8 @@ pub struct CreateTemplate {
     )]
     name: String,
     format: TemplateFormat,
-    /// Jinja-style (minijinja) template text, at most 256 KiB of UTF-8; it must parse.
+    /// Template text, at most 256 KiB of UTF-8; it must parse. Jinja-style (minijinja) for the
+    /// text formats; Typst markup for `pdf`, with the dispatch's data bound as `data`.
     #[schema(pattern = r"^[^\u0000]*$")]
     body: String,
 }
@@ -81,7 +82,7 @@ pub fn check_body(format: TemplateFormat, body: &str) -> Result<(), ApiError> {
     if valid.lock().expect("template cache").contains(&key) {
         return Ok(());
     }
-    template::validate(format, body)
+    dispatcher_render::check_syntax(format, body)
         .map_err(|e| ApiError::unprocessable("template_syntax_error", e.to_string()))?;
     let mut set = valid.lock().expect("template cache");
     if set.len() >= 10_000 {

@@ -1,0 +1,290 @@
+//! PDF documents: Typst markup compiled in memory, with the dispatch's data bound as `data`.
+//!
+//! The compiler sees one file, the template. Fonts are the ones embedded in the binary; imports,
+//! `read`, `image` and every other file or package access are refused, the current date is not
+//! available, and the PDF carries no creation timestamp, so the same template and data always give
+//! the same bytes.
+
+use crate::{error, Limits};
+use dispatcher_core::{RenderError, TemplateSyntaxError};
+use std::sync::LazyLock;
+use typst::diag::{FileError, FileResult, SourceDiagnostic};
+use typst::foundations::{Bytes, Datetime, Value};
+use typst::syntax::{DiagSpan, DiagSpanKind, FileId, RootedPath, Source, VirtualPath, VirtualRoot};
+use typst::text::{Font, FontBook};
+use typst::utils::LazyHash;
+use typst::{Library, LibraryExt, World};
+use typst_kit::fonts::FontStore;
+use typst_layout::PagedDocument;
+
+/// Memoized results unused for this many renders are dropped, so memory stays flat however many
+/// different documents a worker renders.
+const MEMO_MAX_AGE: usize = 8;
+
+static FONTS: LazyLock<FontStore> = LazyLock::new(|| {
+    let mut fonts = FontStore::new();
+    fonts.extend(typst_kit::fonts::embedded());
+    fonts
+});
+
+/// The standard library without `data`; each render adds its own.
+static LIBRARY: LazyLock<Library> = LazyLock::new(|| Library::builder().build());
+
+static MAIN: LazyLock<FileId> = LazyLock::new(|| {
+    RootedPath::new(
+        VirtualRoot::Project,
+        VirtualPath::new("template.typ").expect("a valid path"),
+    )
+    .intern()
+});
+
+/// One render's world: the template, its data, the embedded fonts, nothing else.
+struct TemplateWorld {
+    library: LazyHash<Library>,
+    source: Source,
+}
+
+impl World for TemplateWorld {
+    fn library(&self) -> &LazyHash<Library> {
+        &self.library
+    }
+
+    fn book(&self) -> &LazyHash<FontBook> {
+        FONTS.book()
+    }
+
+    fn main(&self) -> FileId {
+        self.source.id()
+    }
+
+    fn source(&self, id: FileId) -> FileResult<Source> {
+        if id == self.source.id() {
+            Ok(self.source.clone())
+        } else {
+            Err(refused())
+        }
+    }
+
+    fn file(&self, id: FileId) -> FileResult<Bytes> {
+        if id == self.source.id() {
+            Ok(Bytes::from_string(self.source.text().to_owned()))
+        } else {
+            Err(refused())
+        }
+    }
+
+    fn font(&self, index: usize) -> Option<Font> {
+        FONTS.font(index)
+    }
+
+    fn today(&self, _offset: Option<typst::foundations::Duration>) -> Option<Datetime> {
+        // A document that depends on the day it is rendered cannot be reproduced: dates come
+        // from the data.
+        None
+    }
+}
+
+fn refused() -> FileError {
+    FileError::Other(Some(
+        "templates cannot read files or import packages; pass what the document needs in `data`"
+            .into(),
+    ))
+}
+
+/// 1-based line and column of a diagnostic's position in the template.
+fn position(source: &Source, span: DiagSpan) -> Option<(usize, usize)> {
+    let range = match span.get() {
+        DiagSpanKind::Detached => return None,
+        DiagSpanKind::Number { id, num, sub_range } => {
+            if id != source.id() {
+                return None;
+            }
+            source.range(num, sub_range)?
+        }
+        DiagSpanKind::Range { id, range } => {
+            if id != source.id() {
+                return None;
+            }
+            range
+        }
+    };
+    let (line, column) = source.lines().byte_to_line_column(range.start)?;
+    Some((line + 1, column + 1))
+}
+
+pub(crate) fn check_syntax(body: &str) -> Result<(), TemplateSyntaxError> {
+    let source = Source::new(*MAIN, body.to_owned());
+    let (errors, _warnings) = source.root().errors_and_warnings();
+    match errors.into_iter().next() {
+        None => Ok(()),
+        Some(e) => {
+            let at = position(&source, e.span);
+            Err(TemplateSyntaxError {
+                line: at.map(|(l, _)| l),
+                column: at.map(|(_, c)| c),
+                message: e.message.to_string(),
+            })
+        }
+    }
+}
+
+fn describe(source: &Source, diagnostic: &SourceDiagnostic) -> String {
+    let mut msg = diagnostic.message.to_string();
+    // Where the error surfaced, or else the innermost call in the template that led to it.
+    let at = position(source, diagnostic.span).or_else(|| {
+        diagnostic
+            .trace
+            .iter()
+            .rev()
+            .find_map(|t| position(source, t.span.into()))
+    });
+    if let Some((line, column)) = at {
+        msg.push_str(&format!(" (line {line}, column {column})"));
+    }
+    for hint in diagnostic.hints.iter().take(2) {
+        msg.push_str(&format!("; hint: {}", hint.v));
+    }
+    msg
+}
+
+/// Renders `body` with `data` into a PDF within `limits`' page and byte limits.
+pub(crate) fn render(
+    body: &str,
+    data: &serde_json::Value,
+    limits: &Limits,
+) -> Result<Vec<u8>, RenderError> {
+    let out = compile(body, data, limits);
+    typst::comemo::evict(MEMO_MAX_AGE);
+    out
+}
+
+fn compile(body: &str, data: &serde_json::Value, limits: &Limits) -> Result<Vec<u8>, RenderError> {
+    use serde::Deserialize;
+    let data = Value::deserialize(data)
+        .map_err(|e| error(format!("data cannot be given to the template: {e}")))?;
+    let mut library = LIBRARY.clone();
+    library.global.scope_mut().define("data", data);
+    let world = TemplateWorld {
+        library: LazyHash::new(library),
+        source: Source::new(*MAIN, body.to_owned()),
+    };
+    let document = typst::compile::<PagedDocument>(&world)
+        .output
+        .map_err(|errors| match errors.first() {
+            Some(first) => error(describe(&world.source, first)),
+            None => error("the template did not compile"),
+        })?;
+    let pages = document.pages().len();
+    if pages > limits.max_pages {
+        return Err(error(format!(
+            "the document has {pages} pages; the limit is {}",
+            limits.max_pages
+        )));
+    }
+    let pdf =
+        typst_pdf::pdf(&document, &typst_pdf::PdfOptions::default()).map_err(
+            |errors| match errors.first() {
+                Some(first) => error(format!("PDF export: {}", describe(&world.source, first))),
+                None => error("PDF export failed"),
+            },
+        )?;
+    if pdf.len() > limits.max_output_bytes {
+        return Err(error(format!(
+            "the document exceeds the output limit of {} bytes",
+            limits.max_output_bytes
+        )));
+    }
+    Ok(pdf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pdf(body: &str, data: serde_json::Value) -> Result<Vec<u8>, RenderError> {
+        render(body, &data, &Limits::default())
+    }
+
+    #[test]
+    fn renders_data_into_a_pdf() {
+        let out = pdf(
+            "= Invoice for #data.customer\n#for item in data.items [- #item.name: #item.qty\n]",
+            json!({"customer": "Ada", "items": [{"name": "Widget", "qty": 3}]}),
+        )
+        .unwrap();
+        assert!(out.starts_with(b"%PDF-"));
+    }
+
+    #[test]
+    fn same_input_same_bytes() {
+        let body = "#set document(title: \"t\")\nHello #data.name";
+        let a = pdf(body, json!({"name": "Ada"})).unwrap();
+        let b = pdf(body, json!({"name": "Ada"})).unwrap();
+        let c = pdf(body, json!({"name": "Bob"})).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn syntax_errors_have_a_position() {
+        let err = check_syntax("first line\n#let x = (1, 2\nthird").unwrap_err();
+        assert_eq!(err.line, Some(2), "{err:?}");
+        assert!(err.column.is_some());
+        assert!(!err.message.is_empty());
+        assert!(check_syntax("= Title\n#data.x").is_ok());
+    }
+
+    #[test]
+    fn render_errors_have_typsts_message_and_position() {
+        let err = pdf("ok\n\n#data.missing", json!({"present": 1})).unwrap_err();
+        assert!(err.message.contains("missing"), "{}", err.message);
+        assert!(err.message.contains("line 3"), "{}", err.message);
+        let err = pdf("#panic(\"no\")", json!({})).unwrap_err();
+        assert!(err.message.contains("panicked"), "{}", err.message);
+    }
+
+    #[test]
+    fn files_packages_and_today_are_refused() {
+        for body in [
+            "#read(\"/etc/passwd\")",
+            "#image(\"/etc/passwd\")",
+            "#import \"other.typ\": x",
+            "#import \"@preview/example:0.1.0\": x",
+            "#datetime.today()",
+        ] {
+            assert!(pdf(body, json!({})).is_err(), "{body} should fail");
+        }
+    }
+
+    #[test]
+    fn page_and_size_limits() {
+        let many = "#for i in range(20) [#i #pagebreak()]";
+        let err = render(
+            many,
+            &json!({}),
+            &Limits {
+                max_pages: 5,
+                ..Limits::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.message.contains("pages"), "{}", err.message);
+        let err = render(
+            "Hello",
+            &json!({}),
+            &Limits {
+                max_output_bytes: 100,
+                ..Limits::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.message.contains("output limit"), "{}", err.message);
+    }
+
+    #[test]
+    fn an_endless_loop_is_stopped() {
+        let err = pdf("#let i = 0\n#while i >= 0 { i += 1 }", json!({})).unwrap_err();
+        assert!(err.message.contains("loop"), "{}", err.message);
+    }
+}

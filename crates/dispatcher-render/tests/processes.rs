@@ -1,0 +1,84 @@
+//! PDF rendering through the real helper process: limits that kill it, and slots that recover.
+
+use dispatcher_core::TemplateFormat;
+use dispatcher_render::{Limits, Renderer};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn limits() -> Limits {
+    Limits {
+        threads: 1,
+        timeout: Duration::from_secs(2),
+        helper: Some(env!("CARGO_BIN_EXE_dispatch-render").into()),
+        ..Limits::default()
+    }
+}
+
+async fn pdf(r: &Renderer, body: &str) -> Result<Vec<u8>, String> {
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        r.render(
+            TemplateFormat::Pdf,
+            Arc::from(body),
+            Arc::new(json!({"n": 1})),
+        ),
+    )
+    .await
+    .expect("a render ends within its limit")
+    .map(|d| d.bytes)
+    .map_err(|e| e.message)
+}
+
+#[tokio::test]
+async fn a_render_past_its_time_limit_is_killed_and_the_slot_recovers() {
+    let r = Renderer::start(limits()).unwrap();
+    let before = pdf(&r, "Receipt #data.n").await.unwrap();
+    assert!(before.starts_with(b"%PDF-"));
+    let started = std::time::Instant::now();
+    let err = pdf(&r, "#for a in range(20000) { for b in range(20000) { } }")
+        .await
+        .unwrap_err();
+    assert!(err.contains("limit of 2s"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // The single slot has a fresh helper: the same document, the same bytes.
+    assert_eq!(pdf(&r, "Receipt #data.n").await.unwrap(), before);
+}
+
+#[tokio::test]
+async fn a_document_larger_than_the_memory_cap_fails_and_the_slot_recovers() {
+    let r = Renderer::start(Limits {
+        max_memory_bytes: 256 * 1024 * 1024,
+        timeout: Duration::from_secs(120),
+        max_pages: usize::MAX,
+        ..limits()
+    })
+    .unwrap();
+    let err = pdf(&r, "#for i in range(200000) [#i #pagebreak()]")
+        .await
+        .unwrap_err();
+    assert!(err.contains("memory"), "{err}");
+    assert!(pdf(&r, "fine").await.unwrap().starts_with(b"%PDF-"));
+}
+
+#[tokio::test]
+async fn typst_errors_come_back_from_the_helper_with_their_position() {
+    let r = Renderer::start(limits()).unwrap();
+    let err = pdf(&r, "a\nb\n#data.missing").await.unwrap_err();
+    assert!(err.contains("missing") && err.contains("line 3"), "{err}");
+    let err = pdf(&r, "#for i in range(600) [#i #pagebreak()]")
+        .await
+        .unwrap_err();
+    assert!(err.contains("600 pages") || err.contains("pages"), "{err}");
+}
+
+#[tokio::test]
+async fn a_missing_helper_is_a_clear_error_at_start() {
+    let Err(e) = Renderer::start(Limits {
+        helper: Some("/nonexistent/dispatch-render".into()),
+        ..limits()
+    }) else {
+        panic!("started without a helper");
+    };
+    assert!(e.message.contains("does not exist"), "{}", e.message);
+}
