@@ -8,7 +8,11 @@
 //!    time, so a slow server cannot hide its queueing);
 //! 3. async ingest, closed loop at maximum: requests/s and latency percentiles;
 //! 4. sustained end to end: N dispatches submitted as fast as accepted, until every webhook has
-//!    arrived: dispatches/s.
+//!    arrived: dispatches/s;
+//! 5. PDF end to end: one-page invoices with 15 line items (`examples/invoice/`), as fast as
+//!    accepted, until every webhook has arrived: PDFs/s, CPU per PDF in the worker and its PDF
+//!    helpers, and their memory sampled through the run;
+//! 6. batch ingest: `POST /v1/dispatches/batch` with 100 dispatches per request: dispatches/s.
 //!
 //! The fixed-rate phases run first, on a system in steady state; the saturating phases after.
 //!
@@ -28,6 +32,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod documents;
 
 struct Config {
     ingest: String,
@@ -464,6 +470,8 @@ struct Results {
     end_to_end_sustained: serde_json::Value,
     end_to_end_open_loop: serde_json::Value,
     services: HashMap<String, ServiceUsage>,
+    pdf_end_to_end: documents::PdfResult,
+    batch_ingest: documents::BatchResult,
 }
 
 #[derive(Serialize)]
@@ -599,7 +607,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Latency at fixed offered rates first, on a system in steady state; then the saturating
     // closed-loop phases (which leave vacuum and broker work behind them).
-    println!("1/4 end to end, open loop at {} dispatches/s ...", cfg.rate);
+    println!("1/6 end to end, open loop at {} dispatches/s ...", cfg.rate);
     let secs = 10;
     let (sent, _, offered) =
         open_loop(client.clone(), cfg.rate, secs, Some(callback.clone())).await?;
@@ -614,20 +622,20 @@ async fn main() -> anyhow::Result<()> {
     let e2e_open = serde_json::json!({"offered_per_second": offered, "dispatches": sent.len(), "submit_to_webhook": percentiles(e2e_lat)});
 
     wait_idle(&client, &cfg.status).await?;
-    println!("2/4 async ingest, open loop at 2000 req/s ...");
+    println!("2/6 async ingest, open loop at 2000 req/s ...");
     let (_, lat, offered) = open_loop(client.clone(), 2000, 5, None).await?;
     let ingest_open =
         serde_json::json!({"offered_per_second": offered, "latency": percentiles(lat)});
 
     wait_idle(&client, &cfg.status).await?;
-    println!("3/4 async ingest, closed loop ...");
+    println!("3/6 async ingest, closed loop ...");
     let machine_before = machine_cpu_seconds();
     let ingest_max = ingest_closed_loop(&client, cfg.n, 64).await?;
     let ingest_machine_cpu = (machine_cpu_seconds() - machine_before) * 1000.0 / cfg.n as f64;
 
     wait_idle(&client, &cfg.status).await?;
     println!(
-        "4/4 end to end, {} dispatches as fast as accepted ...",
+        "4/6 end to end, {} dispatches as fast as accepted ...",
         cfg.n
     );
     let cpu_before: Vec<f64> = cfg.pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
@@ -673,6 +681,48 @@ async fn main() -> anyhow::Result<()> {
             )
         })
         .collect::<HashMap<_, _>>();
+
+    wait_idle(&client, &cfg.status).await?;
+    let pdf_n: usize = std::env::var("DISPATCHER_BENCH_PDF_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3_000);
+    println!("5/6 PDF invoices end to end, {pdf_n} as fast as accepted ...");
+    let worker_pid = cfg
+        .pids
+        .iter()
+        .find(|(n, _)| n == "dispatch-worker")
+        .map(|(_, p)| *p)
+        .context("BENCH_PIDS names no dispatch-worker")?;
+    let (template_id, invoice) = documents::invoice_template(&client, &cfg.ingest).await?;
+    // Warm the PDF helpers (fonts, first compilation) outside the measurement.
+    documents::pdf_end_to_end(
+        client.clone(),
+        &arrivals,
+        &callback,
+        &template_id,
+        &invoice,
+        worker_pid,
+        50,
+        machine_cpu_seconds,
+    )
+    .await?;
+    let pdf = documents::pdf_end_to_end(
+        client.clone(),
+        &arrivals,
+        &callback,
+        &template_id,
+        &invoice,
+        worker_pid,
+        pdf_n,
+        machine_cpu_seconds,
+    )
+    .await?;
+
+    wait_idle(&client, &cfg.status).await?;
+    println!("6/6 batch ingest, 100 dispatches per request ...");
+    let batch = documents::batch_ingest(&client, &cfg.ingest, 300, 100, 4).await?;
+
     let results = Results {
         machine: format!(
             "{} cores",
@@ -687,6 +737,8 @@ async fn main() -> anyhow::Result<()> {
         end_to_end_sustained: sustained,
         end_to_end_open_loop: e2e_open,
         services,
+        pdf_end_to_end: pdf,
+        batch_ingest: batch,
     };
     print_table(&results);
     if let Some(dir) = std::path::Path::new(&cfg.out).parent() {
@@ -765,6 +817,41 @@ fn print_table(r: &Results) {
     row("  submit->webhook p50", p(l, "p50_ms"), "ms");
     row("  submit->webhook p95", p(l, "p95_ms"), "ms");
     row("  submit->webhook p99", p(l, "p99_ms"), "ms");
+    let pdf = &r.pdf_end_to_end;
+    row("PDF invoices end to end", pdf.pdfs_per_second, "PDF/s");
+    row(
+        "  worker + helpers: CPU per PDF",
+        pdf.worker_cpu_ms_per_pdf,
+        "ms",
+    );
+    row(
+        "  whole machine: CPU per PDF",
+        pdf.machine_cpu_ms_per_pdf,
+        "ms",
+    );
+    row("  submit->webhook p50", pdf.submit_to_webhook.p50_ms, "ms");
+    row("  submit->webhook p99", pdf.submit_to_webhook.p99_ms, "ms");
+    row("  worker RSS at start", pdf.memory.worker_start_mib, "MiB");
+    row("  worker RSS at end", pdf.memory.worker_end_mib, "MiB");
+    row("  worker RSS max", pdf.memory.worker_max_mib, "MiB");
+    row(
+        "  PDF helpers RSS max (all)",
+        pdf.memory.helpers_max_mib,
+        "MiB",
+    );
+    row(
+        "  PDF helpers RSS at end (all)",
+        pdf.memory.helpers_end_mib,
+        "MiB",
+    );
+    let b = &r.batch_ingest;
+    row(
+        "batch ingest (100 per request, 4 in flight)",
+        b.dispatches_per_second,
+        "disp/s",
+    );
+    row("  batch latency p50", b.batch_latency.p50_ms, "ms");
+    row("  batch latency p99", b.batch_latency.p99_ms, "ms");
     let mut names: Vec<_> = r.services.keys().collect();
     names.sort();
     for n in names {
