@@ -90,7 +90,7 @@ pub fn serve_stdio(args: HelperArgs) -> i32 {
                         return 1;
                     }
                 };
-                let answer = render(&body, &data, &limits);
+                let answer = render(&body, data, &limits);
                 let written = match &answer {
                     Ok(pdf) => wire::write_answer(&mut output, wire::OK, pdf),
                     Err(message) => {
@@ -109,9 +109,8 @@ pub fn serve_stdio(args: HelperArgs) -> i32 {
     }
 }
 
-fn render(body: &[u8], data: &[u8], limits: &Limits) -> Result<Vec<u8>, String> {
+fn render(body: &[u8], data_json: Vec<u8>, limits: &Limits) -> Result<Vec<u8>, String> {
     let body = std::str::from_utf8(body).map_err(|_| "the template is not UTF-8".to_owned())?;
-    let data: serde_json::Value =
-        serde_json::from_slice(data).map_err(|e| format!("the data is not JSON: {e}"))?;
-    pdf::render(body, &data, limits).map_err(|e| e.message)
+    // Typst reads the JSON itself (it is bound as `data`).
+    pdf::render_json(body, data_json, limits).map_err(|e| e.message)
 }

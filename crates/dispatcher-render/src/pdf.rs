@@ -1,15 +1,19 @@
 //! PDF documents: Typst markup compiled in memory, with the dispatch's data bound as `data`.
 //!
-//! The compiler sees one file, the template. Fonts are the ones embedded in the binary; imports,
-//! `read`, `image` and every other file or package access are refused, the current date is not
-//! available, and the PDF carries no creation timestamp, so the same template and data always give
-//! the same bytes.
+//! The compiler sees two files: the template, behind a one-line prelude that binds `data`, and
+//! the data as JSON. Fonts are the ones embedded in the binary; imports, `read`, `image` and every
+//! other file or package access are refused, the current date is not available, and the PDF
+//! carries no creation timestamp, so the same template and data always give the same bytes.
+//!
+//! The data comes in as a file rather than as a definition in the standard library, so the
+//! library stays one value for every render: Typst hashes it for its memo cache, and hashing a
+//! library per document cost about 0.4 ms. The parsed template is kept for the next render.
 
 use crate::{error, Limits};
 use dispatcher_core::{RenderError, TemplateSyntaxError};
 use std::sync::LazyLock;
 use typst::diag::{FileError, FileResult, SourceDiagnostic};
-use typst::foundations::{Bytes, Datetime, Value};
+use typst::foundations::{Bytes, Datetime};
 use typst::syntax::{DiagSpan, DiagSpanKind, FileId, RootedPath, Source, VirtualPath, VirtualRoot};
 use typst::text::{Font, FontBook};
 use typst::utils::LazyHash;
@@ -17,9 +21,17 @@ use typst::{Library, LibraryExt, World};
 use typst_kit::fonts::FontStore;
 use typst_layout::PagedDocument;
 
-/// Memoized results unused for this many renders are dropped, so memory stays flat however many
-/// different documents a worker renders.
-const MEMO_MAX_AGE: usize = 8;
+/// Memoized results not used by the last render are dropped after each render, so memory stays
+/// flat however many different documents a helper renders. Measured on a one-page invoice with
+/// distinct data each time: keeping results for 1 render took 6.2 ms per document, for 8 renders
+/// 8.5 ms, for 16 renders 8.6 ms (a larger cache costs more to look up and to trim than it saves).
+const MEMO_MAX_AGE: usize = 1;
+
+/// Binds the data file as `data` ahead of the template's first line.
+const PRELUDE: &str = "#let data = json(\"/data.json\")\n";
+
+/// Parsed templates (prelude included) kept per helper; its working set is the template catalogue.
+const SOURCE_CACHE_ENTRIES: usize = 64;
 
 static FONTS: LazyLock<FontStore> = LazyLock::new(|| {
     let mut fonts = FontStore::new();
@@ -27,26 +39,47 @@ static FONTS: LazyLock<FontStore> = LazyLock::new(|| {
     fonts
 });
 
-/// The standard library without `data`; each render adds its own.
-static LIBRARY: LazyLock<Library> = LazyLock::new(|| Library::builder().build());
+/// The standard library, hashed once.
+static LIBRARY: LazyLock<LazyHash<Library>> =
+    LazyLock::new(|| LazyHash::new(Library::builder().build()));
 
-static MAIN: LazyLock<FileId> = LazyLock::new(|| {
+fn file_id(path: &str) -> FileId {
     RootedPath::new(
         VirtualRoot::Project,
-        VirtualPath::new("template.typ").expect("a valid path"),
+        VirtualPath::new(path).expect("a valid path"),
     )
     .intern()
-});
+}
+
+static MAIN: LazyLock<FileId> = LazyLock::new(|| file_id("template.typ"));
+static DATA: LazyLock<FileId> = LazyLock::new(|| file_id("data.json"));
+
+static SOURCES: LazyLock<std::sync::Mutex<std::collections::HashMap<String, Source>>> =
+    LazyLock::new(Default::default);
+
+/// The template behind its prelude, parsed once per distinct body.
+fn main_source(body: &str) -> Source {
+    let mut cache = SOURCES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(s) = cache.get(body) {
+        return s.clone();
+    }
+    let source = Source::new(*MAIN, format!("{PRELUDE}{body}"));
+    if cache.len() >= SOURCE_CACHE_ENTRIES {
+        cache.clear();
+    }
+    cache.insert(body.to_owned(), source.clone());
+    source
+}
 
 /// One render's world: the template, its data, the embedded fonts, nothing else.
 struct TemplateWorld {
-    library: LazyHash<Library>,
     source: Source,
+    data: Bytes,
 }
 
 impl World for TemplateWorld {
     fn library(&self) -> &LazyHash<Library> {
-        &self.library
+        &LIBRARY
     }
 
     fn book(&self) -> &LazyHash<FontBook> {
@@ -66,7 +99,9 @@ impl World for TemplateWorld {
     }
 
     fn file(&self, id: FileId) -> FileResult<Bytes> {
-        if id == self.source.id() {
+        if id == *DATA {
+            Ok(self.data.clone())
+        } else if id == self.source.id() {
             Ok(Bytes::from_string(self.source.text().to_owned()))
         } else {
             Err(refused())
@@ -91,8 +126,9 @@ fn refused() -> FileError {
     ))
 }
 
-/// 1-based line and column of a diagnostic's position in the template.
-fn position(source: &Source, span: DiagSpan) -> Option<(usize, usize)> {
+/// 1-based line and column of a diagnostic's position in the template, not counting the
+/// `prelude_lines` before the template's first line.
+fn position(source: &Source, span: DiagSpan, prelude_lines: usize) -> Option<(usize, usize)> {
     let range = match span.get() {
         DiagSpanKind::Detached => return None,
         DiagSpanKind::Number { id, num, sub_range } => {
@@ -109,6 +145,8 @@ fn position(source: &Source, span: DiagSpan) -> Option<(usize, usize)> {
         }
     };
     let (line, column) = source.lines().byte_to_line_column(range.start)?;
+    // A position inside the prelude is not the template's.
+    let line = line.checked_sub(prelude_lines)?;
     Some((line + 1, column + 1))
 }
 
@@ -118,7 +156,7 @@ pub(crate) fn check_syntax(body: &str) -> Result<(), TemplateSyntaxError> {
     match errors.into_iter().next() {
         None => Ok(()),
         Some(e) => {
-            let at = position(&source, e.span);
+            let at = position(&source, e.span, 0);
             Err(TemplateSyntaxError {
                 line: at.map(|(l, _)| l),
                 column: at.map(|(_, c)| c),
@@ -131,12 +169,13 @@ pub(crate) fn check_syntax(body: &str) -> Result<(), TemplateSyntaxError> {
 fn describe(source: &Source, diagnostic: &SourceDiagnostic) -> String {
     let mut msg = diagnostic.message.to_string();
     // Where the error surfaced, or else the innermost call in the template that led to it.
-    let at = position(source, diagnostic.span).or_else(|| {
+    let prelude = PRELUDE.lines().count();
+    let at = position(source, diagnostic.span, prelude).or_else(|| {
         diagnostic
             .trace
             .iter()
             .rev()
-            .find_map(|t| position(source, t.span.into()))
+            .find_map(|t| position(source, t.span.into(), prelude))
     });
     if let Some((line, column)) = at {
         msg.push_str(&format!(" (line {line}, column {column})"));
@@ -153,20 +192,28 @@ pub(crate) fn render(
     data: &serde_json::Value,
     limits: &Limits,
 ) -> Result<Vec<u8>, RenderError> {
-    let out = compile(body, data, limits);
+    render_json(
+        body,
+        serde_json::to_vec(data).expect("JSON serializes"),
+        limits,
+    )
+}
+
+/// [`render`] with the data as JSON text, as the helper process receives it.
+pub(crate) fn render_json(
+    body: &str,
+    data_json: Vec<u8>,
+    limits: &Limits,
+) -> Result<Vec<u8>, RenderError> {
+    let out = compile(body, data_json, limits);
     typst::comemo::evict(MEMO_MAX_AGE);
     out
 }
 
-fn compile(body: &str, data: &serde_json::Value, limits: &Limits) -> Result<Vec<u8>, RenderError> {
-    use serde::Deserialize;
-    let data = Value::deserialize(data)
-        .map_err(|e| error(format!("data cannot be given to the template: {e}")))?;
-    let mut library = LIBRARY.clone();
-    library.global.scope_mut().define("data", data);
+fn compile(body: &str, data_json: Vec<u8>, limits: &Limits) -> Result<Vec<u8>, RenderError> {
     let world = TemplateWorld {
-        library: LazyHash::new(library),
-        source: Source::new(*MAIN, body.to_owned()),
+        source: main_source(body),
+        data: Bytes::new(data_json),
     };
     let document = typst::compile::<PagedDocument>(&world)
         .output
