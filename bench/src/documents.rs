@@ -46,6 +46,8 @@ pub struct PdfResult {
     pub pdfs_per_second: f64,
     /// Worker plus its PDF helpers, CPU per document.
     pub worker_cpu_ms_per_pdf: f64,
+    /// Of which the PDF helpers (Typst).
+    pub helpers_cpu_ms_per_pdf: f64,
     pub machine_cpu_ms_per_pdf: f64,
     pub submit_to_webhook: Percentiles,
     pub memory: MemorySamples,
@@ -125,6 +127,7 @@ pub async fn pdf_end_to_end(
         })
     };
     let cpu_before = tree_cpu_seconds(worker_pid);
+    let helpers_before = tree_cpu_seconds(worker_pid) - cpu_seconds(worker_pid);
     let machine_before = machine_cpu_seconds();
     let start = Instant::now();
     let submitted: Vec<anyhow::Result<(String, Instant)>> = futures::stream::iter(0..n)
@@ -157,6 +160,7 @@ pub async fn pdf_end_to_end(
     let last = wait_arrivals(arrivals, &ids, Duration::from_secs(600)).await?;
     let secs = last.duration_since(start).as_secs_f64();
     let worker_cpu = tree_cpu_seconds(worker_pid) - cpu_before;
+    let helpers_cpu = tree_cpu_seconds(worker_pid) - cpu_seconds(worker_pid) - helpers_before;
     let machine_cpu = machine_cpu_seconds() - machine_before;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = sampler.await;
@@ -177,6 +181,7 @@ pub async fn pdf_end_to_end(
         seconds_until_last_webhook: secs,
         pdfs_per_second: n as f64 / secs,
         worker_cpu_ms_per_pdf: worker_cpu * 1000.0 / n as f64,
+        helpers_cpu_ms_per_pdf: helpers_cpu * 1000.0 / n as f64,
         machine_cpu_ms_per_pdf: machine_cpu * 1000.0 / n as f64,
         submit_to_webhook: latency,
         memory,

@@ -825,6 +825,11 @@ fn print_table(r: &Results) {
         "ms",
     );
     row(
+        "  of which the PDF helpers",
+        pdf.helpers_cpu_ms_per_pdf,
+        "ms",
+    );
+    row(
         "  whole machine: CPU per PDF",
         pdf.machine_cpu_ms_per_pdf,
         "ms",

@@ -27,6 +27,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "pdf_templates_and_batch_submissions",
         include_str!("../../../migrations/0005_pdf_templates_and_batch_submissions.sql"),
     ),
+    (
+        6,
+        "results_compressed_with_lz4",
+        include_str!("../../../migrations/0006_results_compressed_with_lz4.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x0d15_9a7c_4e00_0001;
