@@ -572,3 +572,101 @@ async fn request_and_batch_bodies_match_the_schemas() {
         "{report}"
     );
 }
+
+#[tokio::test]
+async fn batch_items_are_bounded_like_single_bodies_and_refused_batches_keep_no_key() {
+    let app = TestApp::spawn_with(
+        Services {
+            worker: false,
+            deliverer: false,
+            ..Services::ALL
+        },
+        &[("DISPATCHER__INGEST__MAX_BODY_BYTES", "4096")],
+    )
+    .await;
+    let acct = app.create_account("batch-bounds@example.com").await;
+    let small = json!({"template": {"format": "text", "body": "a"}, "data": {}});
+    let big =
+        json!({"template": {"format": "text", "body": "a"}, "data": {"blob": "x".repeat(5000)}});
+    let resp = app
+        .post(
+            &app.ingest_url,
+            "/v1/dispatches/batch",
+            &acct,
+            &json!({"items": [small, big, small]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 202);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["data"][1]["error"]["code"], "payload_too_large", "{v}");
+    assert_eq!(v["data"][0]["status"], "queued");
+    assert_eq!(v["data"][2]["status"], "queued");
+    // The same item alone is refused by the single endpoint too.
+    let resp = app
+        .post(&app.ingest_url, "/v1/dispatches?async=true", &acct, &big)
+        .await;
+    assert_eq!(resp.status(), 413);
+
+    // A keyed batch whose every item was refused keeps no key: corrected, it is accepted.
+    let keyed = |body: Value| {
+        app.http
+            .post(format!("{}/v1/dispatches/batch", app.ingest_url))
+            .basic_auth(&acct.email, Some(&acct.password))
+            .header("idempotency-key", "fix-and-retry")
+            .json(&body)
+            .send()
+    };
+    let refused =
+        keyed(json!({"items": [{"template": {"format": "text", "body": "{% if %}"}, "data": {}}]}))
+            .await
+            .unwrap();
+    assert_eq!(refused.status(), 202);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(refused["data"][0]["error"]["code"], "template_syntax_error");
+    let fixed =
+        keyed(json!({"items": [{"template": {"format": "text", "body": "{{ 1 }}"}, "data": {}}]}))
+            .await
+            .unwrap();
+    assert_eq!(fixed.status(), 202);
+    let fixed: Value = fixed.json().await.unwrap();
+    assert_eq!(fixed["data"][0]["status"], "queued", "{fixed}");
+    assert_eq!(app.count("SELECT count(*) FROM batch_submissions").await, 1);
+}
+
+#[tokio::test]
+async fn previews_beyond_the_render_slots_are_answered_503_at_once() {
+    let app = TestApp::spawn_with(
+        Services {
+            worker: false,
+            deliverer: false,
+            ..Services::ALL
+        },
+        &[
+            ("DISPATCHER__RENDER__THREADS", "1"),
+            ("DISPATCHER__RENDER__TIMEOUT", "6s"),
+        ],
+    )
+    .await;
+    let acct = app.create_account("previews@example.com").await;
+    let slow = json!({"template": {"format": "pdf", "body": "#for a in range(20000) { for b in range(20000) { } }"}, "data": {}});
+    // One slot: one preview renders and one waits; a third finds no room.
+    let first = app.post(&app.ingest_url, "/v1/dispatches/validate", &acct, &slow);
+    let second = app.post(&app.ingest_url, "/v1/dispatches/validate", &acct, &slow);
+    let third = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let started = std::time::Instant::now();
+        let resp = app
+            .post(&app.ingest_url, "/v1/dispatches/validate", &acct, &slow)
+            .await;
+        (resp, started.elapsed())
+    };
+    let (first, second, (third, waited)) = tokio::join!(first, second, third);
+    assert_eq!(third.status(), 503);
+    assert!(third.headers().contains_key("retry-after"));
+    assert!(waited < Duration::from_secs(5), "answered after {waited:?}");
+    for r in [first, second] {
+        let (status, code, message) = error_of(r).await;
+        assert_eq!((status, code.as_str()), (422, "template_render_error"));
+        assert!(message.contains("limit of 6s"), "{message}");
+    }
+}

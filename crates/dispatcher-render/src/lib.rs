@@ -62,6 +62,11 @@ impl Renderer {
         })
     }
 
+    /// Render slots: threads for the text formats, helper processes for PDFs.
+    pub fn slots(&self) -> usize {
+        self.pool.size()
+    }
+
     pub fn limits(&self) -> &Limits {
         &self.limits
     }

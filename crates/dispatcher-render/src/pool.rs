@@ -15,17 +15,23 @@
 
 use dispatcher_core::RenderError;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
 struct Job {
     run: Box<dyn FnOnce() + Send>,
-    /// Set when the waiter gave up on this job and started a replacement thread: the thread that
-    /// runs it leaves the pool once it returns.
-    written_off: Arc<AtomicBool>,
+    state: Arc<AtomicU8>,
 }
+
+/// A job's state, changed with compare-and-swap by whichever side gets there first: the thread
+/// that finishes it (`DONE`), or the waiter whose time limit ran out (`WRITTEN_OFF`, and only
+/// after it reserved a place for a replacement thread). A written-off job's thread leaves the
+/// pool when the render returns; a job that finished first keeps its thread.
+const RUNNING: u8 = 0;
+const DONE: u8 = 1;
+const WRITTEN_OFF: u8 = 2;
 
 const MAX_OVERDUE_FACTOR: usize = 4;
 /// Typst recurses deeply on nested content; give its threads room.
@@ -61,6 +67,7 @@ impl RenderPool {
             alive: AtomicUsize::new(0),
         });
         for _ in 0..size {
+            shared.alive.fetch_add(1, Ordering::SeqCst);
             spawn_thread(&shared);
         }
         Self {
@@ -82,7 +89,7 @@ impl RenderPool {
     {
         let (started_tx, started_rx) = oneshot::channel::<()>();
         let (done_tx, done_rx) = oneshot::channel();
-        let written_off = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(AtomicU8::new(RUNNING));
         let run = Box::new(move || {
             // A waiter that has gone away (its request was cancelled) needs no render.
             if started_tx.send(()).is_err() {
@@ -101,7 +108,7 @@ impl RenderPool {
         self.tx
             .send(Job {
                 run,
-                written_off: written_off.clone(),
+                state: state.clone(),
             })
             .map_err(|_| crate::error("the renderer has stopped"))?;
         started_rx
@@ -111,7 +118,7 @@ impl RenderPool {
             Ok(Ok(out)) => out,
             Ok(Err(_)) => Err(crate::error("the renderer has stopped")),
             Err(_) => {
-                self.write_off(&written_off);
+                self.write_off(&state);
                 Err(crate::error(format!(
                     "rendering took longer than its limit of {:?}",
                     self.timeout
@@ -121,23 +128,38 @@ impl RenderPool {
     }
 
     /// The thread running an overdue render is lost to the pool until it returns: start another.
-    fn write_off(&self, written_off: &AtomicBool) {
+    fn write_off(&self, state: &AtomicU8) {
         metrics::counter!("dispatcher_render_timeouts_total").increment(1);
-        let alive = self.shared.alive.load(Ordering::SeqCst);
-        if alive < self.shared.size * (1 + MAX_OVERDUE_FACTOR) {
-            written_off.store(true, Ordering::SeqCst);
-            spawn_thread(&self.shared);
-        } else {
+        let cap = self.shared.size * (1 + MAX_OVERDUE_FACTOR);
+        // Reserve the replacement's place first, so the cap holds however many waiters race.
+        let reserved = self
+            .shared
+            .alive
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok();
+        if !reserved {
             tracing::warn!(
-                alive,
+                cap,
                 "too many overdue renders; not replacing another render thread"
             );
+            return;
+        }
+        if state
+            .compare_exchange(RUNNING, WRITTEN_OFF, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            spawn_thread(&self.shared);
+        } else {
+            // The render finished just now: its thread stays, no replacement is needed.
+            self.shared.alive.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
 
+/// Starts a render thread whose place in `alive` the caller has already counted.
 fn spawn_thread(shared: &Arc<Shared>) {
-    shared.alive.fetch_add(1, Ordering::SeqCst);
     let thread_shared = shared.clone();
     let spawned = std::thread::Builder::new()
         .name("render".into())
@@ -151,8 +173,12 @@ fn spawn_thread(shared: &Arc<Shared>) {
                 };
                 let Ok(job) = job else { break };
                 (job.run)();
-                if job.written_off.load(Ordering::SeqCst) {
-                    // A replacement has taken this thread's place.
+                if job
+                    .state
+                    .compare_exchange(RUNNING, DONE, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_err()
+                {
+                    // Written off while it ran: a replacement has taken this thread's place.
                     break;
                 }
             }

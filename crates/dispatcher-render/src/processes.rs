@@ -143,6 +143,92 @@ impl Helper {
     }
 }
 
+/// Starts a helper, retrying briefly: a failed fork (memory pressure) is usually momentary.
+async fn spawn_helper(path: &Path, args: &[String]) -> Result<Helper, RenderError> {
+    let mut last = None;
+    for delay_ms in [0, 50, 250, 1000] {
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        match Helper::spawn(path, args) {
+            Ok(h) => return Ok(h),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(error(format!(
+        "cannot start the PDF helper {}: {}",
+        path.display(),
+        last.expect("at least one attempt")
+    )))
+}
+
+/// Why a helper stopped mid-render, from its exit status.
+async fn describe_exit(mut h: Helper) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let status = match tokio::time::timeout(std::time::Duration::from_secs(1), h.child.wait()).await
+    {
+        Ok(Ok(status)) => Some(status),
+        _ => None,
+    };
+    h.kill().await;
+    match status.and_then(|s| s.signal()) {
+        // An allocation the address-space cap refused aborts the process.
+        Some(6) => "the document needs more memory than render.max_memory_bytes allows".into(),
+        Some(9) => "the PDF helper was killed (by the system's out-of-memory killer?)".into(),
+        Some(sig) => format!("the PDF helper stopped on signal {sig}"),
+        None => match status.and_then(|s| s.code()) {
+            Some(code) => format!("the PDF helper exited with status {code}"),
+            None => "the PDF helper stopped".into(),
+        },
+    }
+}
+
+/// One render on the slot's helper, starting one if there is none. A helper that was already
+/// running and fails before answering (it died while idle) is replaced and the render tried once
+/// more on a fresh one.
+async fn render_once(
+    path: &Path,
+    args: &[String],
+    timeout: std::time::Duration,
+    helper: &mut Option<Helper>,
+    request: &[u8],
+) -> Result<Vec<u8>, RenderError> {
+    for attempt in 0..2 {
+        let (mut h, fresh) = match helper.take() {
+            Some(h) => (h, false),
+            None => (spawn_helper(path, args).await?, true),
+        };
+        match tokio::time::timeout(timeout, h.render(request)).await {
+            Ok(Ok(Ok(pdf))) => {
+                *helper = Some(h);
+                return Ok(pdf);
+            }
+            Ok(Ok(Err(message))) => {
+                *helper = Some(h);
+                return Err(error(message));
+            }
+            Ok(Err(e)) => {
+                metrics::counter!("dispatcher_render_helper_failures_total").increment(1);
+                if !fresh && attempt == 0 {
+                    tracing::warn!(error = %e, "the PDF helper had stopped; starting a new one");
+                    h.kill().await;
+                    continue;
+                }
+                let why = describe_exit(h).await;
+                return Err(error(format!(
+                    "the PDF renderer stopped while rendering: {why}"
+                )));
+            }
+            Err(_) => {
+                h.kill().await;
+                metrics::counter!("dispatcher_render_timeouts_total").increment(1);
+                return Err(error(format!(
+                    "rendering took longer than its limit of {timeout:?}"
+                )));
+            }
+        }
+    }
+    unreachable!("the second attempt always returns")
+}
+
 async fn run_slot(
     path: PathBuf,
     args: Vec<String>,
@@ -157,46 +243,9 @@ async fn run_slot(
             // Nobody waits for this render any more (a cancelled preview request).
             continue;
         }
-        let mut h = match helper.take() {
-            Some(h) => h,
-            None => match Helper::spawn(&path, &args) {
-                Ok(h) => h,
-                Err(e) => {
-                    let _ = job.reply.send(Err(error(format!(
-                        "cannot start the PDF helper {}: {e}",
-                        path.display()
-                    ))));
-                    continue;
-                }
-            },
-        };
         let data = serde_json::to_vec(&*job.data).expect("JSON serializes");
         let request = wire::encode_request(&job.body, &data);
-        let answer = match tokio::time::timeout(timeout, h.render(&request)).await {
-            Ok(Ok(Ok(pdf))) => {
-                helper = Some(h);
-                Ok(pdf)
-            }
-            Ok(Ok(Err(message))) => {
-                helper = Some(h);
-                Err(error(message))
-            }
-            Ok(Err(e)) => {
-                // The helper died mid-render: most often its memory cap.
-                h.kill().await;
-                metrics::counter!("dispatcher_render_helper_failures_total").increment(1);
-                Err(error(format!(
-                    "the PDF renderer stopped while rendering ({e}): the document needs more memory than render.max_memory_bytes allows"
-                )))
-            }
-            Err(_) => {
-                h.kill().await;
-                metrics::counter!("dispatcher_render_timeouts_total").increment(1);
-                Err(error(format!(
-                    "rendering took longer than its limit of {timeout:?}"
-                )))
-            }
-        };
+        let answer = render_once(&path, &args, timeout, &mut helper, &request).await;
         let _ = job.reply.send(answer);
     }
     if let Some(h) = helper {

@@ -82,3 +82,36 @@ async fn a_missing_helper_is_a_clear_error_at_start() {
     };
     assert!(e.message.contains("does not exist"), "{}", e.message);
 }
+
+/// This process's children: the slot's helper.
+fn helpers() -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{}/task", std::process::id()))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_helper_that_died_while_idle_is_replaced_without_failing_the_next_render() {
+    let r = Renderer::start(limits()).unwrap();
+    let first = pdf(&r, "Receipt #data.n").await.unwrap();
+    let pids = helpers();
+    assert_eq!(pids.len(), 1, "one slot, one helper: {pids:?}");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pids[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // Give the kernel a moment to take it down; the slot does not know yet.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(pdf(&r, "Receipt #data.n").await.unwrap(), first);
+    let now = helpers();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0], pids[0], "a new helper");
+}

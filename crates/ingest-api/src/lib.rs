@@ -36,6 +36,9 @@ pub struct AppState {
     pub estimator: estimate::Estimator,
     /// Renders documents for `POST /v1/dispatches/validate`, within `render` limits.
     pub renderer: dispatcher_render::Renderer,
+    /// Previews rendering or waiting for a slot; bounded so previews cannot queue without limit
+    /// beside the submission path.
+    pub previews: Arc<tokio::sync::Semaphore>,
 }
 
 impl FromRef<AppState> for Arc<Authenticator> {
@@ -97,6 +100,7 @@ pub async fn serve(
         waiters,
         templates: Arc::new(templates_cache::TemplateCache::default()),
         estimator: estimate::Estimator::start(settings.clone(), pool.clone(), background.clone()),
+        previews: Arc::new(tokio::sync::Semaphore::new(renderer.slots() * 2)),
         renderer,
     };
     let app: Router = routes::router(state)

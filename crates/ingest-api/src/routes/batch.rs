@@ -3,7 +3,9 @@
 //! Each item is checked exactly as `POST /v1/dispatches` checks a body. The accepted ones and
 //! their outbox rows are written in one transaction; a refused item gets its error in its place
 //! in the answer and affects no other. An `Idempotency-Key` covers the whole batch: it is stored
-//! in the same transaction, with the answer a repeat gets.
+//! in the same transaction, with the answer a repeat gets (when at least one item was accepted).
+//! Batch keys and single-submission keys are kept apart: the same key on both endpoints names
+//! two different requests.
 
 use super::dispatches::{idempotency_key, prepare, Accepted, Idempotency, SubmitBody};
 use crate::AppState;
@@ -16,7 +18,7 @@ use dispatcher_http::error::doc::{
     BadRequest, Conflict, InternalError, PayloadTooLarge, ServiceUnavailable, TooManyRequests,
     Unauthorized, UnprocessableEntity, UnsupportedMediaType,
 };
-use dispatcher_http::error::ErrorBody;
+use dispatcher_http::error::{ErrorBody, ErrorDetail};
 use dispatcher_http::{ApiError, ApiJson, AuthAccount};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -90,7 +92,12 @@ pub async fn submit_batch(
     ApiJson(raw): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let request_hash: Vec<u8> = Sha256::digest(raw.to_string().as_bytes()).to_vec();
+    let text = raw.to_string();
+    let request_hash: Vec<u8> = Sha256::digest(text.as_bytes()).to_vec();
+    // No item may be larger than `POST /v1/dispatches` accepts; only a batch larger than that
+    // limit can hold one.
+    let max_item = s.settings.ingest.max_body_bytes;
+    let check_item_sizes = text.len() > max_item;
     if let Some(key) = &key {
         if let Some(hit) = dispatches::find_batch_by_key(&s.pool, account, key).await? {
             return replay(hit, &request_hash);
@@ -112,6 +119,17 @@ pub async fn submit_batch(
     let mut rows = Vec::with_capacity(req.items.len());
     let mut answers = Vec::with_capacity(req.items.len());
     for (i, item) in req.items.into_iter().enumerate() {
+        if check_item_sizes && item.to_string().len() > max_item {
+            answers.push(BatchItem::Refused(ErrorBody {
+                error: ErrorDetail {
+                    code: "payload_too_large".into(),
+                    message: format!(
+                        "items[{i}]: a dispatch body may be at most {max_item} bytes, as in POST /v1/dispatches"
+                    ),
+                },
+            }));
+            continue;
+        }
         match prepare(&s, account, item).await {
             Ok(p) => {
                 let unkeyed = Idempotency {
@@ -135,6 +153,9 @@ pub async fn submit_batch(
     let answer = BatchAccepted { data: answers };
     let response = serde_json::to_value(&answer).expect("answer serializes");
     let traceparent = dispatcher_telemetry::current_traceparent();
+    // A key is kept only with accepted work, as for a single submission: a batch refused item
+    // by item can be corrected and sent again under the same key.
+    let key = key.filter(|_| !rows.is_empty());
     let traceparents = vec![traceparent; rows.len()];
     let written = dispatches::insert_submission(
         &s.pool,

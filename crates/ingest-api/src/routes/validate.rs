@@ -12,6 +12,10 @@ use dispatcher_http::error::doc::{
 };
 use dispatcher_http::{ApiError, ApiJson, AuthAccount};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest a preview waits for a render slot before it is answered 503.
+const PREVIEW_WAIT: Duration = Duration::from_secs(2);
 
 /// A document's raw bytes (a PDF).
 pub(crate) struct Binary;
@@ -35,7 +39,8 @@ impl utoipa::ToSchema for Binary {}
 /// document and answers it in its content type (`application/pdf` for `pdf`). Nothing is stored,
 /// queued or sent. A request the dispatch endpoint would refuse gets the same error here; a
 /// template that fails to render answers 422 `template_render_error` with the message the
-/// dispatch would have failed with.
+/// dispatch would have failed with. Previews share a bounded number of render slots: when all
+/// are busy for 2 s the answer is 503 with `Retry-After`.
 #[utoipa::path(
     post,
     path = "/v1/dispatches/validate",
@@ -69,6 +74,12 @@ pub async fn validate(
     ApiJson(raw): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let p = prepare(&s, account, raw).await?;
+    // One preview rendering and one waiting per render slot; past that, answer 503 at once
+    // rather than queue: a preview can hold a slot for the whole render.timeout.
+    let _permit = tokio::time::timeout(PREVIEW_WAIT, s.previews.acquire())
+        .await
+        .map_err(|_| ApiError::Unavailable("every render slot is busy with previews".into()))?
+        .expect("the semaphore is never closed");
     let (format, body, data) = p.into_template_and_data();
     let doc = s
         .renderer
