@@ -47,6 +47,35 @@ async fn result_bytes(app: &TestApp, who: &CreatedAccount, id: &str) -> (String,
     (ct, resp.bytes().await.unwrap().to_vec())
 }
 
+/// `POST /v1/dispatches/batch` with an Idempotency-Key.
+async fn batch_with_key(
+    app: &TestApp,
+    who: &CreatedAccount,
+    key: &str,
+    body: &Value,
+) -> reqwest::Result<reqwest::Response> {
+    app.http
+        .post(format!("{}/v1/dispatches/batch", app.ingest_url))
+        .basic_auth(&who.email, Some(&who.password))
+        .header("idempotency-key", key)
+        .json(body)
+        .send()
+        .await
+}
+
+/// Ingest and status only: nothing renders a submission or sends a webhook.
+async fn ingest_and_status(overrides: &[(&str, &str)]) -> TestApp {
+    TestApp::spawn_with(
+        Services {
+            worker: false,
+            deliverer: false,
+            ..Services::ALL
+        },
+        overrides,
+    )
+    .await
+}
+
 async fn error_of(resp: reqwest::Response) -> (u16, String, String) {
     let status = resp.status().as_u16();
     let v: Value = resp.json().await.unwrap();
@@ -363,23 +392,24 @@ async fn a_batch_answers_every_item_and_delivers_each_accepted_one_once() {
         {"template": {"format": "text", "body": "{% if %}"}, "data": {}},
         {"template": {"format": "pdf", "body": "= b"}, "data": {}},
     ]});
-    let keyed = |body: &Value| {
-        app.http
-            .post(format!("{}/v1/dispatches/batch", app.ingest_url))
-            .basic_auth(&acct.email, Some(&acct.password))
-            .header("idempotency-key", "batch-key-1")
-            .json(body)
-            .send()
-    };
-    let first = keyed(&small).await.unwrap();
+    let first = batch_with_key(&app, &acct, "batch-key-1", &small)
+        .await
+        .unwrap();
     assert_eq!(first.status(), 202);
     let first: Value = first.json().await.unwrap();
-    let again = keyed(&small).await.unwrap();
+    let again = batch_with_key(&app, &acct, "batch-key-1", &small)
+        .await
+        .unwrap();
     assert_eq!(again.status(), 202);
     assert_eq!(again.json::<Value>().await.unwrap(), first);
     assert_eq!(app.count("SELECT count(*) FROM dispatches").await, 782);
     let other = json!({"items": [{"template": {"format": "text", "body": "c"}, "data": {}}]});
-    let (status, code, _) = error_of(keyed(&other).await.unwrap()).await;
+    let (status, code, _) = error_of(
+        batch_with_key(&app, &acct, "batch-key-1", &other)
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((status, code.as_str()), (409, "idempotency_key_reused"));
 
     // The number of items is bounded.
@@ -512,15 +542,7 @@ async fn validate_stores_queues_and_sends_nothing() {
 #[tokio::test]
 async fn request_and_batch_bodies_match_the_schemas() {
     dispatcher_e2e::test_python();
-    let app = TestApp::spawn_with(
-        Services {
-            worker: false,
-            deliverer: false,
-            ..Services::ALL
-        },
-        &[],
-    )
-    .await;
+    let app = ingest_and_status(&[]).await;
     let acct = app.create_account("schemas@example.com").await;
     let (invoice_body, invoice_data) = invoice();
     let single = json!({"template": {"format": "pdf", "body": invoice_body}, "data": invoice_data,
@@ -575,15 +597,7 @@ async fn request_and_batch_bodies_match_the_schemas() {
 
 #[tokio::test]
 async fn batch_items_are_bounded_like_single_bodies_and_refused_batches_keep_no_key() {
-    let app = TestApp::spawn_with(
-        Services {
-            worker: false,
-            deliverer: false,
-            ..Services::ALL
-        },
-        &[("DISPATCHER__INGEST__MAX_BODY_BYTES", "4096")],
-    )
-    .await;
+    let app = ingest_and_status(&[("DISPATCHER__INGEST__MAX_BODY_BYTES", "4096")]).await;
     let acct = app.create_account("batch-bounds@example.com").await;
     let small = json!({"template": {"format": "text", "body": "a"}, "data": {}});
     let big =
@@ -608,25 +622,25 @@ async fn batch_items_are_bounded_like_single_bodies_and_refused_batches_keep_no_
     assert_eq!(resp.status(), 413);
 
     // A keyed batch whose every item was refused keeps no key: corrected, it is accepted.
-    let keyed = |body: Value| {
-        app.http
-            .post(format!("{}/v1/dispatches/batch", app.ingest_url))
-            .basic_auth(&acct.email, Some(&acct.password))
-            .header("idempotency-key", "fix-and-retry")
-            .json(&body)
-            .send()
-    };
-    let refused =
-        keyed(json!({"items": [{"template": {"format": "text", "body": "{% if %}"}, "data": {}}]}))
-            .await
-            .unwrap();
+    let refused = batch_with_key(
+        &app,
+        &acct,
+        "fix-and-retry",
+        &json!({"items": [{"template": {"format": "text", "body": "{% if %}"}, "data": {}}]}),
+    )
+    .await
+    .unwrap();
     assert_eq!(refused.status(), 202);
     let refused: Value = refused.json().await.unwrap();
     assert_eq!(refused["data"][0]["error"]["code"], "template_syntax_error");
-    let fixed =
-        keyed(json!({"items": [{"template": {"format": "text", "body": "{{ 1 }}"}, "data": {}}]}))
-            .await
-            .unwrap();
+    let fixed = batch_with_key(
+        &app,
+        &acct,
+        "fix-and-retry",
+        &json!({"items": [{"template": {"format": "text", "body": "{{ 1 }}"}, "data": {}}]}),
+    )
+    .await
+    .unwrap();
     assert_eq!(fixed.status(), 202);
     let fixed: Value = fixed.json().await.unwrap();
     assert_eq!(fixed["data"][0]["status"], "queued", "{fixed}");
@@ -635,17 +649,10 @@ async fn batch_items_are_bounded_like_single_bodies_and_refused_batches_keep_no_
 
 #[tokio::test]
 async fn previews_beyond_the_render_slots_are_answered_503_at_once() {
-    let app = TestApp::spawn_with(
-        Services {
-            worker: false,
-            deliverer: false,
-            ..Services::ALL
-        },
-        &[
-            ("DISPATCHER__RENDER__THREADS", "1"),
-            ("DISPATCHER__RENDER__TIMEOUT", "6s"),
-        ],
-    )
+    let app = ingest_and_status(&[
+        ("DISPATCHER__RENDER__THREADS", "1"),
+        ("DISPATCHER__RENDER__TIMEOUT", "6s"),
+    ])
     .await;
     let acct = app.create_account("previews@example.com").await;
     let slow = json!({"template": {"format": "pdf", "body": "#for a in range(20000) { for b in range(20000) { } }"}, "data": {}});

@@ -71,13 +71,14 @@ impl WorkerHandler {
     }
 
     /// Renders and hands one dispatch to its provider; never fails, the outcome says what happened.
-    async fn run_one(&self, d: Claimed) -> Finished {
+    async fn run_one(&self, mut d: Claimed) -> Finished {
         let outcome = match self
             .renderer
+            // Nothing after rendering reads the template or the data: hand them over.
             .render(
                 d.template_format,
-                Arc::from(d.template_body.as_str()),
-                Arc::new(d.data.clone()),
+                Arc::from(std::mem::take(&mut d.template_body)),
+                Arc::new(std::mem::take(&mut d.data)),
             )
             .await
         {

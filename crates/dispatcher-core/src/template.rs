@@ -52,14 +52,6 @@ impl TemplateFormat {
             TemplateFormat::Pdf => "application/pdf",
         }
     }
-
-    /// The template language of this format's body.
-    pub fn language(self) -> &'static str {
-        match self {
-            TemplateFormat::Pdf => "Typst",
-            _ => "Jinja (minijinja)",
-        }
-    }
 }
 
 /// A template that does not parse, reported at creation time.

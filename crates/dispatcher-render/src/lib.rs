@@ -3,7 +3,7 @@
 //! Two engines: minijinja for the text formats (html, text, markdown, json, csv) and an embedded
 //! Typst compiler for `pdf`. Both are pure computation with no file, network or clock access, and
 //! both are bounded, and neither runs on the async runtime's threads:
-//! - the text formats render on [`RenderPool`]'s threads, stopped by fuel and an output cap;
+//! - the text formats render on a pool of threads sized to the cores, stopped by fuel and an output cap;
 //! - PDFs render in helper processes (`dispatch-render`, see [`helper`]), stopped by page, byte
 //!   and memory limits, and killed when they pass the time limit.
 
@@ -16,7 +16,7 @@ mod text;
 mod wire;
 
 pub use limits::Limits;
-pub use pool::RenderPool;
+use pool::RenderPool;
 
 use dispatcher_core::{RenderError, TemplateFormat, TemplateSyntaxError};
 use std::sync::Arc;
@@ -44,7 +44,6 @@ pub struct Renderer {
     pool: RenderPool,
     text: Arc<text::TextEngine>,
     pdf: processes::PdfProcesses,
-    limits: Limits,
 }
 
 impl Renderer {
@@ -58,17 +57,12 @@ impl Renderer {
             text: Arc::new(text::TextEngine::new(&limits)),
             pool,
             pdf,
-            limits,
         })
     }
 
     /// Render slots: threads for the text formats, helper processes for PDFs.
     pub fn slots(&self) -> usize {
         self.pool.size()
-    }
-
-    pub fn limits(&self) -> &Limits {
-        &self.limits
     }
 
     /// Renders `body` with `data`. Waits for a free render thread, then at most `limits.timeout`

@@ -7,7 +7,7 @@
 //! Batch keys and single-submission keys are kept apart: the same key on both endpoints names
 //! two different requests.
 
-use super::dispatches::{idempotency_key, prepare, Accepted, Idempotency, SubmitBody};
+use super::dispatches::{idempotency_key, key_reused, prepare, Accepted, Idempotency, SubmitBody};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -191,10 +191,7 @@ pub async fn submit_batch(
 fn replay(hit: (Vec<u8>, serde_json::Value), request_hash: &[u8]) -> Result<Response, ApiError> {
     let (stored_hash, response) = hit;
     if stored_hash != request_hash {
-        return Err(ApiError::Conflict {
-            code: "idempotency_key_reused",
-            message: "this Idempotency-Key was used with a different request body".into(),
-        });
+        return Err(key_reused());
     }
     Ok((StatusCode::ACCEPTED, Json(response)).into_response())
 }

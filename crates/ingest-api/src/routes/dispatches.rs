@@ -302,6 +302,14 @@ pub async fn submit(
     }
 }
 
+/// An Idempotency-Key seen before with another request body.
+pub(crate) fn key_reused() -> ApiError {
+    ApiError::Conflict {
+        code: "idempotency_key_reused",
+        message: "this Idempotency-Key was used with a different request body".into(),
+    }
+}
+
 /// A repeated Idempotency-Key: the same body gets the original answer, another body 409.
 async fn replay(
     s: &AppState,
@@ -311,10 +319,7 @@ async fn replay(
     is_async: bool,
 ) -> Result<Response, ApiError> {
     if hit.request_hash.as_deref() != Some(request_hash) {
-        return Err(ApiError::Conflict {
-            code: "idempotency_key_reused",
-            message: "this Idempotency-Key was used with a different request body".into(),
-        });
+        return Err(key_reused());
     }
     let original = hit.response.unwrap_or(serde_json::Value::Null);
     if is_async {
