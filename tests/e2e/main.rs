@@ -6,6 +6,8 @@ mod deploy_files;
 mod documents;
 mod faults;
 mod foundation;
+mod receivers;
 mod schemathesis;
 mod security;
+mod stalls;
 mod telemetry;

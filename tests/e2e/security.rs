@@ -1,6 +1,7 @@
 //! Security and bad input: rate limits, credential changes, SSRF, tenants, hostile requests.
 
 use dispatcher_e2e::{CloneForTest, Receiver, Services, TestApp, PATIENCE};
+use futures::StreamExt;
 use reqwest::Method;
 use serde_json::json;
 use std::time::Duration;
@@ -946,4 +947,70 @@ async fn the_documented_node_verifier_accepts_real_webhooks_and_rejects_tamperin
         !run("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &body).await,
         "wrong secret rejected"
     );
+}
+
+/// Resident memory of this process (the test runs the services in-process), in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_flood_of_failed_logins_is_refused_before_argon2_and_good_clients_go_on() {
+    let app = TestApp::spawn_with(
+        Services {
+            worker: false,
+            deliverer: false,
+            ..Services::ALL
+        },
+        &[],
+    )
+    .await;
+    let good = app.create_account("good@example.com").await;
+    let victim = app.create_account("victim@example.com").await;
+    // The good client has signed in before (its credentials are verified and cached).
+    let r = app.get(&app.ingest_url, "/v1/templates", &good).await;
+    assert_eq!(r.status(), 200);
+    let before = rss_kib();
+
+    let mut wrong = victim.clone_for_test();
+    wrong.password = "not-the-password".into();
+    let statuses: Vec<u16> = futures::stream::iter(0..2000)
+        .map(|_| async { app.get(&app.ingest_url, "/v1/templates", &wrong).await })
+        .buffer_unordered(50)
+        .then(|r| async move {
+            let code = r.status().as_u16();
+            if code == 429 {
+                assert!(r.headers().contains_key("retry-after"));
+            }
+            code
+        })
+        .collect()
+        .await;
+    let unauthorized = statuses.iter().filter(|s| **s == 401).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    println!(
+        "401: {unauthorized}, 429: {limited}, RSS {} -> {} MiB",
+        before / 1024,
+        rss_kib() / 1024
+    );
+    assert_eq!(unauthorized + limited, 2000, "{statuses:?}");
+    // The per-account and per-address allowances (10 and 30 a minute) are spent at once; a
+    // few more may slip through while the first verifications are still running.
+    assert!(unauthorized <= 30 + 50, "{unauthorized} verifications ran");
+    assert!(
+        rss_kib() < before + 200 * 1024,
+        "memory grew by {} MiB",
+        (rss_kib() - before) / 1024
+    );
+    // The good client is still served. The victim, signing in correctly for the first time, is
+    // refused for now like the attacker: its account's failed sign-ins are used up.
+    let r = app.get(&app.ingest_url, "/v1/templates", &good).await;
+    assert_eq!(r.status(), 200);
+    let r = app.get(&app.ingest_url, "/v1/templates", &victim).await;
+    assert_eq!(r.status(), 429, "the account's failed sign-ins are used up");
 }

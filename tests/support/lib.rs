@@ -630,6 +630,35 @@ impl TestApp {
         client.query_one(sql, &[]).await.unwrap().get(0)
     }
 
+    /// A direct query on the test database returning one text value.
+    pub async fn text(&self, sql: &str) -> String {
+        let (client, conn) = tokio_postgres::connect(
+            &format!("postgres://postgres@127.0.0.1:5432/{}", self.db_name),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        client.query_one(sql, &[]).await.unwrap().get(0)
+    }
+
+    /// Waits until `sql` (a count) is exactly `n` (for counts that may also fall, or where a
+    /// count past `n` would be a bug the caller asserts afterwards).
+    pub async fn wait_equal(&self, sql: &str, n: i64) {
+        let deadline = tokio::time::Instant::now() + PATIENCE * 3;
+        loop {
+            let got = self.count(sql).await;
+            if got == n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{sql}: {got}, want {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until `sql` (a count) reaches `n`.
     pub async fn wait_count(&self, sql: &str, n: i64) {
         let deadline = tokio::time::Instant::now() + PATIENCE * 3;

@@ -36,7 +36,7 @@ impl BatchHandler for DeadLetterHandler {
             .collect();
         dead_letters::insert_batch(&self.pool, &rows)
             .await
-            .map_err(|e| HandlerError::Transient(e.to_string()))?;
+            .map_err(HandlerError::from)?;
         metrics::counter!("dispatcher_messages_dead_lettered_total", "queue" => self.queue.clone())
             .increment(rows.len() as u64);
         Ok(())

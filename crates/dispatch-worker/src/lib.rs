@@ -59,6 +59,7 @@ pub async fn serve(
                 name: format!("dispatch-worker-{i}"),
                 queue: topology.dispatch_queue(),
                 batch_max: settings.worker.batch_max,
+                dead_letters: pool.clone(),
             },
             handler.clone(),
             readiness.register(&format!("consumer-{i}")),
@@ -71,6 +72,7 @@ pub async fn serve(
             name: "dispatch-worker-dead-letters".into(),
             queue: topology.dead_queue(),
             batch_max: settings.worker.batch_max,
+            dead_letters: pool.clone(),
         },
         Arc::new(dead::DeadLetterHandler::new(
             pool.clone(),
@@ -85,6 +87,7 @@ pub async fn serve(
             name: "dispatch-worker-provider-events".into(),
             queue: topology.provider_events_queue(),
             batch_max: settings.worker.batch_max,
+            dead_letters: pool.clone(),
         },
         Arc::new(provider_events::ProviderEventHandler::new(
             pool.clone(),
@@ -107,9 +110,9 @@ pub async fn serve(
         metrics: dispatcher_telemetry::metrics_handle(),
     });
     tracing::info!(addr = %listener.local_addr()?, "dispatch-worker health listening");
-    dispatcher_http::serve(listener, app, cancel.clone()).await?;
+    dispatcher_http::serve(listener, app, cancel.clone(), settings.shutdown_timeout / 2).await?;
     tasks.close();
-    if tokio::time::timeout(settings.shutdown_timeout, tasks.wait())
+    if tokio::time::timeout(settings.shutdown_timeout / 2, tasks.wait())
         .await
         .is_err()
     {

@@ -183,17 +183,19 @@ impl WorkerHandler {
 impl BatchHandler for WorkerHandler {
     async fn handle(&self, batch: &[Incoming]) -> Result<(), HandlerError> {
         let mut ids = Vec::with_capacity(batch.len());
+        let mut messages: HashMap<Uuid, &Incoming> = HashMap::new();
         let mut traces: HashMap<Uuid, &str> = HashMap::new();
-        let mut poison = Vec::new();
+        let mut quarantine = Vec::new();
         for m in batch {
             match serde_json::from_slice::<DispatchRequested>(&m.data) {
                 Ok(msg) => {
                     ids.push(msg.dispatch_id);
+                    messages.insert(msg.dispatch_id, m);
                     if let Some(tp) = m.header("traceparent") {
                         traces.insert(msg.dispatch_id, tp);
                     }
                 }
-                Err(e) => poison.push(NewDeadLetter {
+                Err(e) => quarantine.push(NewDeadLetter {
                     queue: self.queue.clone(),
                     message_id: m.message_id.clone(),
                     reason: format!("unparseable dispatch.requested: {e}"),
@@ -201,21 +203,37 @@ impl BatchHandler for WorkerHandler {
                 }),
             }
         }
-        let transient = |e: dispatcher_db::DbError| HandlerError::Transient(e.to_string());
-        dead_letters::insert_batch(&self.pool, &poison)
-            .await
-            .map_err(transient)?;
-        if !poison.is_empty() {
-            metrics::counter!("dispatcher_messages_dead_lettered_total", "queue" => self.queue.clone())
-                .increment(poison.len() as u64);
-        }
-        if ids.is_empty() {
-            return Ok(());
-        }
         // Finished dispatches are not claimed: a redelivered message is acknowledged untouched.
-        let claimed = dispatches::claim(&self.claim_pool, &ids)
+        let claim = if ids.is_empty() {
+            dispatches::Claim::default()
+        } else {
+            dispatches::claim(
+                &self.claim_pool,
+                &ids,
+                self.settings.worker.max_processing_attempts,
+            )
             .await
-            .map_err(transient)?;
+            .map_err(HandlerError::from)?
+        };
+        let limit = self.settings.worker.max_processing_attempts;
+        for id in &claim.exhausted {
+            let m = messages[id];
+            quarantine.push(NewDeadLetter {
+                queue: self.queue.clone(),
+                message_id: m.message_id.clone(),
+                reason: format!(
+                    "processing started {limit} times without finishing (its worker stopped \
+                     each time); replay it with `dispatchctl dlq replay`"
+                ),
+                body: m.data.clone(),
+            });
+        }
+        let stored = dead_letters::insert_batch(&self.pool, &quarantine)
+            .await
+            .map_err(HandlerError::from)?;
+        metrics::counter!("dispatcher_messages_dead_lettered_total", "queue" => self.queue.clone())
+            .increment(stored);
+        let claimed = claim.claimed;
         let finished: Vec<Finished> = futures::stream::iter(claimed)
             .map(|d| {
                 let tp = traces.get(&d.id).copied();
@@ -227,7 +245,7 @@ impl BatchHandler for WorkerHandler {
         if !finished.is_empty() {
             dispatches::finish_batch(&self.pool, &finished)
                 .await
-                .map_err(transient)?;
+                .map_err(HandlerError::from)?;
             self.outbox_wake.committed();
         }
         Ok(())

@@ -18,7 +18,6 @@ impl ProviderEventHandler {
 
 impl BatchHandler for ProviderEventHandler {
     async fn handle(&self, batch: &[Incoming]) -> Result<(), HandlerError> {
-        let transient = |e: dispatcher_db::DbError| HandlerError::Transient(e.to_string());
         let mut keys = Vec::with_capacity(batch.len());
         let mut poison = Vec::new();
         for m in batch {
@@ -34,11 +33,11 @@ impl BatchHandler for ProviderEventHandler {
         }
         dead_letters::insert_batch(&self.pool, &poison)
             .await
-            .map_err(transient)?;
+            .map_err(HandlerError::from)?;
         if !keys.is_empty() {
             provider_events::apply(&self.pool, &keys)
                 .await
-                .map_err(transient)?;
+                .map_err(HandlerError::from)?;
         }
         Ok(())
     }

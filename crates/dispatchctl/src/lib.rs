@@ -68,12 +68,13 @@ enum DlqCommand {
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
-    /// Send dead-lettered deliveries again (a new round of attempts).
+    /// Send dead letters again: dead deliveries get a new round of attempts, quarantined
+    /// dispatches a new `dispatch.requested` message.
     Replay {
-        /// One delivery id (as printed by `dlq list`).
+        /// One delivery id or dispatch id (as printed by `dlq list`).
         #[arg(long, conflicts_with = "all", required_unless_present = "all")]
         id: Option<uuid::Uuid>,
-        /// Every dead-lettered delivery.
+        /// Every dead-lettered delivery and dispatch.
         #[arg(long)]
         all: bool,
     },
@@ -140,7 +141,7 @@ async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
         Command::Listen { .. } => unreachable!("handled before settings are loaded"),
         Command::Dlq { command } => match command {
             DlqCommand::Replay { id, all: _ } => {
-                let ids = dispatcher_db::deliveries::requeue(
+                let deliveries = dispatcher_db::deliveries::requeue(
                     &pool,
                     &dispatcher_db::deliveries::RequeueFilter {
                         delivery_id: id,
@@ -149,10 +150,19 @@ async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                     },
                 )
                 .await?;
-                if id.is_some() && ids.is_empty() {
-                    anyhow::bail!("no dead-lettered delivery with that id");
+                let queue = dispatcher_mq::Topology::from_settings(&settings).dispatch_queue();
+                let dispatches = if id.is_some() && !deliveries.is_empty() {
+                    Vec::new()
+                } else {
+                    dispatcher_db::dead_letters::replay_dispatches(&pool, &queue, id).await?
+                };
+                if id.is_some() && deliveries.is_empty() && dispatches.is_empty() {
+                    anyhow::bail!("no dead-lettered delivery or dispatch with that id");
                 }
-                println!("{}", serde_json::json!({"replayed": ids}));
+                println!(
+                    "{}",
+                    serde_json::json!({"replayed": deliveries, "dispatches": dispatches})
+                );
             }
             DlqCommand::List { limit } => {
                 for d in dispatcher_db::deliveries::list_dead(&pool, limit).await? {
@@ -170,7 +180,8 @@ async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                         "{}",
                         serde_json::json!({
                             "kind": "message", "id": d.id, "queue": d.queue,
-                            "messageId": d.message_id, "reason": d.reason, "createdAt": d.created_at,
+                            "messageId": d.message_id, "dispatchId": d.dispatch_id, "reason": d.reason,
+                            "createdAt": d.created_at,
                         })
                     );
                 }

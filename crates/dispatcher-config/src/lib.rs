@@ -45,8 +45,14 @@ impl fmt::Debug for Secret {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
+    /// From SIGTERM to exit, at most: half for the HTTP requests in flight, half for the
+    /// background tasks. Keep it below the Kubernetes grace period.
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_timeout: Duration,
+    /// Longest any API request may run (a sync submission gets its `ingest.sync_timeout` plus
+    /// a margin when that is longer).
+    #[serde(deserialize_with = "de_duration")]
+    pub request_timeout: Duration,
     pub database: DatabaseSettings,
     pub amqp: AmqpSettings,
     pub outbox: OutboxSettings,
@@ -73,6 +79,10 @@ pub struct ProviderSettings {
 pub struct RateLimitSettings {
     pub requests_per_second: f64,
     pub burst: u32,
+    /// Failed sign-ins allowed per account (email) per minute, with this many at once.
+    pub failed_logins_per_account: u32,
+    /// Failed sign-ins allowed per client address per minute, with this many at once.
+    pub failed_logins_per_address: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,6 +94,9 @@ pub struct DatabaseSettings {
     pub connect_timeout: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub acquire_timeout: Duration,
+    /// Longest one statement on a pooled connection may run (Postgres `statement_timeout`).
+    #[serde(deserialize_with = "de_duration")]
+    pub statement_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -99,6 +112,11 @@ pub struct OutboxSettings {
     pub batch_size: usize,
     #[serde(deserialize_with = "de_duration")]
     pub poll_interval: Duration,
+    /// Longest wait for a batch's publisher confirms; past it the batch is published again later.
+    #[serde(deserialize_with = "de_duration")]
+    pub confirm_timeout: Duration,
+    /// Refusals (nacks) of one row by the broker before the relay quarantines it.
+    pub max_publish_failures: i32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,6 +144,9 @@ pub struct WorkerSettings {
     pub batch_max: usize,
     pub concurrency: usize,
     pub consumers: usize,
+    /// Times a dispatch may be taken up for processing without finishing (its worker stopped or
+    /// was killed each time) before its message is quarantined as a dead letter.
+    pub max_processing_attempts: i32,
 }
 
 /// Limits on rendering one document, in the worker and in `POST /v1/dispatches/validate`.
@@ -169,6 +190,10 @@ pub struct DeliverySettings {
     pub circuit_breaker_threshold: u32,
     #[serde(deserialize_with = "de_duration")]
     pub circuit_breaker_cooldown: Duration,
+    /// Requests one endpoint (URL origin) gets at once at first; the limit adapts from there.
+    pub endpoint_initial_in_flight: usize,
+    /// Most requests one endpoint gets at once from one deliverer.
+    pub endpoint_max_in_flight: usize,
     #[serde(deserialize_with = "de_duration")]
     pub secret_rotation_grace: Duration,
 }

@@ -3,6 +3,7 @@
 //!
 //! Nothing in this crate performs I/O, so every rule here is unit-tested without a database or broker.
 
+pub mod aimd;
 pub mod circuit;
 pub mod error;
 pub mod event;

@@ -16,6 +16,17 @@ impl TokenBucket {
         }
     }
 
+    /// Whether a token is available now, without taking it (or how long until one is).
+    pub fn peek(&self, rate: f64, burst: u32, now: Instant) -> Result<(), Duration> {
+        self.clone().take(rate, burst, now)
+    }
+
+    /// True once the bucket has refilled to `burst`: it then says nothing a new one would not.
+    pub fn is_full(&self, rate: f64, burst: u32, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * rate >= burst as f64
+    }
+
     /// Takes one token, or says how long until one is available.
     pub fn take(&mut self, rate: f64, burst: u32, now: Instant) -> Result<(), Duration> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();

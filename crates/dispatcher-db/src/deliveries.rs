@@ -141,6 +141,8 @@ pub struct AttemptRecord {
     pub new_status: &'static str,
     /// The retry message to publish through the outbox, if one is scheduled.
     pub retry: Option<RetryMessage>,
+    /// The subscription to disable with this attempt (its endpoint answered `410 Gone`).
+    pub disable_webhook: Option<Uuid>,
 }
 
 #[derive(Debug, Clone)]
@@ -150,7 +152,8 @@ pub struct RetryMessage {
     pub payload: Vec<u8>,
 }
 
-/// Records attempts, advances their deliveries and enqueues scheduled retries, in one statement.
+/// Records attempts, advances their deliveries, enqueues scheduled retries and disables the
+/// subscriptions whose endpoint answered `410 Gone`, in one statement (so in one commit).
 /// A delivery only moves if it is still `pending` at the attempt number the worker saw, so a
 /// duplicate message cannot record a second outcome for the same attempt.
 pub async fn record_attempts(pool: &Pool, rows: &[AttemptRecord]) -> Result<u64, DbError> {
@@ -161,10 +164,10 @@ pub async fn record_attempts(pool: &Pool, rows: &[AttemptRecord]) -> Result<u64,
                  SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int4[],
                                       $6::text[], $7::int4[], $8::text[], $9::int4[],
                                       $10::timestamptz[], $11::timestamptz[], $12::text[],
-                                      $13::uuid[], $14::text[], $15::bytea[])
+                                      $13::uuid[], $14::text[], $15::bytea[], $16::uuid[])
                  AS t(id, delivery_id, dispatch_id, account_id, attempt, status, response_status,
                       error, duration_ms, attempted_at, next_attempt_at, new_status,
-                      retry_id, retry_key, retry_payload)
+                      retry_id, retry_key, retry_payload, disable_webhook)
              ), upd AS (
                  UPDATE deliveries d
                  SET status = i.new_status, attempts = i.attempt, next_attempt_at = i.next_attempt_at,
@@ -191,6 +194,10 @@ pub async fn record_attempts(pool: &Pool, rows: &[AttemptRecord]) -> Result<u64,
                  SELECT i.delivery_id FROM input i JOIN upd ON upd.id = i.delivery_id
                  WHERE i.new_status = 'dead'
                  ON CONFLICT (delivery_id) DO UPDATE SET dead_at = now()
+             ), gone AS (
+                 UPDATE webhook_subscriptions s SET disabled_at = now()
+                 FROM input i JOIN upd ON upd.id = i.delivery_id
+                 WHERE s.id = i.disable_webhook AND s.disabled_at IS NULL
              )
              SELECT count(*) FROM upd",
         )
@@ -222,6 +229,7 @@ pub async fn record_attempts(pool: &Pool, rows: &[AttemptRecord]) -> Result<u64,
         .iter()
         .map(|r| r.retry.as_ref().map(|m| m.payload.as_slice()))
         .collect();
+    let disable: Vec<Option<Uuid>> = rows.iter().map(|r| r.disable_webhook).collect();
     let row = client
         .query_one(
             &stmt,
@@ -241,6 +249,7 @@ pub async fn record_attempts(pool: &Pool, rows: &[AttemptRecord]) -> Result<u64,
                 &retry_ids,
                 &retry_keys,
                 &retry_payloads,
+                &disable,
             ],
         )
         .await?;
@@ -294,18 +303,6 @@ pub async fn list_attempts(
             next_attempt_at: r.get(9),
         })
         .collect())
-}
-
-/// Stops future deliveries to a subscription whose endpoint answered `410 Gone`.
-pub async fn disable_subscription(pool: &Pool, webhook_id: Uuid) -> Result<(), DbError> {
-    let client = pool.get().await?;
-    client
-        .execute(
-            "UPDATE webhook_subscriptions SET disabled_at = now() WHERE id = $1 AND disabled_at IS NULL",
-            &[&webhook_id],
-        )
-        .await?;
-    Ok(())
 }
 
 /// Which deliveries to send again.

@@ -329,47 +329,78 @@ pub struct Claimed {
     pub metadata: Option<serde_json::Value>,
 }
 
+/// What [`claim`] found.
+#[derive(Debug, Default)]
+pub struct Claim {
+    /// Dispatches now `processing`, to be rendered and provided.
+    pub claimed: Vec<Claimed>,
+    /// Unfinished dispatches already taken up `max_attempts` times: each time their worker
+    /// stopped before finishing. They are left as they are, for their message to be quarantined.
+    pub exhausted: Vec<Uuid>,
+}
+
 /// Moves the given dispatches to `processing` where that is legal (`queued`, or `processing` left
-/// by a worker that died) and returns them. Finished dispatches are not returned: their redelivered
-/// messages are simply acknowledged.
+/// by a worker that died) and fewer than `max_attempts` processing attempts were started, and
+/// returns them. Finished dispatches are in neither list: their redelivered messages are simply
+/// acknowledged.
 ///
 /// The claim commits without waiting for the WAL flush (an `AsyncCommitPool`, so it is one
 /// statement): if it is lost in a crash the dispatch is simply still `queued` when its message is
 /// redelivered. The finishing statement, which must not be lost once the message is
 /// acknowledged, commits synchronously.
-pub async fn claim(pool: &AsyncCommitPool, ids: &[Uuid]) -> Result<Vec<Claimed>, DbError> {
+pub async fn claim(
+    pool: &AsyncCommitPool,
+    ids: &[Uuid],
+    max_attempts: i32,
+) -> Result<Claim, DbError> {
     let client = pool.get().await?;
     let sources: Vec<&str> = DispatchStatus::sources_of(DispatchStatus::Processing)
         .iter()
         .map(|s| s.as_str())
         .collect();
+    // Both parts read the snapshot from before the update, so they are disjoint.
     let stmt = client
         .prepare_cached(
-            "UPDATE dispatches
-             SET status = 'processing', started_at = COALESCE(started_at, now()),
-                 processing_attempts = processing_attempts + 1
-             WHERE id = ANY($1) AND status = ANY($2)
-             RETURNING id, account_id, template_format, template_body, data, provider,
-                       callback_url, metadata",
+            "WITH upd AS (
+                 UPDATE dispatches
+                 SET status = 'processing', started_at = COALESCE(started_at, now()),
+                     processing_attempts = processing_attempts + 1
+                 WHERE id = ANY($1) AND status = ANY($2) AND processing_attempts < $3
+                 RETURNING id, account_id, template_format, template_body, data, provider,
+                           callback_url, metadata
+             )
+             SELECT id, account_id, template_format, template_body, data, provider,
+                    callback_url, metadata, false AS exhausted
+             FROM upd
+             UNION ALL
+             SELECT id, account_id, NULL, NULL, NULL, NULL, NULL, NULL, true
+             FROM dispatches
+             WHERE id = ANY($1) AND status = ANY($2) AND processing_attempts >= $3",
         )
         .await?;
-    let rows = client.query(&stmt, &[&ids, &sources]).await?;
-    rows.iter()
-        .map(|r| {
-            let f: String = r.get("template_format");
-            Ok(Claimed {
-                id: r.get("id"),
-                account_id: r.get("account_id"),
-                template_format: TemplateFormat::parse(&f)
-                    .ok_or_else(|| DbError::Corrupt(format!("template format `{f}`")))?,
-                template_body: r.get("template_body"),
-                data: r.get("data"),
-                provider: r.get("provider"),
-                callback_url: r.get("callback_url"),
-                metadata: r.get("metadata"),
-            })
-        })
-        .collect()
+    let rows = client
+        .query(&stmt, &[&ids, &sources, &max_attempts])
+        .await?;
+    let mut out = Claim::default();
+    for r in &rows {
+        if r.get::<_, bool>("exhausted") {
+            out.exhausted.push(r.get("id"));
+            continue;
+        }
+        let f: String = r.get("template_format");
+        out.claimed.push(Claimed {
+            id: r.get("id"),
+            account_id: r.get("account_id"),
+            template_format: TemplateFormat::parse(&f)
+                .ok_or_else(|| DbError::Corrupt(format!("template format `{f}`")))?,
+            template_body: r.get("template_body"),
+            data: r.get("data"),
+            provider: r.get("provider"),
+            callback_url: r.get("callback_url"),
+            metadata: r.get("metadata"),
+        });
+    }
+    Ok(out)
 }
 
 /// The outcome of one claimed dispatch, with its outcome event already serialized.

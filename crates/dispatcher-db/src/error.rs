@@ -22,4 +22,19 @@ impl DbError {
             DbError::Corrupt(_) => false,
         }
     }
+
+    /// True when the database refused the data itself (a data exception or an integrity
+    /// violation, SQLSTATE classes 22 and 23), or stored data could not be read: the same
+    /// statement with the same data fails the same way every time, so retrying cannot help.
+    /// Everything else (the server unreachable, a timeout, a deadlock, a missing table during a
+    /// deployment) may pass, and is retried.
+    pub fn is_deterministic(&self) -> bool {
+        match self {
+            DbError::Postgres(e) => e
+                .code()
+                .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23")),
+            DbError::Corrupt(_) => true,
+            DbError::Pool(_) | DbError::Build(_) => false,
+        }
+    }
 }

@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "results_compressed_with_lz4",
         include_str!("../../../migrations/0006_results_compressed_with_lz4.sql"),
     ),
+    (
+        7,
+        "quarantine_and_health",
+        include_str!("../../../migrations/0007_quarantine_and_health.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x0d15_9a7c_4e00_0001;
@@ -39,6 +44,15 @@ const LOCK_KEY: i64 = 0x0d15_9a7c_4e00_0001;
 /// Applies pending migrations; returns the versions applied.
 pub async fn run(pool: &Pool) -> Result<Vec<i32>, DbError> {
     let mut client = pool.get().await?;
+    // A migration may rewrite a large table, and another replica may hold the lock meanwhile:
+    // neither is bounded by the pool's statement_timeout. RESET restores it for the pool.
+    client.batch_execute("SET statement_timeout = 0").await?;
+    let result = migrate(&mut client).await;
+    client.batch_execute("RESET statement_timeout").await?;
+    result
+}
+
+async fn migrate(client: &mut deadpool_postgres::Object) -> Result<Vec<i32>, DbError> {
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -50,7 +64,7 @@ pub async fn run(pool: &Pool) -> Result<Vec<i32>, DbError> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await?;
-    let result = apply_pending(&mut client).await;
+    let result = apply_pending(client).await;
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
         .await?;

@@ -40,6 +40,8 @@ pub struct OutboxRow {
     pub traceparent: Option<String>,
     /// Seconds since the row's transaction began, when it was taken.
     pub age_seconds: f64,
+    /// Times the broker refused (nacked) this row before.
+    pub publish_failures: i32,
 }
 
 /// Takes up to `limit` unsent rows, oldest first, by deleting them in the caller's transaction:
@@ -56,7 +58,8 @@ pub async fn take_batch(
             "DELETE FROM outbox WHERE id IN (
                  SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
              RETURNING id, message_id, routing_key, payload, headers->>'traceparent',
-                       EXTRACT(EPOCH FROM clock_timestamp() - created_at)::float8",
+                       EXTRACT(EPOCH FROM clock_timestamp() - created_at)::float8,
+                       publish_failures",
         )
         .await?;
     let mut rows: Vec<OutboxRow> = tx
@@ -70,11 +73,47 @@ pub async fn take_batch(
             payload: r.get(3),
             traceparent: r.get(4),
             age_seconds: r.get(5),
+            publish_failures: r.get(6),
         })
         .collect();
     // RETURNING follows no particular order; publish in commit order.
     rows.sort_unstable_by_key(|r| r.id);
     Ok(rows)
+}
+
+/// Puts rows the broker refused back, in the relay's transaction, with one more refusal
+/// counted: they keep their place (id) and their age, and are published again next round.
+pub async fn put_back(
+    tx: &deadpool_postgres::Transaction<'_>,
+    rows: &[&OutboxRow],
+) -> Result<(), DbError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO outbox (id, message_id, routing_key, payload, headers, created_at,
+                                 publish_failures)
+             SELECT id, m, k, p,
+                    CASE WHEN tp IS NULL THEN NULL ELSE jsonb_build_object('traceparent', tp) END,
+                    clock_timestamp() - make_interval(secs => age), f + 1
+             FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::bytea[], $5::text[],
+                         $6::float8[], $7::int4[]) AS t(id, m, k, p, tp, age, f)",
+        )
+        .await?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let msg: Vec<Uuid> = rows.iter().map(|r| r.message_id).collect();
+    let keys: Vec<&str> = rows.iter().map(|r| r.routing_key.as_str()).collect();
+    let payloads: Vec<&[u8]> = rows.iter().map(|r| r.payload.as_slice()).collect();
+    let traces: Vec<Option<&str>> = rows.iter().map(|r| r.traceparent.as_deref()).collect();
+    let ages: Vec<f64> = rows.iter().map(|r| r.age_seconds).collect();
+    let failures: Vec<i32> = rows.iter().map(|r| r.publish_failures).collect();
+    tx.execute(
+        &stmt,
+        &[&ids, &msg, &keys, &payloads, &traces, &ages, &failures],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Unsent rows and the age in seconds of the oldest one (a read, on the relay's own pool).

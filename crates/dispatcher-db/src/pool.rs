@@ -119,7 +119,12 @@ fn build_pool(
     max_size: usize,
     extra_options: &str,
 ) -> Result<Pool, DbError> {
-    let options = format!("{POOL_OPTIONS} {extra_options}");
+    // Every statement is bounded: a query stuck behind a lock or a runaway plan fails and is
+    // retried or answered 503, instead of holding its connection and its caller for ever.
+    let options = format!(
+        "{POOL_OPTIONS} -c statement_timeout={} {extra_options}",
+        settings.statement_timeout.as_millis()
+    );
     let cfg = pg_config_with(settings, options.trim_end())?;
     let manager = Manager::from_config(
         cfg,

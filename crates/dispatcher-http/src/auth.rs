@@ -29,6 +29,10 @@ use uuid::Uuid;
 
 const CACHE_TTL: Duration = Duration::from_secs(300);
 const CACHE_MAX: usize = 10_000;
+/// Verifications that may wait for a free core; more answer 429 at once.
+const MAX_WAITING: usize = 64;
+/// Longest a verification waits for a free core.
+const MAX_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Authenticator {
     pool: Pool,
@@ -39,8 +43,39 @@ pub struct Authenticator {
     /// argon2 uses ~19 MiB per verification; bounding concurrent verifications to the cores keeps
     /// a burst of new clients from ballooning memory (and gains nothing: they are CPU-bound).
     verifying: tokio::sync::Semaphore,
+    /// Verifications waiting for `verifying`.
+    waiting: std::sync::atomic::AtomicUsize,
     limits: RateLimitSettings,
     buckets: Mutex<HashMap<Uuid, TokenBucket>>,
+    /// Failed sign-ins per email and per client address, checked before argon2 runs.
+    failures: Mutex<HashMap<FailureKey, TokenBucket>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum FailureKey {
+    Email(String),
+    Address(std::net::IpAddr),
+}
+
+/// Removes a credential's single-flight entry when its last user is done, however it ends
+/// (a cancelled request included).
+struct Inflight<'a> {
+    auth: &'a Authenticator,
+    key: [u8; 32],
+    lock: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        drop(self.lock.take());
+        let mut inflight = self.auth.inflight.lock().expect("auth inflight");
+        if inflight
+            .get(&self.key)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            inflight.remove(&self.key);
+        }
+    }
 }
 
 impl Authenticator {
@@ -51,8 +86,10 @@ impl Authenticator {
             cache: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             verifying: tokio::sync::Semaphore::new(cores),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
             limits,
             buckets: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
         })
     }
 
@@ -83,12 +120,19 @@ impl Authenticator {
     }
 
     /// The account for these credentials, or `Unauthorized` (same answer for unknown email and
-    /// wrong password).
-    pub async fn authenticate(&self, email: &str, password: &str) -> Result<Uuid, ApiError> {
+    /// wrong password). `client` is the peer address, for the failed sign-in limit.
+    pub async fn authenticate(
+        &self,
+        email: &str,
+        password: &str,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Uuid, ApiError> {
         let key = Self::key(email, password);
         if let Some(id) = self.cached(&key) {
             return Ok(id);
         }
+        let keys = self.failure_keys(email, client);
+        self.check_failures(&keys)?;
         let lock = self
             .inflight
             .lock()
@@ -96,23 +140,91 @@ impl Authenticator {
             .entry(key)
             .or_default()
             .clone();
-        let result = {
-            let _one = lock.lock().await;
-            // Whoever held the lock before us may have cached the answer.
-            match self.cached(&key) {
-                Some(id) => Ok(id),
-                None => self.verify(key, email, password).await,
-            }
+        let guard = Inflight {
+            auth: self,
+            key,
+            lock: Some(lock),
         };
-        drop(lock);
-        let mut inflight = self.inflight.lock().expect("auth inflight");
-        if inflight
-            .get(&key)
-            .is_some_and(|l| Arc::strong_count(l) == 1)
-        {
-            inflight.remove(&key);
+        let one = guard.lock.as_ref().expect("set above").lock().await;
+        // Whoever held the lock before us may have cached the answer.
+        let result = match self.cached(&key) {
+            Some(id) => Ok(id),
+            None => self.verify(key, email, password).await,
+        };
+        drop(one);
+        drop(guard);
+        if matches!(result, Err(ApiError::Unauthorized)) {
+            self.record_failure(&keys);
         }
         result
+    }
+
+    /// The failed sign-in buckets a sign-in as `email` from `client` counts against, each with
+    /// its allowance per minute.
+    fn failure_keys(
+        &self,
+        email: &str,
+        client: Option<std::net::IpAddr>,
+    ) -> Vec<(FailureKey, u32)> {
+        let mut keys = vec![(
+            FailureKey::Email(email.trim().to_ascii_lowercase()),
+            self.limits.failed_logins_per_account,
+        )];
+        if let Some(ip) = client {
+            keys.push((
+                FailureKey::Address(ip),
+                self.limits.failed_logins_per_address,
+            ));
+        }
+        keys
+    }
+
+    /// 429 when the email or the client address has used up its failed sign-ins.
+    fn check_failures(&self, keys: &[(FailureKey, u32)]) -> Result<(), ApiError> {
+        let now = Instant::now();
+        let failures = self.failures.lock().expect("auth failures");
+        for (k, per_minute) in keys {
+            if *per_minute == 0 {
+                continue;
+            }
+            if let Some(b) = failures.get(k) {
+                b.peek(*per_minute as f64 / 60.0, *per_minute, now)
+                    .map_err(|wait| {
+                        metrics::counter!("dispatcher_http_failed_logins_limited_total")
+                            .increment(1);
+                        ApiError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u64)
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn record_failure(&self, keys: &[(FailureKey, u32)]) {
+        let now = Instant::now();
+        let mut failures = self.failures.lock().expect("auth failures");
+        if failures.len() >= CACHE_MAX {
+            // Forget the buckets that have refilled: they say nothing a new one would not.
+            let (account, address) = (
+                self.limits.failed_logins_per_account,
+                self.limits.failed_logins_per_address,
+            );
+            failures.retain(|k, b| {
+                let n = match k {
+                    FailureKey::Email(_) => account,
+                    FailureKey::Address(_) => address,
+                };
+                !b.is_full(n as f64 / 60.0, n, now)
+            });
+        }
+        for (k, per_minute) in keys {
+            if *per_minute == 0 || (failures.len() >= CACHE_MAX && !failures.contains_key(k)) {
+                continue;
+            }
+            let _ = failures
+                .entry(k.clone())
+                .or_insert_with(|| TokenBucket::full(*per_minute, now))
+                .take(*per_minute as f64 / 60.0, *per_minute, now);
+        }
     }
 
     fn cached(&self, key: &[u8; 32]) -> Option<Uuid> {
@@ -124,10 +236,21 @@ impl Authenticator {
     }
 
     async fn verify(&self, key: [u8; 32], email: &str, password: &str) -> Result<Uuid, ApiError> {
-        let _permit = self
-            .verifying
-            .acquire()
-            .await
+        use std::sync::atomic::Ordering;
+        // No unbounded queue in front of argon2: a few wait briefly for a core, the rest are
+        // told to come back.
+        let busy = || {
+            metrics::counter!("dispatcher_http_rate_limited_total").increment(1);
+            ApiError::RateLimited(1)
+        };
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= MAX_WAITING {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(busy());
+        }
+        let permit = tokio::time::timeout(MAX_WAIT, self.verifying.acquire()).await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let _permit = permit
+            .map_err(|_| busy())?
             .map_err(|_| ApiError::Unavailable("authenticator closed".into()))?;
         match accounts::authenticate(&self.pool, email, password).await? {
             Some(id) => {
@@ -150,6 +273,7 @@ impl Authenticator {
         let RateLimitSettings {
             requests_per_second: rate,
             burst,
+            ..
         } = self.limits;
         if rate <= 0.0 {
             return Ok(());
@@ -205,7 +329,11 @@ where
             .ok_or(ApiError::Unauthorized)?;
         let (email, password) = parse_basic(header).ok_or(ApiError::Unauthorized)?;
         let auth = Arc::<Authenticator>::from_ref(state);
-        let account = auth.authenticate(&email, &password).await?;
+        let client = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let account = auth.authenticate(&email, &password, client).await?;
         auth.check_rate(account)?;
         Ok(AuthAccount(account))
     }

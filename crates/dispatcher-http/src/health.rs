@@ -27,7 +27,11 @@ pub fn health_router(state: HealthState) -> Router {
 
 /// The health router as a complete app, for the services whose only HTTP surface it is.
 pub fn health_app(state: HealthState) -> Router {
-    crate::with_common_layers(health_router(state), 1024)
+    crate::with_common_layers(
+        health_router(state),
+        1024,
+        std::time::Duration::from_secs(10),
+    )
 }
 
 async fn readyz(State(s): State<HealthState>) -> impl IntoResponse {

@@ -8,12 +8,15 @@
 
 use crate::{Backoff, Topology};
 use dispatcher_config::Settings;
+use dispatcher_db::dead_letters::{self, NewDeadLetter};
+use dispatcher_db::{DbError, Pool};
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -40,10 +43,30 @@ impl Incoming {
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
-    /// Nothing was committed; the same batch is retried after a backoff.
+    /// A dependency could not be reached and nothing was committed: the same batch is retried
+    /// after a backoff, for as long as it takes.
     #[error("transient: {0}")]
     Transient(String),
+    /// The batch was refused in a way that repeats (the database rejected a value in it). The
+    /// consumer takes the batch apart: each message is handled on its own, and one that is
+    /// refused [`QUARANTINE_AFTER`] times is stored as a dead letter with this reason and
+    /// acknowledged, while the rest of the batch goes on.
+    #[error("rejected: {0}")]
+    Rejected(String),
 }
+
+impl From<DbError> for HandlerError {
+    fn from(e: DbError) -> Self {
+        if e.is_deterministic() {
+            HandlerError::Rejected(e.to_string())
+        } else {
+            HandlerError::Transient(e.to_string())
+        }
+    }
+}
+
+/// Times one message is refused, on its own, before it is quarantined.
+pub const QUARANTINE_AFTER: u32 = 3;
 
 pub trait BatchHandler: Send + Sync + 'static {
     /// Processes a batch and commits its effects. `Ok` means every message in it is done (handled,
@@ -63,6 +86,8 @@ pub struct ConsumerConfig {
     pub name: String,
     pub queue: String,
     pub batch_max: usize,
+    /// Where messages that keep being refused are quarantined (`dead_letters`).
+    pub dead_letters: Pool,
 }
 
 /// Consumes `cfg.queue` until `cancel`, reconnecting as needed. On cancel the current batch is
@@ -149,31 +174,31 @@ async fn session<H: BatchHandler>(
         metrics::counter!("dispatcher_messages_consumed_total", "queue" => cfg.queue.clone())
             .increment(batch.len() as u64);
 
-        let mut retry = Backoff::new(
-            std::time::Duration::from_millis(200),
-            std::time::Duration::from_secs(5),
-        );
-        loop {
-            match handler.handle(&batch).await {
-                Ok(()) => break,
-                Err(HandlerError::Transient(e)) => {
-                    let delay = retry.next_delay();
-                    warn!(consumer = %cfg.name, error = %e, ?delay, size = batch.len(), "batch not committed; retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => {
-                            // Hand the batch back to the broker for another consumer.
-                            let last = batch.last().expect("non-empty").delivery_tag;
-                            ch.basic_nack(last, BasicNackOptions { multiple: true, requeue: true }).await?;
-                            metrics::counter!("dispatcher_messages_nacked_total", "queue" => cfg.queue.clone())
-                                .increment(batch.len() as u64);
-                            let _ = ch.close(200, "shutdown".into()).await;
-                            let _ = conn.close(200, "shutdown".into()).await;
-                            return Ok(());
-                        }
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
+        let done = match handle_retrying(handler, &batch, cfg, cancel).await {
+            Ok(()) => true,
+            Err(HandlerError::Rejected(reason)) => {
+                warn!(consumer = %cfg.name, error = %reason, size = batch.len(), "batch refused; handling its messages one by one");
+                isolate(handler, &batch, cfg, cancel).await
             }
+            Err(HandlerError::Transient(_)) => false,
+        };
+        if !done {
+            // Cancelled while the batch could not be committed: hand it back to the broker for
+            // another consumer.
+            let last = batch.last().expect("non-empty").delivery_tag;
+            ch.basic_nack(
+                last,
+                BasicNackOptions {
+                    multiple: true,
+                    requeue: true,
+                },
+            )
+            .await?;
+            metrics::counter!("dispatcher_messages_nacked_total", "queue" => cfg.queue.clone())
+                .increment(batch.len() as u64);
+            let _ = ch.close(200, "shutdown".into()).await;
+            let _ = conn.close(200, "shutdown".into()).await;
+            return Ok(());
         }
         let last = batch.last().expect("non-empty").delivery_tag;
         ch.basic_ack(last, BasicAckOptions { multiple: true })
@@ -184,6 +209,78 @@ async fn session<H: BatchHandler>(
     let _ = ch.close(200, "shutdown".into()).await;
     let _ = conn.close(200, "shutdown".into()).await;
     Ok(())
+}
+
+/// Handles `batch`, retrying transient failures with backoff. Returns `Ok` once it is handled,
+/// the first `Rejected`, or `Transient` when cancelled before the batch could be handled.
+async fn handle_retrying<H: BatchHandler>(
+    handler: &H,
+    batch: &[Incoming],
+    cfg: &ConsumerConfig,
+    cancel: &CancellationToken,
+) -> Result<(), HandlerError> {
+    let mut retry = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        match handler.handle(batch).await {
+            Err(HandlerError::Transient(e)) => {
+                let delay = retry.next_delay();
+                warn!(consumer = %cfg.name, error = %e, ?delay, size = batch.len(), "batch not committed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(HandlerError::Transient(e)),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Handles each message of a refused batch on its own. A message refused
+/// [`QUARANTINE_AFTER`] times is stored as a dead letter. Returns false when cancelled first.
+async fn isolate<H: BatchHandler>(
+    handler: &H,
+    batch: &[Incoming],
+    cfg: &ConsumerConfig,
+    cancel: &CancellationToken,
+) -> bool {
+    for m in batch {
+        let mut refusals = 0;
+        loop {
+            match handle_retrying(handler, std::slice::from_ref(m), cfg, cancel).await {
+                Ok(()) => break,
+                Err(HandlerError::Transient(_)) => return false,
+                Err(HandlerError::Rejected(reason)) => {
+                    refusals += 1;
+                    if refusals < QUARANTINE_AFTER {
+                        continue;
+                    }
+                    warn!(consumer = %cfg.name, message_id = ?m.message_id, error = %reason, "message quarantined");
+                    let row = NewDeadLetter {
+                        queue: cfg.queue.clone(),
+                        message_id: m.message_id.clone(),
+                        reason: format!("refused {refusals} times: {reason}"),
+                        body: m.data.clone(),
+                    };
+                    let mut retry =
+                        Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+                    while let Err(e) =
+                        dead_letters::insert_batch(&cfg.dead_letters, std::slice::from_ref(&row))
+                            .await
+                    {
+                        warn!(consumer = %cfg.name, error = %e, "cannot store the dead letter; retrying");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return false,
+                            _ = tokio::time::sleep(retry.next_delay()) => {}
+                        }
+                    }
+                    metrics::counter!("dispatcher_messages_quarantined_total", "queue" => cfg.queue.clone())
+                        .increment(1);
+                    break;
+                }
+            }
+        }
+    }
+    true
 }
 
 fn to_incoming(d: lapin::message::Delivery) -> Incoming {

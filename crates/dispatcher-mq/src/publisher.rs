@@ -25,6 +25,19 @@ pub enum PublishError {
     Nacked(usize),
     #[error("{0} message(s) had no queue bound to their routing key")]
     Unroutable(usize),
+    #[error("the broker did not confirm the batch within {0:?}")]
+    ConfirmTimeout(std::time::Duration),
+}
+
+/// What the broker said about one published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirmed {
+    /// Stored in every queue bound to its routing key.
+    Stored,
+    /// Refused (a queue full with `reject-publish`, or the broker failing to store it).
+    Nacked,
+    /// No queue is bound to its routing key: publishing it again cannot help.
+    Unroutable,
 }
 
 /// A channel in confirm mode publishing persistent messages to one exchange.
@@ -55,6 +68,23 @@ impl Publisher {
     /// some may not have been stored; callers keep the source rows and publish again (consumers
     /// are idempotent, so a duplicate is harmless, a loss would not be).
     pub async fn publish_batch(&self, messages: &[OutgoingMessage]) -> Result<(), PublishError> {
+        let outcomes = self.publish_each(messages, None).await?;
+        let count = |c| outcomes.iter().filter(|o| **o == c).count();
+        match (count(Confirmed::Nacked), count(Confirmed::Unroutable)) {
+            (0, 0) => Ok(()),
+            (0, n) => Err(PublishError::Unroutable(n)),
+            (n, _) => Err(PublishError::Nacked(n)),
+        }
+    }
+
+    /// Publishes every message and returns what the broker said about each one, in order, once
+    /// it confirmed them all. With `timeout`, a batch not confirmed within it is an error (its
+    /// messages may or may not be stored).
+    pub async fn publish_each(
+        &self,
+        messages: &[OutgoingMessage],
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Vec<Confirmed>, PublishError> {
         let mut pending = Vec::with_capacity(messages.len());
         let now = chrono::Utc::now().timestamp() as u64;
         for m in messages {
@@ -87,25 +117,26 @@ impl Publisher {
                 .await?;
             pending.push(confirm);
         }
-        let mut nacked = 0;
-        let mut unroutable = 0;
-        for result in join_all(pending).await {
-            match result? {
-                Confirmation::Ack(Some(_)) => unroutable += 1,
-                Confirmation::Ack(None) | Confirmation::NotRequested => {}
-                Confirmation::Nack(_) => nacked += 1,
+        let confirms = join_all(pending);
+        let results = match timeout {
+            Some(limit) => tokio::time::timeout(limit, confirms)
+                .await
+                .map_err(|_| PublishError::ConfirmTimeout(limit))?,
+            None => confirms.await,
+        };
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for (m, result) in messages.iter().zip(results) {
+            let outcome = match result? {
+                Confirmation::Ack(Some(_)) => Confirmed::Unroutable,
+                Confirmation::Ack(None) | Confirmation::NotRequested => Confirmed::Stored,
+                Confirmation::Nack(_) => Confirmed::Nacked,
+            };
+            if outcome == Confirmed::Stored {
+                metrics::counter!("dispatcher_messages_published_total", "routing_key" => m.routing_key.clone())
+                    .increment(1);
             }
+            outcomes.push(outcome);
         }
-        if nacked > 0 {
-            return Err(PublishError::Nacked(nacked));
-        }
-        if unroutable > 0 {
-            return Err(PublishError::Unroutable(unroutable));
-        }
-        for m in messages {
-            metrics::counter!("dispatcher_messages_published_total", "routing_key" => m.routing_key.clone())
-                .increment(1);
-        }
-        Ok(())
+        Ok(outcomes)
     }
 }

@@ -10,10 +10,11 @@
 //! process that runs no relay (requeues from the status API or the CLI), or a fallback poll that
 //! picks up rows whose writer could not relay them; then it drains the backlog.
 
-use crate::publisher::{OutgoingMessage, PublishError, Publisher};
+use crate::publisher::{Confirmed, OutgoingMessage, PublishError, Publisher};
 use crate::{Backoff, Topology};
-use dispatcher_config::Settings;
-use dispatcher_db::outbox::{self, OutboxWake};
+use dispatcher_config::{OutboxSettings, Settings};
+use dispatcher_db::dead_letters::{self, NewDeadLetter};
+use dispatcher_db::outbox::{self, OutboxRow, OutboxWake};
 use dispatcher_db::pool::AsyncCommitPool;
 use dispatcher_db::DbError;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,9 +61,8 @@ struct Lane<'a> {
 impl Lane<'_> {
     async fn run(self) -> Result<(), RelayError> {
         let mut last_gauge = Instant::now() - GAUGE_EVERY;
-        let batch = self.settings.outbox.batch_size as i64;
         loop {
-            match drain(self.pool, self.publisher, batch).await {
+            match drain(self.pool, self.publisher, &self.settings.outbox).await {
                 Ok(n) if n > 0 => debug!(relay = %self.name, published = n, "outbox drained"),
                 Ok(_) => {}
                 Err(RelayError::Db(e)) => {
@@ -171,13 +171,13 @@ pub async fn run_relay(
 async fn drain(
     pool: &AsyncCommitPool,
     publisher: &Publisher,
-    batch: i64,
+    limits: &OutboxSettings,
 ) -> Result<usize, RelayError> {
     let mut total = 0;
     loop {
-        let n = relay_once(pool, publisher, batch).await?;
+        let n = relay_once(pool, publisher, limits).await?;
         total += n;
-        if (n as i64) < batch {
+        if n < limits.batch_size {
             return Ok(total);
         }
     }
@@ -186,8 +186,9 @@ async fn drain(
 async fn relay_once(
     pool: &AsyncCommitPool,
     publisher: &Publisher,
-    batch: i64,
+    limits: &OutboxSettings,
 ) -> Result<usize, RelayError> {
+    let batch = limits.batch_size as i64;
     // An async-commit connection: losing this commit in a crash only means publishing the batch
     // again (consumers are idempotent), so it need not wait for the WAL flush.
     let mut client = pool.get().await?;
@@ -203,19 +204,66 @@ async fn relay_once(
     }
     let started = Instant::now();
     let messages: Vec<OutgoingMessage> = rows
-        .into_iter()
+        .iter()
         .map(|r| OutgoingMessage {
             message_id: r.message_id,
-            routing_key: r.routing_key,
-            payload: r.payload,
-            traceparent: r.traceparent,
+            routing_key: r.routing_key.clone(),
+            payload: r.payload.clone(),
+            traceparent: r.traceparent.clone(),
         })
         .collect();
     // On error the transaction is dropped, rolling the deletion back: the rows stay unsent.
-    publisher.publish_batch(&messages).await?;
+    let outcomes = publisher
+        .publish_each(&messages, Some(limits.confirm_timeout))
+        .await?;
+    // A refused row does not hold its batch back: the rest are done. A row no queue is bound
+    // for is quarantined at once (publishing it again cannot help); a nacked one is put back
+    // and quarantined once the broker has refused it `max_publish_failures` times.
+    let mut put_back = Vec::new();
+    let mut quarantine = Vec::new();
+    for (row, outcome) in rows.iter().zip(&outcomes) {
+        match outcome {
+            Confirmed::Stored => {}
+            Confirmed::Unroutable => quarantine.push(dead_letter(
+                row,
+                format!("no queue is bound to routing key `{}`", row.routing_key),
+            )),
+            Confirmed::Nacked if row.publish_failures + 1 >= limits.max_publish_failures => {
+                quarantine.push(dead_letter(
+                    row,
+                    format!("the broker refused it {} times", row.publish_failures + 1),
+                ))
+            }
+            Confirmed::Nacked => put_back.push(row),
+        }
+    }
+    outbox::put_back(&tx, &put_back).await?;
+    dead_letters::insert_with(&tx, &quarantine).await?;
     tx.commit().await.map_err(DbError::from)?;
+    if !quarantine.is_empty() {
+        warn!(quarantined = quarantine.len(), "outbox rows quarantined");
+        metrics::counter!("dispatcher_messages_quarantined_total", "queue" => OUTBOX_QUEUE)
+            .increment(quarantine.len() as u64);
+    }
     metrics::histogram!("dispatcher_outbox_publish_seconds")
         .record(started.elapsed().as_secs_f64());
-    metrics::counter!("dispatcher_outbox_relayed_total").increment(messages.len() as u64);
-    Ok(messages.len())
+    let stored = outcomes.iter().filter(|o| **o == Confirmed::Stored).count();
+    metrics::counter!("dispatcher_outbox_relayed_total").increment(stored as u64);
+    if !put_back.is_empty() {
+        // Try the refused rows again after a pause rather than at once.
+        return Err(RelayError::Publish(PublishError::Nacked(put_back.len())));
+    }
+    Ok(rows.len())
+}
+
+/// The `queue` of dead letters quarantined by a relay.
+pub const OUTBOX_QUEUE: &str = "outbox";
+
+fn dead_letter(row: &OutboxRow, reason: String) -> NewDeadLetter {
+    NewDeadLetter {
+        queue: OUTBOX_QUEUE.to_owned(),
+        message_id: Some(row.message_id.to_string()),
+        reason: format!("{reason} (routing key `{}`)", row.routing_key),
+        body: row.payload.clone(),
+    }
 }

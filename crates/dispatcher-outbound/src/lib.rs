@@ -92,9 +92,15 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The shared client: policy resolver, no redirects, connection reuse per host.
+/// The shared client: policy resolver, no redirects, connection reuse per host (keep-alive
+/// where the receiver allows it).
+///
+/// Proxy environment variables (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`) are ignored: a proxy
+/// resolves the receiver's name itself, out of reach of the policy resolver, so honouring one
+/// that the deployment's environment happens to set would route around the address policy.
 pub fn client(settings: &DeliverySettings, user_agent: &str) -> reqwest::Client {
     reqwest::Client::builder()
+        .no_proxy()
         .user_agent(user_agent)
         .redirect(reqwest::redirect::Policy::none())
         .timeout(settings.timeout)

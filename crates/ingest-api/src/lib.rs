@@ -39,6 +39,8 @@ pub struct AppState {
     /// Previews rendering or waiting for a slot; bounded so previews cannot queue without limit
     /// beside the submission path.
     pub previews: Arc<tokio::sync::Semaphore>,
+    /// Cancelled when shutdown starts: sync submissions stop waiting and answer their 202.
+    pub draining: CancellationToken,
 }
 
 impl FromRef<AppState> for Arc<Authenticator> {
@@ -102,6 +104,7 @@ pub async fn serve(
         estimator: estimate::Estimator::start(settings.clone(), pool.clone(), background.clone()),
         previews: Arc::new(tokio::sync::Semaphore::new(renderer.slots() * 2)),
         renderer,
+        draining: cancel.clone(),
     };
     let app: Router = routes::router(state)
         .merge(health_router(HealthState {
@@ -110,16 +113,21 @@ pub async fn serve(
             metrics,
         }))
         .route("/openapi.json", get(openapi::serve));
-    let app = with_common_layers(app, settings.ingest.max_body_bytes);
+    let request_timeout = settings
+        .request_timeout
+        .max(settings.ingest.sync_timeout + std::time::Duration::from_secs(5));
+    let app = with_common_layers(app, settings.ingest.max_body_bytes, request_timeout);
     tracing::info!(addr = %listener.local_addr()?, "ingest-api listening");
-    dispatcher_http::serve(listener, app, cancel.clone()).await?;
+    // Sync submissions still waiting answer their 202 as soon as `cancel` fires (see
+    // `AppState::draining`), so the drain is short.
+    dispatcher_http::serve(listener, app, cancel.clone(), settings.shutdown_timeout / 2).await?;
 
     // Requests have drained; commit what the writer still holds, then stop the background tasks.
     writer_stop.cancel();
     let _ = writer_task.await;
     background.cancel();
     tasks.close();
-    if tokio::time::timeout(settings.shutdown_timeout, tasks.wait())
+    if tokio::time::timeout(settings.shutdown_timeout / 2, tasks.wait())
         .await
         .is_err()
     {

@@ -19,9 +19,23 @@ pub struct Waiters {
     epoch: watch::Sender<u64>,
 }
 
+/// One waiting request. Dropping it (the request answered, or cancelled by a client that went
+/// away) removes its entry once no other request waits for the same dispatch.
 pub struct Waiter {
     pub own: watch::Receiver<u64>,
     pub all: watch::Receiver<u64>,
+    id: Uuid,
+    registry: Arc<Waiters>,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut map = self.registry.by_id.lock().expect("waiters");
+        // This waiter's own receiver is still alive here.
+        if map.get(&self.id).is_some_and(|tx| tx.receiver_count() <= 1) {
+            map.remove(&self.id);
+        }
+    }
 }
 
 impl Waiters {
@@ -49,7 +63,7 @@ impl Waiters {
         me
     }
 
-    pub fn register(&self, id: Uuid) -> Waiter {
+    pub fn register(self: &Arc<Self>, id: Uuid) -> Waiter {
         let mut map = self.by_id.lock().expect("waiters");
         let own = map
             .entry(id)
@@ -58,13 +72,48 @@ impl Waiters {
         Waiter {
             own,
             all: self.epoch.subscribe(),
+            id,
+            registry: self.clone(),
         }
     }
 
-    pub fn unregister(&self, id: Uuid) {
-        let mut map = self.by_id.lock().expect("waiters");
-        if map.get(&id).is_some_and(|tx| tx.receiver_count() == 0) {
-            map.remove(&id);
+    /// Requests waiting now (distinct dispatches).
+    pub fn len(&self) -> usize {
+        self.by_id.lock().expect("waiters").len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_waiter_leaves_nothing_behind_unless_another_waits() {
+        let w = Arc::new(Waiters::default());
+        let id = Uuid::new_v4();
+        let first = w.register(id);
+        let second = w.register(id);
+        drop(first);
+        assert_eq!(w.len(), 1, "the second still waits");
+        drop(second);
+        assert_eq!(w.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_request_removes_its_waiter() {
+        let w = Arc::new(Waiters::default());
+        let id = Uuid::new_v4();
+        let registry = w.clone();
+        let request = tokio::spawn(async move {
+            let mut waiter = registry.register(id);
+            let _ = waiter.own.changed().await;
+        });
+        while w.len() == 0 {
+            tokio::task::yield_now().await;
         }
+        // The client goes away: the request's future is dropped mid-wait.
+        request.abort();
+        let _ = request.await;
+        assert_eq!(w.len(), 0);
     }
 }

@@ -56,9 +56,9 @@ pub async fn serve(
             metrics: dispatcher_telemetry::metrics_handle(),
         }))
         .route("/openapi.json", get(openapi::serve));
-    let app = with_common_layers(app, 64 * 1024);
+    let app = with_common_layers(app, 64 * 1024, settings.request_timeout);
     tracing::info!(addr = %listener.local_addr()?, "status-api listening");
-    dispatcher_http::serve(listener, app, cancel).await?;
+    dispatcher_http::serve(listener, app, cancel, settings.shutdown_timeout).await?;
     stop_listener.cancel();
     Ok(())
 }

@@ -2,7 +2,6 @@
 
 use chrono::Utc;
 use dispatcher_config::Settings;
-use dispatcher_core::circuit::{Admission, Circuit};
 use dispatcher_core::retry::{next_step, AttemptOutcome, NextStep};
 use dispatcher_core::signing::{signature_header, WebhookSecret};
 use dispatcher_core::DeliveryTask;
@@ -11,13 +10,15 @@ use dispatcher_db::outbox::OutboxWake;
 use dispatcher_db::{accounts, DbError, Pool};
 use dispatcher_mq::Topology;
 use dispatcher_outbound::Policy;
-use futures::StreamExt;
 use rand::Rng;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 use uuid::Uuid;
+
+use crate::endpoints::{Endpoints, Entry, Limits, Outcome, Permit};
 
 pub struct Deliverer {
     settings: Arc<Settings>,
@@ -26,21 +27,17 @@ pub struct Deliverer {
     outbox_wake: OutboxWake,
     http: reqwest::Client,
     policy: Policy,
-    /// Per-endpoint (URL origin) circuit breakers. Each replica keeps its own: a dead endpoint is
-    /// learned by every replica within `threshold` failures, which is cheap and needs no shared
-    /// state on the hot path.
-    circuits: Mutex<HashMap<String, Circuit>>,
-}
-
-fn endpoint_key(url: &str) -> String {
-    url::Url::parse(url)
-        .map(|u| u.origin().ascii_serialization())
-        .unwrap_or_else(|_| url.to_owned())
+    /// Per-endpoint (URL origin) in-flight limits and circuit breakers.
+    endpoints: Endpoints,
+    /// Requests in flight from this process, all endpoints together.
+    in_flight: Semaphore,
 }
 
 /// What one POST came back with.
 struct PostResult {
     outcome: AttemptOutcome,
+    /// The receiver looked overwhelmed: a timeout, a connection error, a 429 or a 503.
+    overloaded: bool,
     response_status: Option<i32>,
     error: Option<String>,
     duration: Duration,
@@ -50,52 +47,38 @@ impl Deliverer {
     pub fn new(settings: Arc<Settings>, pool: Pool, outbox_wake: OutboxWake) -> Self {
         let http = dispatcher_outbound::client(&settings.delivery, "dispatcher-webhooks/1");
         let policy = Policy::from_settings(&settings.delivery);
+        let d = &settings.delivery;
+        let endpoints = Endpoints::new(Limits {
+            initial_in_flight: d.endpoint_initial_in_flight,
+            max_in_flight: d.endpoint_max_in_flight,
+            breaker_threshold: d.circuit_breaker_threshold,
+            breaker_cooldown: d.circuit_breaker_cooldown,
+            probe_wait: d.timeout + Duration::from_secs(1),
+        });
+        let in_flight = Semaphore::new(settings.deliverer.concurrency.max(1));
         Self {
             settings,
             pool,
             outbox_wake,
             http,
             policy,
-            circuits: Mutex::new(HashMap::new()),
+            endpoints,
+            in_flight,
         }
     }
 
-    /// Splits deliveries into those to attempt now and those held back by an open circuit.
-    fn admit(&self, deliveries: Vec<Delivery>) -> (Vec<Delivery>, Vec<Delivery>) {
-        let now = Instant::now();
-        let mut circuits = self.circuits.lock().expect("circuits");
-        deliveries.into_iter().partition(|d| {
-            circuits.entry(endpoint_key(&d.url)).or_default().admit(now) != Admission::Hold
-        })
-    }
-
-    fn record_circuit(&self, url: &str, success: bool) {
-        let d = &self.settings.delivery;
-        let mut circuits = self.circuits.lock().expect("circuits");
-        circuits.entry(endpoint_key(url)).or_default().record(
-            success,
-            Instant::now(),
-            d.circuit_breaker_threshold,
-            d.circuit_breaker_cooldown,
-        );
-        let open = circuits.values().filter(|c| c.is_open()).count();
-        // Forget healthy endpoints so the map does not grow without bound.
-        if circuits.len() > 10_000 {
-            circuits.retain(|_, c| c.is_open());
-        }
-        metrics::gauge!("dispatcher_circuit_breakers_open").set(open as f64);
-    }
-
-    async fn hold(&self, held: Vec<Delivery>) -> Result<(), DbError> {
+    /// Re-schedules deliveries whose endpoint's circuit is open, for about one cool-down. Each
+    /// endpoint's held deliveries take the delay steps in turn (0.8, 0.9, ... 1.2 times the
+    /// cool-down), so they come back spread out rather than together.
+    async fn hold(&self, held: Vec<(Delivery, usize)>) -> Result<(), DbError> {
         if held.is_empty() {
             return Ok(());
         }
         let cooldown = self.settings.delivery.circuit_breaker_cooldown;
         let rows: Vec<_> = held
             .into_iter()
-            .map(|d| {
-                let factor =
-                    dispatcher_core::retry::DELAY_FACTORS[rand::thread_rng().gen_range(0..5)];
+            .map(|(d, spread)| {
+                let factor = dispatcher_core::retry::DELAY_FACTORS[spread % 5];
                 let ms = Topology::delay_for(cooldown, factor);
                 let task = DeliveryTask {
                     delivery_id: d.id,
@@ -118,14 +101,12 @@ impl Deliverer {
         Ok(())
     }
 
-    /// Attempts every delivery (each one's attempt number is `attempts + 1`) and records the
-    /// outcomes, retries and dead letters in one statement.
+    /// Attempts every delivery (each one's attempt number is `attempts + 1`) as its endpoint
+    /// admits it, and records the outcomes, retries and dead letters in one statement.
     pub async fn attempt_all(&self, deliveries: Vec<Delivery>) -> Result<(), DbError> {
         if deliveries.is_empty() {
             return Ok(());
         }
-        let (deliveries, held) = self.admit(deliveries);
-        self.hold(held).await?;
         let mut secrets: HashMap<Uuid, Arc<Vec<WebhookSecret>>> = HashMap::new();
         for d in &deliveries {
             if let std::collections::hash_map::Entry::Vacant(slot) = secrets.entry(d.account_id) {
@@ -133,25 +114,40 @@ impl Deliverer {
                 slot.insert(Arc::new(s));
             }
         }
-        let records: Vec<(AttemptRecord, Option<Uuid>)> = futures::stream::iter(deliveries)
-            .map(|d| {
-                let keys = secrets[&d.account_id].clone();
-                // Each attempt is a span in the dispatch's trace.
-                let span = tracing::info_span!("webhook.deliver", delivery_id = %d.id, attempt = d.attempts + 1);
-                dispatcher_telemetry::set_remote_parent(&span, d.traceparent.as_deref());
-                async move { self.attempt_one(d, &keys).await }.instrument(span)
-            })
-            .buffer_unordered(self.settings.deliverer.concurrency)
-            .collect()
-            .await;
-        let (records, disable): (Vec<AttemptRecord>, Vec<Option<Uuid>>) =
-            records.into_iter().unzip();
-        deliveries::record_attempts(&self.pool, &records).await?;
-        if records.iter().any(|r| r.retry.is_some()) {
-            self.outbox_wake.committed();
+        // Every delivery of the batch waits for its own endpoint, in order, so a slow endpoint
+        // does not hold back the others' turns.
+        let results = futures::future::join_all(deliveries.into_iter().map(|d| {
+            let keys = secrets[&d.account_id].clone();
+            async move {
+                let endpoint = self.endpoints.get(&d.url);
+                match endpoint.enter().await {
+                    Entry::Hold { spread } => Err((d, spread)),
+                    Entry::Send(permit) => {
+                        let _slot = self.in_flight.acquire().await.expect("never closed");
+                        // Each attempt is a span in the dispatch's trace.
+                        let span = tracing::info_span!("webhook.deliver", delivery_id = %d.id, attempt = d.attempts + 1);
+                        dispatcher_telemetry::set_remote_parent(&span, d.traceparent.as_deref());
+                        Ok(self.attempt_one(d, &keys, permit).instrument(span).await)
+                    }
+                }
+            }
+        }))
+        .await;
+        let mut records = Vec::with_capacity(results.len());
+        let mut held = Vec::new();
+        for r in results {
+            match r {
+                Ok(record) => records.push(record),
+                Err(h) => held.push(h),
+            }
         }
-        for webhook_id in disable.into_iter().flatten() {
-            deliveries::disable_subscription(&self.pool, webhook_id).await?;
+        metrics::gauge!("dispatcher_circuit_breakers_open").set(self.endpoints.open() as f64);
+        self.hold(held).await?;
+        if !records.is_empty() {
+            deliveries::record_attempts(&self.pool, &records).await?;
+            if records.iter().any(|r| r.retry.is_some()) {
+                self.outbox_wake.committed();
+            }
         }
         Ok(())
     }
@@ -160,11 +156,16 @@ impl Deliverer {
         &self,
         d: Delivery,
         keys: &[WebhookSecret],
-    ) -> (AttemptRecord, Option<Uuid>) {
+        permit: Permit,
+    ) -> AttemptRecord {
         let attempt = d.attempts + 1;
         let attempted_at = Utc::now();
         let post = self.post(&d, keys).await;
-        self.record_circuit(&d.url, matches!(post.outcome, AttemptOutcome::Success));
+        permit.finish(match post.outcome {
+            AttemptOutcome::Success => Outcome::Success,
+            _ if post.overloaded => Outcome::Overloaded,
+            _ => Outcome::Failed,
+        });
         let schedule = &self.settings.delivery.retry_schedule;
         let step = next_step(attempt as u32, schedule, post.outcome, || {
             rand::thread_rng().gen_range(0..5)
@@ -207,30 +208,29 @@ impl Deliverer {
         } else if new_status == "dead" || new_status == "failed" {
             metrics::counter!("dispatcher_deliveries_total", "outcome" => new_status).increment(1);
         }
-        (
-            AttemptRecord {
-                id: Uuid::now_v7(),
-                delivery_id: d.id,
-                dispatch_id: d.dispatch_id,
-                account_id: d.account_id,
-                attempt,
-                succeeded,
-                response_status: post.response_status,
-                error: post.error,
-                duration_ms: post.duration.as_millis().min(i32::MAX as u128) as i32,
-                attempted_at,
-                next_attempt_at,
-                new_status,
-                retry,
-            },
-            disable,
-        )
+        AttemptRecord {
+            id: Uuid::now_v7(),
+            delivery_id: d.id,
+            dispatch_id: d.dispatch_id,
+            account_id: d.account_id,
+            attempt,
+            succeeded,
+            response_status: post.response_status,
+            error: post.error,
+            duration_ms: post.duration.as_millis().min(i32::MAX as u128) as i32,
+            attempted_at,
+            next_attempt_at,
+            new_status,
+            retry,
+            disable_webhook: disable,
+        }
     }
 
     async fn post(&self, d: &Delivery, keys: &[WebhookSecret]) -> PostResult {
         let start = Instant::now();
         let fail = |error: String, status: Option<i32>, retry_after: Option<Duration>| PostResult {
             outcome: AttemptOutcome::Failure { retry_after },
+            overloaded: false,
             response_status: status,
             error: Some(error),
             duration: start.elapsed(),
@@ -267,11 +267,14 @@ impl Deliverer {
                 } else {
                     "connection error"
                 };
-                return fail(
-                    format!("{kind}: {}", dispatcher_outbound::error_chain(&e)),
-                    None,
-                    None,
-                );
+                return PostResult {
+                    overloaded: true,
+                    ..fail(
+                        format!("{kind}: {}", dispatcher_outbound::error_chain(&e)),
+                        None,
+                        None,
+                    )
+                };
             }
         };
         let status = resp.status();
@@ -279,6 +282,7 @@ impl Deliverer {
         if status.is_success() {
             return PostResult {
                 outcome: AttemptOutcome::Success,
+                overloaded: false,
                 response_status: code,
                 error: None,
                 duration: start.elapsed(),
@@ -287,6 +291,7 @@ impl Deliverer {
         if status.as_u16() == 410 {
             return PostResult {
                 outcome: AttemptOutcome::Gone,
+                overloaded: false,
                 response_status: code,
                 error: Some("endpoint answered 410 Gone; subscription disabled".into()),
                 duration: start.elapsed(),
@@ -303,7 +308,10 @@ impl Deliverer {
         } else {
             format!("endpoint answered {status}")
         };
-        fail(what, code, retry_after)
+        PostResult {
+            overloaded: matches!(status.as_u16(), 429 | 503),
+            ..fail(what, code, retry_after)
+        }
     }
 }
 

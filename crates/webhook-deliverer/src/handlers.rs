@@ -6,14 +6,9 @@ use dispatcher_core::{DeliveryTask, EventType, OutcomeEvent};
 use dispatcher_db::dead_letters::{self, NewDeadLetter};
 use dispatcher_db::deliveries::{self, NewDelivery};
 use dispatcher_db::subscriptions;
-use dispatcher_db::DbError;
 use dispatcher_mq::{BatchHandler, HandlerError, Incoming};
 use std::collections::HashMap;
 use std::sync::Arc;
-
-fn transient(e: DbError) -> HandlerError {
-    HandlerError::Transient(e.to_string())
-}
 
 fn poison(queue: &str, m: &Incoming, e: serde_json::Error) -> NewDeadLetter {
     NewDeadLetter {
@@ -32,7 +27,7 @@ async fn store_poison(
     if !rows.is_empty() {
         dead_letters::insert_batch(&d.pool, rows)
             .await
-            .map_err(transient)?;
+            .map_err(HandlerError::from)?;
         metrics::counter!("dispatcher_messages_dead_lettered_total", "queue" => queue.to_owned())
             .increment(rows.len() as u64);
     }
@@ -82,7 +77,7 @@ impl BatchHandler for EventHandler {
             for (account, webhook, url) in
                 subscriptions::matching(&self.deliverer.pool, &accounts, event_type.as_str())
                     .await
-                    .map_err(transient)?
+                    .map_err(HandlerError::from)?
             {
                 subscribed
                     .entry((account, event_type.as_str()))
@@ -128,14 +123,17 @@ impl BatchHandler for EventHandler {
         }
         let current = deliveries::upsert_batch(&self.deliverer.pool, &rows)
             .await
-            .map_err(transient)?;
+            .map_err(HandlerError::from)?;
         // Only never-attempted deliveries are attempted here; a delivery with attempts already
         // has its retry scheduled (the same commit wrote it), or is finished.
         let todo = current
             .into_iter()
             .filter(|d| d.status == "pending" && d.attempts == 0)
             .collect();
-        self.deliverer.attempt_all(todo).await.map_err(transient)
+        self.deliverer
+            .attempt_all(todo)
+            .await
+            .map_err(HandlerError::from)
     }
 }
 
@@ -169,7 +167,7 @@ impl BatchHandler for RetryHandler {
         let ids: Vec<_> = tasks.keys().copied().collect();
         let current = deliveries::get_many(&self.deliverer.pool, &ids)
             .await
-            .map_err(transient)?;
+            .map_err(HandlerError::from)?;
         // A stale or duplicated task (its attempt already made) is acknowledged without action.
         let todo = current
             .into_iter()
@@ -177,6 +175,9 @@ impl BatchHandler for RetryHandler {
                 d.status == "pending" && tasks.get(&d.id) == Some(&((d.attempts + 1) as u32))
             })
             .collect();
-        self.deliverer.attempt_all(todo).await.map_err(transient)
+        self.deliverer
+            .attempt_all(todo)
+            .await
+            .map_err(HandlerError::from)
     }
 }

@@ -2,6 +2,7 @@
 //! schedules retries through delay queues and dead-letters deliveries whose schedule ran out.
 
 mod attempt;
+mod endpoints;
 mod handlers;
 
 pub use handlers::{EventHandler, RetryHandler};
@@ -51,6 +52,7 @@ pub async fn serve(
                 name: format!("webhook-deliverer-events-{i}"),
                 queue: topology.webhook_events_queue(),
                 batch_max: settings.deliverer.batch_max,
+                dead_letters: pool.clone(),
             },
             events.clone(),
             readiness.register(&format!("events-consumer-{i}")),
@@ -63,6 +65,7 @@ pub async fn serve(
             name: "webhook-deliverer-retries".into(),
             queue: topology.webhook_retry_queue(),
             batch_max: settings.deliverer.batch_max,
+            dead_letters: pool.clone(),
         },
         Arc::new(RetryHandler::new(deliverer, topology.webhook_retry_queue())),
         readiness.register("retry-consumer"),
@@ -82,9 +85,9 @@ pub async fn serve(
         metrics: dispatcher_telemetry::metrics_handle(),
     });
     tracing::info!(addr = %listener.local_addr()?, "webhook-deliverer health listening");
-    dispatcher_http::serve(listener, app, cancel.clone()).await?;
+    dispatcher_http::serve(listener, app, cancel.clone(), settings.shutdown_timeout / 2).await?;
     tasks.close();
-    if tokio::time::timeout(settings.shutdown_timeout, tasks.wait())
+    if tokio::time::timeout(settings.shutdown_timeout / 2, tasks.wait())
         .await
         .is_err()
     {

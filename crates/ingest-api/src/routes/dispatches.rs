@@ -283,7 +283,6 @@ pub async fn submit(
     if !inserted {
         // Lost a race with a concurrent request carrying the same key: answer as its replay.
         drop(waiter);
-        s.waiters.unregister(id);
         let key = key.expect("only keyed rows can conflict");
         let hit = dispatches::find_by_idempotency_key(&s.pool, account, &key)
             .await?
@@ -294,11 +293,7 @@ pub async fn submit(
         .increment(1);
     match waiter {
         None => Ok((StatusCode::ACCEPTED, Json(accepted)).into_response()),
-        Some(w) => {
-            let out = wait_for_outcome(&s, account, id, w, Json(accepted).into_response()).await;
-            s.waiters.unregister(id);
-            out
-        }
+        Some(w) => wait_for_outcome(&s, account, id, w, Json(accepted).into_response()).await,
     }
 }
 
@@ -326,9 +321,7 @@ async fn replay(
         return Ok((StatusCode::ACCEPTED, Json(original)).into_response());
     }
     let waiter = s.waiters.register(hit.id);
-    let out = wait_for_outcome(s, account, hit.id, waiter, Json(original).into_response()).await;
-    s.waiters.unregister(hit.id);
-    out
+    wait_for_outcome(s, account, hit.id, waiter, Json(original).into_response()).await
 }
 
 /// Waits up to `sync_timeout` for the dispatch to finish: 200 with its status body, or the 202
@@ -350,6 +343,12 @@ async fn wait_for_outcome(
         }
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {
+                let mut resp = on_timeout;
+                *resp.status_mut() = StatusCode::ACCEPTED;
+                return Ok(resp);
+            }
+            // Shutting down: answer now, the dispatch goes on (the client polls `statusUrl`).
+            _ = s.draining.cancelled() => {
                 let mut resp = on_timeout;
                 *resp.status_mut() = StatusCode::ACCEPTED;
                 return Ok(resp);

@@ -1,0 +1,159 @@
+//! Delivery to the receivers people actually run: Python's `http.server` as it comes (listen
+//! backlog 5, HTTP/1.0, a thread per request), under a burst, with and without crashes.
+
+use dispatcher_e2e::{python_script, test_python, ServiceProcess, Services, TestApp};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Dispatches per run.
+const N: usize = 1000;
+/// Every webhook arrives within this long after the last submission.
+const WITHIN: Duration = Duration::from_secs(60);
+
+/// A running `tests/python/naive_receiver.py` and the webhook-ids it answered.
+struct NaiveReceiver {
+    url: String,
+    seen: Arc<Mutex<Vec<String>>>,
+    _child: tokio::process::Child,
+}
+
+impl NaiveReceiver {
+    async fn start() -> Self {
+        let mut child = tokio::process::Command::new(test_python())
+            .arg(python_script("naive_receiver.py"))
+            .env("PYTHONUNBUFFERED", "1")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the test virtualenv's python runs");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let port = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the receiver prints its port")
+            .unwrap()
+            .unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(id)) = lines.next_line().await {
+                sink.lock().unwrap().push(id);
+            }
+        });
+        Self {
+            url: format!("http://127.0.0.1:{}/hook", port.trim()),
+            seen,
+            _child: child,
+        }
+    }
+
+    fn distinct(&self) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .collect::<HashSet<_>>()
+            .len()
+    }
+}
+
+fn settings() -> Vec<(&'static str, &'static str)> {
+    vec![
+        // The shipped delivery settings, with a schedule that fits the test's minute.
+        ("DISPATCHER__DELIVERY__RETRY_SCHEDULE", "1s,5s,10s,20s"),
+        ("DISPATCHER__DELIVERY__TIMEOUT", "10s"),
+    ]
+}
+
+/// Waits up to [`WITHIN`] for every delivery to succeed, then checks the counts.
+async fn assert_all_delivered(app: &TestApp, rx: &NaiveReceiver) {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let done = app
+            .count("SELECT count(*) FROM deliveries WHERE status = 'succeeded'")
+            .await;
+        if done == N as i64 {
+            break;
+        }
+        let dead = app
+            .count("SELECT count(*) FROM deliveries WHERE status IN ('dead', 'failed')")
+            .await;
+        assert_eq!(dead, 0, "no delivery may give up");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{done} of {N} delivered within {WITHIN:?} of the last submission"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(app.count("SELECT count(*) FROM deliveries").await, N as i64);
+    let attempts = app.count("SELECT count(*) FROM delivery_attempts").await;
+    let per_delivery = attempts as f64 / N as f64;
+    let held = app
+        .count("SELECT count(*) FROM deliveries WHERE attempts > 1")
+        .await;
+    let answered = rx.seen.lock().unwrap().len();
+    println!(
+        "attempts: {attempts} ({per_delivery:.3} per delivery), {held} deliveries needed more than one, \
+         receiver answered {answered} requests for {} webhook-ids",
+        rx.distinct()
+    );
+    assert!(
+        per_delivery <= 1.2,
+        "{per_delivery:.3} attempts per delivery (at most 1.2)"
+    );
+    // Every webhook reached the receiver (a request answered after its attempt timed out counts
+    // for the receiver, not for the delivery).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while rx.distinct() < N {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the receiver answered {} of {N} webhook-ids",
+            rx.distinct()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_naive_http_server_gets_every_webhook_of_a_burst() {
+    let app = TestApp::spawn_with(Services::ALL, &settings()).await;
+    let rx = NaiveReceiver::start().await;
+    let acct = app.create_account("naive@example.com").await;
+    let ids = app.submit_many(&acct, N, 32, &rx.url).await;
+    assert_eq!(ids.len(), N);
+    assert_all_delivered(&app, &rx).await;
+}
+
+#[tokio::test]
+async fn a_naive_http_server_gets_every_webhook_when_worker_and_deliverer_are_killed() {
+    let app = TestApp::spawn_with(
+        Services {
+            worker: false,
+            deliverer: false,
+            ..Services::ALL
+        },
+        &settings(),
+    )
+    .await;
+    let rx = NaiveReceiver::start().await;
+    let acct = app.create_account("naive-kill@example.com").await;
+    let env = app.process_env();
+    let log = |name: &str| format!("{}-{name}.log", app.prefix);
+    let worker = ServiceProcess::spawn("dispatch-worker", &env, &log("worker-1"));
+    let deliverer = ServiceProcess::spawn("webhook-deliverer", &env, &log("deliverer-1"));
+    let submit = app.submit_many(&acct, N, 32, &rx.url);
+    let chaos = async {
+        // One second into the load, both die without warning and come back.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        worker.kill9().await;
+        deliverer.kill9().await;
+        (
+            ServiceProcess::spawn("dispatch-worker", &env, &log("worker-2")),
+            ServiceProcess::spawn("webhook-deliverer", &env, &log("deliverer-2")),
+        )
+    };
+    let (ids, _restarted) = tokio::join!(submit, chaos);
+    assert_eq!(ids.len(), N);
+    assert_all_delivered(&app, &rx).await;
+}
