@@ -620,6 +620,11 @@ impl TestApp {
 
     /// A direct query on the test database (not through any proxy).
     pub async fn count(&self, sql: &str) -> i64 {
+        self.query_one(sql).await.get(0)
+    }
+
+    /// One row of a direct query on the test database.
+    async fn query_one(&self, sql: &str) -> tokio_postgres::Row {
         let (client, conn) = tokio_postgres::connect(
             &format!("postgres://postgres@127.0.0.1:5432/{}", self.db_name),
             tokio_postgres::NoTls,
@@ -627,19 +632,12 @@ impl TestApp {
         .await
         .unwrap();
         tokio::spawn(conn);
-        client.query_one(sql, &[]).await.unwrap().get(0)
+        client.query_one(sql, &[]).await.unwrap()
     }
 
     /// A direct query on the test database returning one text value.
     pub async fn text(&self, sql: &str) -> String {
-        let (client, conn) = tokio_postgres::connect(
-            &format!("postgres://postgres@127.0.0.1:5432/{}", self.db_name),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
-        client.query_one(sql, &[]).await.unwrap().get(0)
+        self.query_one(sql).await.get(0)
     }
 
     /// Waits until `sql` (a count) is exactly `n` (for counts that may also fall, or where a
