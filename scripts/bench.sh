@@ -64,5 +64,5 @@ done
 
 BENCH_PIDS="ingest-api=${pids[0]},status-api=${pids[1]},dispatch-worker=${pids[2]},webhook-deliverer=${pids[3]}" \
 BENCH_INGEST_URL=http://127.0.0.1:18080 BENCH_STATUS_URL=http://127.0.0.1:18081 BENCH_EMAIL="$email" BENCH_PASSWORD="$password" \
-BENCH_OUT="${BENCH_OUT:-bench/results.json}" \
+BENCH_OUT="${BENCH_OUT:-bench/results.json}" BENCH_DISPATCHCTL="$BIN/dispatchctl" \
   "$BIN/dispatcher-bench"

@@ -401,6 +401,40 @@ async fn open_loop(
     Ok((ids, lat, total as f64 / sent_for))
 }
 
+/// Ingest latency at a fixed rate without, then with, `dispatchctl purge` deleting every
+/// finished dispatch of the earlier phases (with their deliveries and attempts) in its
+/// background batches: what retention costs the traffic, and how fast it deletes.
+async fn purge_under_load(c: Arc<Client>) -> anyhow::Result<serde_json::Value> {
+    let dispatchctl = env("BENCH_DISPATCHCTL")?;
+    let rate = 500;
+    let secs = 8;
+    let (_, baseline, _) = open_loop(c.clone(), rate, secs, None).await?;
+    let before = chrono::Utc::now().to_rfc3339();
+    let started = Instant::now();
+    let purge = tokio::process::Command::new(&dispatchctl)
+        .args(["purge", "--before", &before])
+        .stderr(std::process::Stdio::inherit())
+        .output();
+    let load = open_loop(c.clone(), rate, secs, None);
+    let (out, load) = tokio::join!(purge, load);
+    let (_, during, _) = load?;
+    let out = out?;
+    let purge_secs = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("dispatchctl purge failed: {}", out.status);
+    }
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let dispatches = report["dispatches"].as_f64().unwrap_or(0.0);
+    Ok(serde_json::json!({
+        "offered_per_second": rate,
+        "ingest_latency_without_purge": percentiles(baseline),
+        "ingest_latency_during_purge": percentiles(during),
+        "purged": report,
+        "purge_seconds": purge_secs,
+        "dispatches_purged_per_second": dispatches / purge_secs,
+    }))
+}
+
 /// Waits until no dispatch is queued or processing, so a phase does not pay for the previous
 /// phase's backlog.
 async fn wait_idle(c: &Client, status_url: &str) -> anyhow::Result<()> {
@@ -472,6 +506,7 @@ struct Results {
     services: HashMap<String, ServiceUsage>,
     pdf_end_to_end: documents::PdfResult,
     batch_ingest: documents::BatchResult,
+    purge_under_load: serde_json::Value,
 }
 
 #[derive(Serialize)]
@@ -607,7 +642,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Latency at fixed offered rates first, on a system in steady state; then the saturating
     // closed-loop phases (which leave vacuum and broker work behind them).
-    println!("1/6 end to end, open loop at {} dispatches/s ...", cfg.rate);
+    println!("1/7 end to end, open loop at {} dispatches/s ...", cfg.rate);
     let secs = 10;
     let (sent, _, offered) =
         open_loop(client.clone(), cfg.rate, secs, Some(callback.clone())).await?;
@@ -622,20 +657,20 @@ async fn main() -> anyhow::Result<()> {
     let e2e_open = serde_json::json!({"offered_per_second": offered, "dispatches": sent.len(), "submit_to_webhook": percentiles(e2e_lat)});
 
     wait_idle(&client, &cfg.status).await?;
-    println!("2/6 async ingest, open loop at 2000 req/s ...");
+    println!("2/7 async ingest, open loop at 2000 req/s ...");
     let (_, lat, offered) = open_loop(client.clone(), 2000, 5, None).await?;
     let ingest_open =
         serde_json::json!({"offered_per_second": offered, "latency": percentiles(lat)});
 
     wait_idle(&client, &cfg.status).await?;
-    println!("3/6 async ingest, closed loop ...");
+    println!("3/7 async ingest, closed loop ...");
     let machine_before = machine_cpu_seconds();
     let ingest_max = ingest_closed_loop(&client, cfg.n, 64).await?;
     let ingest_machine_cpu = (machine_cpu_seconds() - machine_before) * 1000.0 / cfg.n as f64;
 
     wait_idle(&client, &cfg.status).await?;
     println!(
-        "4/6 end to end, {} dispatches as fast as accepted ...",
+        "4/7 end to end, {} dispatches as fast as accepted ...",
         cfg.n
     );
     let cpu_before: Vec<f64> = cfg.pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
@@ -687,7 +722,7 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3_000);
-    println!("5/6 PDF invoices end to end, {pdf_n} as fast as accepted ...");
+    println!("5/7 PDF invoices end to end, {pdf_n} as fast as accepted ...");
     let worker_pid = cfg
         .pids
         .iter()
@@ -720,8 +755,12 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     wait_idle(&client, &cfg.status).await?;
-    println!("6/6 batch ingest, 100 dispatches per request ...");
+    println!("6/7 batch ingest, 100 dispatches per request ...");
     let batch = documents::batch_ingest(&client, &cfg.ingest, 300, 100, 4).await?;
+
+    wait_idle(&client, &cfg.status).await?;
+    println!("7/7 retention: a purge of everything above while ingest runs ...");
+    let purge = purge_under_load(client.clone()).await?;
 
     let results = Results {
         machine: format!(
@@ -739,6 +778,7 @@ async fn main() -> anyhow::Result<()> {
         services,
         pdf_end_to_end: pdf,
         batch_ingest: batch,
+        purge_under_load: purge,
     };
     print_table(&results);
     if let Some(dir) = std::path::Path::new(&cfg.out).parent() {
@@ -857,6 +897,31 @@ fn print_table(r: &Results) {
     );
     row("  batch latency p50", b.batch_latency.p50_ms, "ms");
     row("  batch latency p99", b.batch_latency.p99_ms, "ms");
+    let pu = &r.purge_under_load;
+    row(
+        "purge during load: dispatches deleted/s",
+        p(pu, "dispatches_purged_per_second"),
+        "disp/s",
+    );
+    row(
+        "  rows deleted (dispatches)",
+        pu["purged"]["dispatches"].as_f64().unwrap_or(0.0),
+        "",
+    );
+    for (name, key) in [
+        ("  ingest p50 without / during purge", "p50_ms"),
+        ("  ingest p99 without / during purge", "p99_ms"),
+    ] {
+        println!(
+            "{name:<52} {:>10.3} / {:.3} ms",
+            pu["ingest_latency_without_purge"][key]
+                .as_f64()
+                .unwrap_or(0.0),
+            pu["ingest_latency_during_purge"][key]
+                .as_f64()
+                .unwrap_or(0.0),
+        );
+    }
     let mut names: Vec<_> = r.services.keys().collect();
     names.sort();
     for n in names {

@@ -235,7 +235,8 @@ struct Captured {
 fn schema_for(routing_key: &str) -> Option<&'static str> {
     match routing_key {
         "dispatch.requested" => Some("dispatch.requested.schema.json"),
-        "dispatch.completed" | "dispatch.failed" => Some("dispatch.outcome.schema.json"),
+        "dispatch.completed" | "dispatch.failed" | "endpoint.failing" | "endpoint.recovered"
+        | "endpoint.disabled" | "delivery.exhausted" => Some("dispatch.outcome.schema.json"),
         "webhook.retry" => Some("delivery.task.schema.json"),
         "provider.event" => Some("provider.event.schema.json"),
         k if k

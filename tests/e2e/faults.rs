@@ -596,3 +596,134 @@ async fn terminate_all(procs: &mut [ServiceProcess], within: Duration) {
         assert!(status.success(), "clean exit, got {status}");
     }
 }
+
+/// SIGTERM while work is in flight, not after it: every service exits within its deadline,
+/// pending sync submissions are answered (202 with a status URL) rather than cut off, and after
+/// a restart every dispatch that was answered 202 or 200 is delivered.
+#[tokio::test]
+async fn sigterm_under_load_exits_in_time_and_loses_nothing_accepted() {
+    let app = TestApp::spawn_with(
+        Services {
+            ingest: false,
+            worker: false,
+            deliverer: false,
+            status: true,
+        },
+        &[],
+    )
+    .await;
+    let rx = Receiver::start().await;
+    let acct = app.create_account("term-load@example.com").await;
+    let (env, ingest) = env_with_ingest_port(&app);
+    let spawn_all = |round: u32| -> Vec<ServiceProcess> {
+        ["ingest-api", "dispatch-worker", "webhook-deliverer"]
+            .iter()
+            .map(|bin| {
+                ServiceProcess::spawn(bin, &env, &format!("{}-{round}-{bin}.log", app.prefix))
+            })
+            .collect()
+    };
+    let mut procs = spawn_all(1);
+    app.wait_ready(&ingest).await;
+
+    let accepted = std::sync::Mutex::new(Vec::new());
+    let stop_submitting = tokio_util::sync::CancellationToken::new();
+    let submit_one = |i: usize, sync: bool| {
+        let (app, ingest, acct, rx, accepted, stop) =
+            (&app, &ingest, &acct, &rx, &accepted, &stop_submitting);
+        async move {
+            let path = if sync {
+                "/v1/dispatches"
+            } else {
+                "/v1/dispatches?async=true"
+            };
+            let body = json!({"template": {"format": "text", "body": "{{ i }}"}, "data": {"i": i}, "callbackUrl": rx.url()});
+            let r = app
+                .http
+                .post(format!("{ingest}{path}"))
+                .basic_auth(&acct.email, Some(&acct.password))
+                .json(&body)
+                .send()
+                .await;
+            // Refused connections after the listener closed are not acceptances; the load
+            // stops there.
+            let Ok(r) = r else {
+                stop.cancel();
+                return None;
+            };
+            let status = r.status().as_u16();
+            if matches!(status, 200 | 202) {
+                let v: serde_json::Value = r.json().await.unwrap();
+                accepted
+                    .lock()
+                    .unwrap()
+                    .push(v["dispatchId"].as_str().unwrap().to_owned());
+            }
+            Some(status)
+        }
+    };
+    // Steady async load, and sync submissions waiting on their outcome, while SIGTERM arrives.
+    let load = async {
+        use futures::StreamExt;
+        futures::stream::iter(0..100_000)
+            .take_until(stop_submitting.cancelled())
+            .map(|i| submit_one(i, false))
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await
+    };
+    let sync_waits = async {
+        app.wait_count(
+            "SELECT count(*) FROM dispatches WHERE status = 'completed'",
+            100,
+        )
+        .await;
+        futures::future::join_all((0..8).map(|i| submit_one(1_000_000 + i, true))).await
+    };
+    let terminate = async {
+        app.wait_count(
+            "SELECT count(*) FROM dispatches WHERE status = 'completed'",
+            300,
+        )
+        .await;
+        let started = std::time::Instant::now();
+        // shutdown_timeout is 5 s in tests: each must be gone well inside 5 s plus start-up slack.
+        terminate_all(&mut procs, Duration::from_secs(10)).await;
+        stop_submitting.cancel();
+        started.elapsed()
+    };
+    let (statuses, sync_statuses, took) = tokio::join!(load, sync_waits, terminate);
+    let in_flight_sync: Vec<_> = sync_statuses.iter().flatten().collect();
+    assert!(
+        in_flight_sync.iter().all(|s| matches!(s, 200 | 202)),
+        "sync submissions in flight are answered, not cut off: {sync_statuses:?}"
+    );
+    let answered = statuses.iter().flatten().count();
+    let pending_at_stop = app
+        .count("SELECT count(*) FROM dispatches WHERE status <> 'completed'")
+        .await
+        + app
+            .count("SELECT count(*) FROM deliveries WHERE status <> 'succeeded'")
+            .await;
+
+    // Start again: everything accepted is finished and delivered.
+    let _procs = spawn_all(2);
+    let ids = accepted.lock().unwrap().clone();
+    let dups = wait_all_delivered(&rx, &ids).await;
+    app.wait_equal(
+        "SELECT count(*) FROM dispatches WHERE status <> 'completed'",
+        0,
+    )
+    .await;
+    println!(
+        "SIGTERM under load: stopped in {took:?}; answered={answered} accepted={} \
+         unfinished at stop={pending_at_stop} delivered={} duplicates={dups}",
+        ids.len(),
+        ids.len()
+    );
+    assert!(
+        ids.len() > 300,
+        "the load was running: {} accepted",
+        ids.len()
+    );
+}

@@ -21,6 +21,46 @@ async fn template(
 }
 
 #[tokio::test]
+async fn extreme_numbers_in_data_survive_storage_and_render() {
+    // Postgres writes the largest double out in full (309 digits); reading that back must give
+    // the same number, not an error that stops the worker.
+    let app = TestApp::spawn().await;
+    let acct = app.create_account("numbers@example.com").await;
+    let resp = app
+        .post(
+            &app.ingest_url,
+            "/v1/dispatches?async=true",
+            &acct,
+            &json!({
+                "template": {"format": "text", "body": "{{ max }} {{ tiny }} {{ min }}"},
+                "data": {"max": f64::MAX, "tiny": 5e-324, "min": f64::MIN},
+            }),
+        )
+        .await;
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<serde_json::Value>().await.unwrap()["dispatchId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let done = app.wait_finished(&acct, &id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let text = app
+        .get(
+            &app.status_url,
+            &format!("/v1/dispatches/{id}/result"),
+            &acct,
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.replace('.', "").starts_with("17976931348623157"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn async_dispatch_is_rendered_delivered_signed_and_readable() {
     let app = TestApp::spawn().await;
     let rx = Receiver::start().await;

@@ -71,7 +71,8 @@ async fn a_message_refused_every_time_is_quarantined_once_and_its_batch_goes_on(
                 result_url: None,
                 error: None,
                 metadata: None,
-            },
+            }
+            .into(),
         },
     };
     let bad_id = Uuid::now_v7();

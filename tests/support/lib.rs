@@ -29,6 +29,8 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 pub struct Received {
     pub headers: HashMap<String, String>,
     pub body: Bytes,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -72,7 +74,11 @@ async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes
         .iter()
         .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
         .collect();
-    s.received.lock().unwrap().push(Received { headers, body });
+    s.received.lock().unwrap().push(Received {
+        headers,
+        body,
+        at: std::time::Instant::now(),
+    });
     if n < s.fail_first.load(Ordering::SeqCst) {
         StatusCode::from_u16(s.fail_status.load(Ordering::SeqCst)).unwrap()
     } else {

@@ -4,6 +4,7 @@
 mod dead;
 mod process;
 mod provider_events;
+mod retention;
 
 pub use process::WorkerHandler;
 
@@ -94,6 +95,11 @@ pub async fn serve(
             topology.provider_events_queue(),
         )),
         readiness.register("provider-events-consumer"),
+        cancel.clone(),
+    ));
+    tasks.spawn(retention::run(
+        settings.retention.clone(),
+        pool.clone(),
         cancel.clone(),
     ));
     tasks.spawn(dispatcher_mq::relay::run_relay(

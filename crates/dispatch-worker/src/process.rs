@@ -117,7 +117,8 @@ impl WorkerHandler {
                         .then(|| dispatcher_http::views::result_url(base, d.id)),
                     error: error.clone(),
                     metadata: d.metadata.clone(),
-                },
+                }
+                .into(),
             },
         };
         metrics::counter!("dispatcher_dispatches_finished_total", "status" => status.as_str())

@@ -41,6 +41,25 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Delete finished dispatches (with their documents, deliveries, attempts and provider
+    /// events) submitted before a point in time, and dead letters and batch replies as old;
+    /// prints the counts as one JSON line. What the dispatch-worker does in the background every
+    /// `retention.interval` for `retention.days`.
+    Purge {
+        /// Age, e.g. `30d`, `12h`, `90m`.
+        #[arg(long, value_parser = parse_age, conflicts_with = "before", required_unless_present = "before")]
+        older_than: Option<std::time::Duration>,
+        /// An RFC 3339 time instead of an age.
+        #[arg(long)]
+        before: Option<chrono::DateTime<chrono::Utc>>,
+        /// Dispatches deleted per transaction (default `retention.batch_size`).
+        #[arg(long)]
+        batch_size: Option<i64>,
+    },
+}
+
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (for example 30d, 12h, 90m)"))
 }
 
 #[derive(Subcommand)]
@@ -139,6 +158,30 @@ async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
             }
         },
         Command::Listen { .. } => unreachable!("handled before settings are loaded"),
+        Command::Purge {
+            older_than,
+            before,
+            batch_size,
+        } => {
+            let before = match (before, older_than) {
+                (Some(t), _) => t,
+                (None, Some(age)) => chrono::Utc::now() - chrono::Duration::from_std(age)?,
+                (None, None) => unreachable!("clap requires one"),
+            };
+            let batch = batch_size.unwrap_or(settings.retention.batch_size).max(1);
+            let pool = dispatcher_db::connect_pool(&settings.database)?;
+            let purged = dispatcher_db::retention::purge(
+                &pool,
+                before,
+                batch,
+                settings.retention.pause,
+                &tokio_util::sync::CancellationToken::new(),
+            )
+            .await?;
+            let mut line = serde_json::to_value(purged)?;
+            line["before"] = serde_json::json!(before);
+            println!("{line}");
+        }
         Command::Dlq { command } => match command {
             DlqCommand::Replay { id, all: _ } => {
                 let deliveries = dispatcher_db::deliveries::requeue(

@@ -63,6 +63,7 @@ pub struct Settings {
     pub deliverer: DelivererSettings,
     pub delivery: DeliverySettings,
     pub rate_limit: RateLimitSettings,
+    pub retention: RetentionSettings,
     pub telemetry: TelemetrySettings,
     /// Inbound provider callbacks, by provider name.
     #[serde(default)]
@@ -73,6 +74,21 @@ pub struct Settings {
 pub struct ProviderSettings {
     /// HMAC-SHA256 key the provider signs its callbacks with.
     pub secret: Secret,
+}
+
+/// How long finished dispatches (with their documents, deliveries and attempts) are kept.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetentionSettings {
+    /// Days a finished dispatch is kept; 0 keeps everything.
+    pub days: u32,
+    /// How often each dispatch-worker looks for expired rows.
+    #[serde(deserialize_with = "de_duration")]
+    pub interval: Duration,
+    /// Dispatches deleted per transaction.
+    pub batch_size: i64,
+    /// Pause between two batches, so deletes share the database with the traffic.
+    #[serde(deserialize_with = "de_duration")]
+    pub pause: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -196,6 +212,10 @@ pub struct DeliverySettings {
     pub endpoint_max_in_flight: usize,
     #[serde(deserialize_with = "de_duration")]
     pub secret_rotation_grace: Duration,
+    /// A subscription whose endpoint has failed without a success for this long (with its
+    /// breaker open) is disabled; zero never disables.
+    #[serde(deserialize_with = "de_duration")]
+    pub disable_failing_after: Duration,
 }
 
 impl DeliverySettings {
@@ -312,6 +332,9 @@ impl Settings {
         }
         if self.delivery.timeout.is_zero() {
             return bad("delivery.timeout must be positive".into());
+        }
+        if self.retention.batch_size < 1 || self.retention.interval.is_zero() {
+            return bad("retention.batch_size and retention.interval must be positive".into());
         }
         if !["http/protobuf", "http/json"].contains(&self.telemetry.otlp_protocol.as_str()) {
             return bad("telemetry.otlp_protocol must be http/protobuf or http/json".into());

@@ -17,7 +17,30 @@ pub enum EventType {
     DispatchCompleted,
     #[serde(rename = "dispatch.failed")]
     DispatchFailed,
+    /// An endpoint's breaker opened: it failed `circuit_breaker_threshold` times in a row.
+    #[serde(rename = "endpoint.failing")]
+    EndpointFailing,
+    /// A success closed an endpoint's open breaker.
+    #[serde(rename = "endpoint.recovered")]
+    EndpointRecovered,
+    /// A subscription was disabled: its endpoint answered `410 Gone`, or failed for too long.
+    #[serde(rename = "endpoint.disabled")]
+    EndpointDisabled,
+    /// A delivery ran out of retries and went dead.
+    #[serde(rename = "delivery.exhausted")]
+    DeliveryExhausted,
 }
+
+/// Every event type, in a stable order.
+pub const EVENT_TYPES: [EventType; 7] = [
+    EventType::DispatchRequested,
+    EventType::DispatchCompleted,
+    EventType::DispatchFailed,
+    EventType::EndpointFailing,
+    EventType::EndpointRecovered,
+    EventType::EndpointDisabled,
+    EventType::DeliveryExhausted,
+];
 
 impl EventType {
     pub fn as_str(self) -> &'static str {
@@ -25,7 +48,29 @@ impl EventType {
             EventType::DispatchRequested => "dispatch.requested",
             EventType::DispatchCompleted => "dispatch.completed",
             EventType::DispatchFailed => "dispatch.failed",
+            EventType::EndpointFailing => "endpoint.failing",
+            EventType::EndpointRecovered => "endpoint.recovered",
+            EventType::EndpointDisabled => "endpoint.disabled",
+            EventType::DeliveryExhausted => "delivery.exhausted",
         }
+    }
+
+    /// Events about delivery itself rather than about a dispatch. A subscription to `*` does not
+    /// receive them (they are subscribed to by name), and a delivery of one never emits another
+    /// `delivery.exhausted`, so a failing endpoint cannot feed itself events.
+    pub fn is_operational(self) -> bool {
+        matches!(
+            self,
+            EventType::EndpointFailing
+                | EventType::EndpointRecovered
+                | EventType::EndpointDisabled
+                | EventType::DeliveryExhausted
+        )
+    }
+
+    /// The event types sent to clients as webhooks.
+    pub fn is_webhook(self) -> bool {
+        self != EventType::DispatchRequested
     }
 
     /// The outcome event a finished dispatch emits.
@@ -38,13 +83,7 @@ impl EventType {
     }
 
     pub fn parse(s: &str) -> Option<EventType> {
-        [
-            EventType::DispatchRequested,
-            EventType::DispatchCompleted,
-            EventType::DispatchFailed,
-        ]
-        .into_iter()
-        .find(|e| e.as_str() == s)
+        EVENT_TYPES.into_iter().find(|e| e.as_str() == s)
     }
 }
 
@@ -59,13 +98,16 @@ pub struct DispatchRequested {
     pub queued_at: DateTime<Utc>,
 }
 
-/// `dispatch.completed` / `dispatch.failed` on the broker: the webhook payload plus routing data.
+/// A webhook event on the broker (`dispatch.completed`, `dispatch.failed` and the operational
+/// events): the webhook payload plus routing data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutcomeEvent {
     /// Unique per outcome; together with the endpoint it fixes the `webhook-id`.
     pub event_id: Uuid,
     pub account_id: Uuid,
+    /// The dispatch the event is about; for an operational event, the dispatch whose delivery
+    /// attempt caused it.
     pub dispatch_id: Uuid,
     /// The dispatch's own callback URL, carried so the deliverer need not read the dispatch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,7 +131,58 @@ pub struct WebhookPayload {
     #[serde(rename = "type")]
     pub event_type: EventType,
     pub timestamp: DateTime<Utc>,
-    pub data: WebhookData,
+    pub data: EventData,
+}
+
+/// A webhook's `data`, by event type. Each shape has fields the others lack, so the untagged form
+/// reads back unambiguously.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EventData {
+    /// `dispatch.completed`, `dispatch.failed`.
+    Dispatch(WebhookData),
+    /// `delivery.exhausted`.
+    Delivery(DeliveryEventData),
+    /// `endpoint.failing`, `endpoint.recovered`, `endpoint.disabled`.
+    Endpoint(EndpointEventData),
+}
+
+impl From<WebhookData> for EventData {
+    fn from(d: WebhookData) -> Self {
+        EventData::Dispatch(d)
+    }
+}
+
+/// `delivery.exhausted`: a delivery that will not be attempted again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeliveryEventData {
+    pub delivery_id: Uuid,
+    pub dispatch_id: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_id: Option<Uuid>,
+    pub url: String,
+    /// The event the delivery carried.
+    pub event_type: String,
+    pub attempts: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// `endpoint.*`: a subscription's endpoint changed state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointEventData {
+    pub webhook_id: Uuid,
+    pub url: String,
+    pub consecutive_failures: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Why a subscription was disabled (`endpoint.disabled` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,7 +248,8 @@ mod tests {
                 result_url: None,
                 error: Some(DispatchError::new(ErrorCode::TemplateRenderError, "boom")),
                 metadata: None,
-            },
+            }
+            .into(),
         };
         let v = serde_json::to_value(&p).unwrap();
         assert_eq!(v["type"], "dispatch.failed");
@@ -164,6 +258,61 @@ mod tests {
         assert!(v["data"].get("resultUrl").is_none());
         let back: WebhookPayload = serde_json::from_value(v).unwrap();
         assert_eq!(back, p);
+    }
+
+    #[test]
+    fn operational_payloads_read_back_as_their_own_shape() {
+        let endpoint = WebhookPayload {
+            event_type: EventType::EndpointFailing,
+            timestamp: "2026-01-02T03:04:05Z".parse().unwrap(),
+            data: EventData::Endpoint(EndpointEventData {
+                webhook_id: Uuid::nil(),
+                url: "https://a.example/hook".into(),
+                consecutive_failures: 10,
+                failing_since: Some("2026-01-02T03:00:00Z".parse().unwrap()),
+                last_error: Some("endpoint answered 500".into()),
+                reason: None,
+            }),
+        };
+        let exhausted = WebhookPayload {
+            event_type: EventType::DeliveryExhausted,
+            timestamp: "2026-01-02T03:04:05Z".parse().unwrap(),
+            data: EventData::Delivery(DeliveryEventData {
+                delivery_id: Uuid::nil(),
+                dispatch_id: Uuid::nil(),
+                webhook_id: None,
+                url: "https://a.example/hook".into(),
+                event_type: "dispatch.completed".into(),
+                attempts: 8,
+                last_error: None,
+            }),
+        };
+        for p in [endpoint, exhausted] {
+            let json = serde_json::to_vec(&p).unwrap();
+            let back: WebhookPayload = serde_json::from_slice(&json).unwrap();
+            assert_eq!(back, p);
+        }
+    }
+
+    #[test]
+    fn only_operational_events_are_operational() {
+        let operational: Vec<_> = EVENT_TYPES
+            .into_iter()
+            .filter(|e| e.is_operational())
+            .map(EventType::as_str)
+            .collect();
+        assert_eq!(
+            operational,
+            [
+                "endpoint.failing",
+                "endpoint.recovered",
+                "endpoint.disabled",
+                "delivery.exhausted"
+            ]
+        );
+        for e in EVENT_TYPES {
+            assert_eq!(EventType::parse(e.as_str()), Some(e));
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod aimd;
 pub mod circuit;
 pub mod error;
 pub mod event;
+pub mod health;
 pub mod netpolicy;
 pub mod ratelimit;
 pub mod retry;
@@ -16,8 +17,9 @@ pub mod template;
 
 pub use error::{DispatchError, ErrorCode};
 pub use event::{
-    DeliveryTask, DispatchRequested, EventType, InboundProviderEvent, OutcomeEvent,
-    ProviderEventMessage, ProviderEventType, WebhookData, WebhookPayload,
+    DeliveryEventData, DeliveryTask, DispatchRequested, EndpointEventData, EventData, EventType,
+    InboundProviderEvent, OutcomeEvent, ProviderEventMessage, ProviderEventType, WebhookData,
+    WebhookPayload,
 };
 pub use status::{DispatchStatus, TransitionError};
 pub use template::{RenderError, TemplateFormat, TemplateSyntaxError};

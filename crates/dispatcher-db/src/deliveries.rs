@@ -31,10 +31,13 @@ pub struct Delivery {
     pub status: String,
     pub attempts: i32,
     pub traceparent: Option<String>,
+    pub event_type: String,
+    /// The subscription's requests-per-second limit, if it set one.
+    pub rate_limit: Option<i32>,
 }
 
-const DELIVERY_COLUMNS: &str =
-    "id, account_id, dispatch_id, webhook_id, url, msg_id, payload, status, attempts, traceparent";
+const DELIVERY_COLUMNS: &str = "id, account_id, dispatch_id, webhook_id, url, msg_id, payload, \
+                                status, attempts, traceparent, event_type";
 
 fn delivery_from_row(r: &tokio_postgres::Row) -> Delivery {
     Delivery {
@@ -48,6 +51,8 @@ fn delivery_from_row(r: &tokio_postgres::Row) -> Delivery {
         status: r.get("status"),
         attempts: r.get("attempts"),
         traceparent: r.get("traceparent"),
+        event_type: r.get("event_type"),
+        rate_limit: r.get("rate_limit"),
     }
 }
 
@@ -69,10 +74,13 @@ pub async fn upsert_batch(pool: &Pool, rows: &[NewDelivery]) -> Result<Vec<Deliv
                  ON CONFLICT (id) DO NOTHING
                  RETURNING {DELIVERY_COLUMNS}
              )
-             SELECT {DELIVERY_COLUMNS} FROM ins
-             UNION ALL
-             SELECT {cols} FROM deliveries d JOIN input i USING (id)",
-            cols = "d.id, d.account_id, d.dispatch_id, d.webhook_id, d.url, d.msg_id, d.payload, d.status, d.attempts, d.traceparent"
+             SELECT x.*, s.rate_limit FROM (
+                 SELECT {DELIVERY_COLUMNS} FROM ins
+                 UNION ALL
+                 SELECT {cols} FROM deliveries d JOIN input i USING (id)
+             ) x LEFT JOIN webhook_subscriptions s ON s.id = x.webhook_id",
+            cols = "d.id, d.account_id, d.dispatch_id, d.webhook_id, d.url, d.msg_id, d.payload, \
+                    d.status, d.attempts, d.traceparent, d.event_type"
         ))
         .await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
@@ -111,7 +119,9 @@ pub async fn get_many(pool: &Pool, ids: &[Uuid]) -> Result<Vec<Delivery>, DbErro
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(&format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ANY($1)"
+            "SELECT d.*, s.rate_limit FROM (
+                 SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ANY($1)
+             ) d LEFT JOIN webhook_subscriptions s ON s.id = d.webhook_id"
         ))
         .await?;
     Ok(client
@@ -152,12 +162,27 @@ pub struct RetryMessage {
     pub payload: Vec<u8>,
 }
 
+/// What [`record_attempts`] changed.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// Deliveries that moved (a duplicate attempt of one that already moved is not among them).
+    pub applied: std::collections::HashSet<Uuid>,
+    /// Subscriptions this commit disabled because their endpoint answered `410 Gone`.
+    pub gone: Vec<Uuid>,
+}
+
+/// The reason stored on a subscription disabled by a `410 Gone`.
+pub const GONE_REASON: &str = "the endpoint answered 410 Gone";
+
 /// Records attempts, advances their deliveries, enqueues scheduled retries and disables the
-/// subscriptions whose endpoint answered `410 Gone`, in one statement (so in one commit).
-/// A delivery only moves if it is still `pending` at the attempt number the worker saw, so a
-/// duplicate message cannot record a second outcome for the same attempt.
-pub async fn record_attempts(pool: &Pool, rows: &[AttemptRecord]) -> Result<u64, DbError> {
-    let client = pool.get().await?;
+/// subscriptions whose endpoint answered `410 Gone`, in one statement of the caller's
+/// transaction. A delivery only moves if it is still `pending` at the attempt number the worker
+/// saw, so a duplicate message cannot record a second outcome for the same attempt.
+pub async fn record_attempts(
+    tx: &deadpool_postgres::Transaction<'_>,
+    rows: &[AttemptRecord],
+) -> Result<Recorded, DbError> {
+    let client = tx;
     let stmt = client
         .prepare_cached(
             "WITH input AS (
@@ -195,11 +220,12 @@ pub async fn record_attempts(pool: &Pool, rows: &[AttemptRecord]) -> Result<u64,
                  WHERE i.new_status = 'dead'
                  ON CONFLICT (delivery_id) DO UPDATE SET dead_at = now()
              ), gone AS (
-                 UPDATE webhook_subscriptions s SET disabled_at = now()
+                 UPDATE webhook_subscriptions s SET disabled_at = now(), disabled_reason = $17
                  FROM input i JOIN upd ON upd.id = i.delivery_id
                  WHERE s.id = i.disable_webhook AND s.disabled_at IS NULL
+                 RETURNING s.id
              )
-             SELECT count(*) FROM upd",
+             SELECT false, id FROM upd UNION ALL SELECT true, id FROM gone",
         )
         .await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
@@ -230,8 +256,8 @@ pub async fn record_attempts(pool: &Pool, rows: &[AttemptRecord]) -> Result<u64,
         .map(|r| r.retry.as_ref().map(|m| m.payload.as_slice()))
         .collect();
     let disable: Vec<Option<Uuid>> = rows.iter().map(|r| r.disable_webhook).collect();
-    let row = client
-        .query_one(
+    let out = client
+        .query(
             &stmt,
             &[
                 &ids,
@@ -250,10 +276,22 @@ pub async fn record_attempts(pool: &Pool, rows: &[AttemptRecord]) -> Result<u64,
                 &retry_keys,
                 &retry_payloads,
                 &disable,
+                &GONE_REASON,
             ],
         )
         .await?;
-    Ok(row.get::<_, i64>(0) as u64)
+    let mut recorded = Recorded::default();
+    for r in out {
+        let (gone, id): (bool, Uuid) = (r.get(0), r.get(1));
+        if gone {
+            if !recorded.gone.contains(&id) {
+                recorded.gone.push(id);
+            }
+        } else {
+            recorded.applied.insert(id);
+        }
+    }
+    Ok(recorded)
 }
 
 /// One row of `GET /v1/dispatches/{id}/attempts`.

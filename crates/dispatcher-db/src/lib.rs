@@ -9,12 +9,14 @@ pub mod accounts;
 pub mod dead_letters;
 pub mod deliveries;
 pub mod dispatches;
+pub mod endpoint_health;
 pub mod error;
 pub mod listen;
 pub mod migrate;
 pub mod outbox;
 pub mod pool;
 pub mod provider_events;
+pub mod retention;
 pub mod subscriptions;
 pub mod templates;
 

@@ -37,6 +37,16 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "quarantine_and_health",
         include_str!("../../../migrations/0007_quarantine_and_health.sql"),
     ),
+    (
+        8,
+        "endpoint_health_and_rate_limits",
+        include_str!("../../../migrations/0008_endpoint_health_and_rate_limits.sql"),
+    ),
+    (
+        9,
+        "retention",
+        include_str!("../../../migrations/0009_retention.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x0d15_9a7c_4e00_0001;

@@ -116,6 +116,35 @@ pub async fn put_back(
     Ok(())
 }
 
+/// A message to publish once the caller's transaction commits.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub message_id: Uuid,
+    pub routing_key: String,
+    pub payload: Vec<u8>,
+}
+
+/// Adds messages in the caller's transaction (call [`OutboxWake::committed`] after the commit).
+pub async fn insert(
+    tx: &deadpool_postgres::Transaction<'_>,
+    msgs: &[NewMessage],
+) -> Result<(), DbError> {
+    if msgs.is_empty() {
+        return Ok(());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO outbox (message_id, routing_key, payload)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[])",
+        )
+        .await?;
+    let ids: Vec<Uuid> = msgs.iter().map(|m| m.message_id).collect();
+    let keys: Vec<&str> = msgs.iter().map(|m| m.routing_key.as_str()).collect();
+    let payloads: Vec<&[u8]> = msgs.iter().map(|m| m.payload.as_slice()).collect();
+    tx.execute(&stmt, &[&ids, &keys, &payloads]).await?;
+    Ok(())
+}
+
 /// Unsent rows and the age in seconds of the oldest one (a read, on the relay's own pool).
 pub async fn backlog(pool: &AsyncCommitPool) -> Result<(i64, f64), DbError> {
     let client = pool.get().await?;

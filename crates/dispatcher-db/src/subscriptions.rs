@@ -13,9 +13,13 @@ pub struct Subscription {
     pub description: Option<String>,
     pub created_at: DateTime<Utc>,
     pub disabled_at: Option<DateTime<Utc>>,
+    pub disabled_reason: Option<String>,
+    /// Requests per second its endpoint receives from each deliverer.
+    pub rate_limit: Option<i32>,
 }
 
-const COLUMNS: &str = "id, event, callback_url, description, created_at, disabled_at";
+const COLUMNS: &str =
+    "id, event, callback_url, description, created_at, disabled_at, disabled_reason, rate_limit";
 
 fn from_row(r: &Row) -> Subscription {
     Subscription {
@@ -25,6 +29,8 @@ fn from_row(r: &Row) -> Subscription {
         description: r.get(3),
         created_at: r.get(4),
         disabled_at: r.get(5),
+        disabled_reason: r.get(6),
+        rate_limit: r.get(7),
     }
 }
 
@@ -34,12 +40,14 @@ pub async fn insert(
     event: &str,
     callback_url: &str,
     description: Option<&str>,
+    rate_limit: Option<i32>,
 ) -> Result<Subscription, DbError> {
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(&format!(
-            "INSERT INTO webhook_subscriptions (id, account_id, event, callback_url, description)
-             VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
+            "INSERT INTO webhook_subscriptions (id, account_id, event, callback_url, description,
+                                                rate_limit)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
         ))
         .await?;
     let row = client
@@ -51,6 +59,7 @@ pub async fn insert(
                 &event,
                 &callback_url,
                 &description,
+                &rate_limit,
             ],
         )
         .await?;
@@ -109,25 +118,54 @@ pub async fn delete(pool: &Pool, account_id: Uuid, id: Uuid) -> Result<bool, DbE
     Ok(client.execute(&stmt, &[&id, &account_id]).await? == 1)
 }
 
-/// Active subscriptions of the given accounts matching `event` (or `*`):
+/// Active subscriptions of the given accounts for `event`: those naming it, and those for `*`
+/// when `wildcard` (operational events are only sent to subscriptions that name them):
 /// (account_id, webhook_id, callback_url).
 pub async fn matching(
     pool: &Pool,
     account_ids: &[Uuid],
     event: &str,
+    wildcard: bool,
 ) -> Result<Vec<(Uuid, Uuid, String)>, DbError> {
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
             "SELECT account_id, id, callback_url FROM webhook_subscriptions
              WHERE account_id = ANY($1) AND deleted_at IS NULL AND disabled_at IS NULL
-               AND (event = '*' OR event = $2)",
+               AND (event = $2 OR ($3 AND event = '*'))",
         )
         .await?;
     Ok(client
-        .query(&stmt, &[&account_ids, &event])
+        .query(&stmt, &[&account_ids, &event, &wildcard])
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// Disables subscriptions, each with its reason, in the caller's transaction; returns those that
+/// were still enabled.
+pub async fn disable(
+    tx: &deadpool_postgres::Transaction<'_>,
+    rows: &[(Uuid, String)],
+) -> Result<Vec<Uuid>, DbError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE webhook_subscriptions s SET disabled_at = now(), disabled_reason = t.reason
+             FROM unnest($1::uuid[], $2::text[]) AS t(id, reason)
+             WHERE s.id = t.id AND s.disabled_at IS NULL
+             RETURNING s.id",
+        )
+        .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+    let reasons: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    Ok(tx
+        .query(&stmt, &[&ids, &reasons])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
         .collect())
 }

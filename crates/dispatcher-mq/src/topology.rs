@@ -3,13 +3,16 @@
 //! ```text
 //!                        ┌── dispatch.requested ──► {p}.dispatch.requested  (dispatch-worker)
 //! {p}.events (topic) ────┼── dispatch.completed ─┐
-//!                        │   dispatch.failed ────┴► {p}.webhook.events      (webhook-deliverer)
+//!                        │   dispatch.failed ────┤
+//!                        │   endpoint.*, ────────┴► {p}.webhook.events      (webhook-deliverer)
+//!                        │   delivery.exhausted
 //!                        ├── webhook.delay.{ms} ──► {p}.webhook.delay.{ms}  (TTL, no consumer)
 //!                        │                              └─ expires ─► webhook.retry
 //!                        └── webhook.retry ───────► {p}.webhook.retry       (webhook-deliverer)
 //! work queues past x-delivery-limit ──► {p}.dead (fanout) ──► {p}.dead
 //! ```
 
+use dispatcher_core::event::EVENT_TYPES;
 use lapin::options::{
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
@@ -103,13 +106,16 @@ impl Topology {
 
     /// Each work queue with a routing key it takes from the events exchange: the keys of the
     /// messages written to the outbox (retry tasks, which come back from the delay queues, aside).
-    pub fn work_bindings(&self) -> [(String, &'static str); 4] {
-        [
-            (self.dispatch_queue(), "dispatch.requested"),
-            (self.webhook_events_queue(), "dispatch.completed"),
-            (self.webhook_events_queue(), "dispatch.failed"),
-            (self.provider_events_queue(), "provider.event"),
-        ]
+    pub fn work_bindings(&self) -> Vec<(String, &'static str)> {
+        let mut b = vec![(self.dispatch_queue(), "dispatch.requested")];
+        b.extend(
+            EVENT_TYPES
+                .into_iter()
+                .filter(|e| e.is_webhook())
+                .map(|e| (self.webhook_events_queue(), e.as_str())),
+        );
+        b.push((self.provider_events_queue(), "provider.event"));
+        b
     }
 
     /// Declares everything. Safe to run concurrently from every replica at every start.
@@ -254,13 +260,8 @@ mod tests {
 
     #[test]
     fn every_event_type_is_bound_to_a_work_queue() {
-        use dispatcher_core::event::EventType;
         let bindings = Topology::new("t1", &[]).work_bindings();
-        for t in [
-            EventType::DispatchRequested,
-            EventType::DispatchCompleted,
-            EventType::DispatchFailed,
-        ] {
+        for t in dispatcher_core::event::EVENT_TYPES {
             assert!(
                 bindings.iter().any(|(_, key)| *key == t.as_str()),
                 "{}",

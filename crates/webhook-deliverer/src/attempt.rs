@@ -2,12 +2,14 @@
 
 use chrono::Utc;
 use dispatcher_config::Settings;
+use dispatcher_core::health::{self, Change};
 use dispatcher_core::retry::{next_step, AttemptOutcome, NextStep};
 use dispatcher_core::signing::{signature_header, WebhookSecret};
 use dispatcher_core::DeliveryTask;
+use dispatcher_core::EventType;
 use dispatcher_db::deliveries::{self, AttemptRecord, Delivery, RetryMessage};
 use dispatcher_db::outbox::OutboxWake;
-use dispatcher_db::{accounts, DbError, Pool};
+use dispatcher_db::{accounts, endpoint_health, outbox, subscriptions, DbError, Pool};
 use dispatcher_mq::Topology;
 use dispatcher_outbound::Policy;
 use rand::Rng;
@@ -19,6 +21,8 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::endpoints::{Endpoints, Entry, Limits, Outcome, Permit};
+use crate::operational;
+use crate::rates::{self, RateLimits};
 
 pub struct Deliverer {
     settings: Arc<Settings>,
@@ -31,6 +35,16 @@ pub struct Deliverer {
     endpoints: Endpoints,
     /// Requests in flight from this process, all endpoints together.
     in_flight: Semaphore,
+    /// Subscriptions' `rateLimit`s.
+    rates: RateLimits,
+}
+
+/// An attempt made, with what health and the operational events need to know of its delivery.
+pub(crate) struct Made {
+    pub record: AttemptRecord,
+    pub webhook_id: Option<Uuid>,
+    pub url: String,
+    pub event_type: String,
 }
 
 /// What one POST came back with.
@@ -64,6 +78,7 @@ impl Deliverer {
             policy,
             endpoints,
             in_flight,
+            rates: RateLimits::default(),
         }
     }
 
@@ -119,6 +134,16 @@ impl Deliverer {
         let results = futures::future::join_all(deliveries.into_iter().map(|d| {
             let keys = secrets[&d.account_id].clone();
             async move {
+                if let (Some(webhook), Some(rate)) = (d.webhook_id, d.rate_limit) {
+                    if let Err(spread) = self
+                        .rates
+                        .admit(webhook, rate.max(1) as u32, rates::MAX_WAIT)
+                        .await
+                    {
+                        metrics::counter!("dispatcher_deliveries_rate_limited_total").increment(1);
+                        return Err((d, spread));
+                    }
+                }
                 let endpoint = self.endpoints.get(&d.url);
                 match endpoint.enter().await {
                     Entry::Hold { spread } => Err((d, spread)),
@@ -133,31 +158,94 @@ impl Deliverer {
             }
         }))
         .await;
-        let mut records = Vec::with_capacity(results.len());
+        let mut made = Vec::with_capacity(results.len());
         let mut held = Vec::new();
         for r in results {
             match r {
-                Ok(record) => records.push(record),
+                Ok(m) => made.push(m),
                 Err(h) => held.push(h),
             }
         }
         metrics::gauge!("dispatcher_circuit_breakers_open").set(self.endpoints.open() as f64);
         self.hold(held).await?;
-        if !records.is_empty() {
-            deliveries::record_attempts(&self.pool, &records).await?;
-            if records.iter().any(|r| r.retry.is_some()) {
+        if !made.is_empty() {
+            let published = self.record(made).await?;
+            if published {
                 self.outbox_wake.committed();
             }
         }
         Ok(())
     }
 
-    async fn attempt_one(
-        &self,
-        d: Delivery,
-        keys: &[WebhookSecret],
-        permit: Permit,
-    ) -> AttemptRecord {
+    /// Records the attempts, folds them into their endpoints' health and writes the operational
+    /// events the changes call for, in one transaction. Returns whether it wrote outbox rows.
+    async fn record(&self, made: Vec<Made>) -> Result<bool, DbError> {
+        let records: Vec<AttemptRecord> = made.iter().map(|m| m.record.clone()).collect();
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let recorded = deliveries::record_attempts(&tx, &records).await?;
+        let mut events = operational::exhausted(&made, &recorded);
+        let by_webhook = operational::observed_by_webhook(&made);
+        if !by_webhook.is_empty() {
+            let keys: Vec<(Uuid, Uuid)> =
+                by_webhook.iter().map(|(w, o)| (*w, o.account_id)).collect();
+            let mut health = endpoint_health::lock(&tx, &keys).await?;
+            let policy = self.health_policy();
+            let mut disable = Vec::new();
+            for (webhook, seen) in &by_webhook {
+                let Some(h) = health.get_mut(webhook) else {
+                    continue;
+                };
+                match h.apply(&seen.attempts, policy) {
+                    Some(Change::Failing) => {
+                        events.push(seen.event(EventType::EndpointFailing, *webhook, h, None))
+                    }
+                    Some(Change::Recovered) => {
+                        events.push(seen.event(EventType::EndpointRecovered, *webhook, h, None))
+                    }
+                    Some(Change::Disable) => {
+                        let since = h.failing_since.map(|t| t.to_rfc3339()).unwrap_or_default();
+                        disable.push((*webhook, format!("the endpoint has failed since {since}")));
+                    }
+                    None => {}
+                }
+            }
+            let disabled = subscriptions::disable(&tx, &disable).await?;
+            for (webhook, reason) in disable
+                .into_iter()
+                .filter(|(w, _)| disabled.contains(w))
+                .chain(
+                    recorded
+                        .gone
+                        .iter()
+                        .map(|w| (*w, deliveries::GONE_REASON.to_owned())),
+                )
+            {
+                if let (Some(seen), Some(h)) = (by_webhook.get(&webhook), health.get(&webhook)) {
+                    events.push(seen.event(EventType::EndpointDisabled, webhook, h, Some(reason)));
+                }
+            }
+            endpoint_health::store(&tx, &health).await?;
+        }
+        let messages: Vec<_> = events.iter().map(operational::message).collect();
+        outbox::insert(&tx, &messages).await?;
+        tx.commit().await?;
+        for e in &events {
+            metrics::counter!("dispatcher_operational_events_total", "type" => e.payload.event_type.as_str())
+                .increment(1);
+        }
+        Ok(!messages.is_empty() || records.iter().any(|r| r.retry.is_some()))
+    }
+
+    fn health_policy(&self) -> health::Policy {
+        let d = &self.settings.delivery;
+        health::Policy {
+            threshold: d.circuit_breaker_threshold,
+            disable_after: (!d.disable_failing_after.is_zero()).then_some(d.disable_failing_after),
+        }
+    }
+
+    async fn attempt_one(&self, d: Delivery, keys: &[WebhookSecret], permit: Permit) -> Made {
         let attempt = d.attempts + 1;
         let attempted_at = Utc::now();
         let post = self.post(&d, keys).await;
@@ -208,7 +296,7 @@ impl Deliverer {
         } else if new_status == "dead" || new_status == "failed" {
             metrics::counter!("dispatcher_deliveries_total", "outcome" => new_status).increment(1);
         }
-        AttemptRecord {
+        let record = AttemptRecord {
             id: Uuid::now_v7(),
             delivery_id: d.id,
             dispatch_id: d.dispatch_id,
@@ -223,6 +311,12 @@ impl Deliverer {
             new_status,
             retry,
             disable_webhook: disable,
+        };
+        Made {
+            record,
+            webhook_id: d.webhook_id,
+            url: d.url,
+            event_type: d.event_type,
         }
     }
 

@@ -63,7 +63,11 @@ impl BatchHandler for EventHandler {
         // account's matching subscriptions (one query per event type in the batch).
         let mut subscribed: HashMap<(uuid::Uuid, &'static str), Vec<(uuid::Uuid, String)>> =
             HashMap::new();
-        for event_type in [EventType::DispatchCompleted, EventType::DispatchFailed] {
+        let types: std::collections::BTreeSet<&'static str> = events
+            .iter()
+            .map(|(e, _)| e.payload.event_type.as_str())
+            .collect();
+        for event_type in types.into_iter().filter_map(EventType::parse) {
             let accounts: Vec<uuid::Uuid> = events
                 .iter()
                 .filter(|(e, _)| e.payload.event_type == event_type)
@@ -74,10 +78,14 @@ impl BatchHandler for EventHandler {
             if accounts.is_empty() {
                 continue;
             }
-            for (account, webhook, url) in
-                subscriptions::matching(&self.deliverer.pool, &accounts, event_type.as_str())
-                    .await
-                    .map_err(HandlerError::from)?
+            for (account, webhook, url) in subscriptions::matching(
+                &self.deliverer.pool,
+                &accounts,
+                event_type.as_str(),
+                !event_type.is_operational(),
+            )
+            .await
+            .map_err(HandlerError::from)?
             {
                 subscribed
                     .entry((account, event_type.as_str()))

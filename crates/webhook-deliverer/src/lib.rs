@@ -4,6 +4,8 @@
 mod attempt;
 mod endpoints;
 mod handlers;
+mod operational;
+mod rates;
 
 pub use handlers::{EventHandler, RetryHandler};
 

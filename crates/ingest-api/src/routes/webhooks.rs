@@ -6,8 +6,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
+use dispatcher_core::health::Health;
 use dispatcher_core::netpolicy::check_url;
-use dispatcher_db::{accounts, subscriptions};
+use dispatcher_db::{accounts, endpoint_health, subscriptions};
 use dispatcher_http::error::doc::{
     BadRequest, InternalError, NotFound, PayloadTooLarge, ServiceUnavailable, TooManyRequests,
     Unauthorized, UnprocessableEntity, UnsupportedMediaType,
@@ -32,9 +33,14 @@ pub struct CreateWebhook {
     /// At most 500 characters.
     #[schema(max_length = 500, pattern = r"^[^\u0000]*$")]
     description: Option<String>,
+    /// Requests per second the endpoint receives at most, from each deliverer (1 to 10 000).
+    /// Deliveries beyond it wait their turn; none is dropped.
+    #[schema(minimum = 1, maximum = 10000)]
+    rate_limit: Option<u32>,
 }
 
-/// The events a subscription receives: one outcome type, or `*` for all.
+/// The events a subscription receives: one event type, or `*` for every dispatch event
+/// (operational events, `endpoint.*` and `delivery.exhausted`, are subscribed to by name).
 fn event_filter_schema() -> utoipa::openapi::schema::Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
@@ -53,10 +59,57 @@ pub struct WebhookBody {
     #[schema(nullable = false)]
     description: Option<String>,
     created_at: DateTime<Utc>,
-    /// Set when the endpoint answered `410 Gone`: no more deliveries go to it.
+    /// Set when the subscription was disabled (its endpoint answered `410 Gone`, or failed for
+    /// longer than the deployment allows): no more deliveries go to it.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     disabled_at: Option<DateTime<Utc>>,
+    /// Why it was disabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    disabled_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, minimum = 1, maximum = 10000)]
+    rate_limit: Option<i32>,
+    /// The endpoint's health (`GET /v1/webhooks/{id}` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    health: Option<EndpointHealth>,
+}
+
+/// An endpoint's health, from the attempts every deliverer recorded.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointHealth {
+    /// Share of recent attempts that succeeded (weighted towards the last 50); null before the
+    /// first attempt.
+    #[schema(required, minimum = 0, maximum = 1)]
+    success_rate: Option<f64>,
+    #[schema(required)]
+    last_success_at: Option<DateTime<Utc>>,
+    #[schema(required)]
+    last_error_at: Option<DateTime<Utc>>,
+    #[schema(required)]
+    last_error: Option<String>,
+    consecutive_failures: i32,
+    /// `open` after `circuit_breaker_threshold` failures in a row: deliveries are held back;
+    /// `half_open` once a probe is due; `closed` again after a success.
+    #[schema(value_type = String, example = "closed")]
+    breaker: &'static str,
+}
+
+impl EndpointHealth {
+    fn new(h: Option<Health>, cooldown: std::time::Duration) -> Self {
+        let h = h.unwrap_or_default();
+        Self {
+            success_rate: (h.attempts > 0).then_some(h.success_rate),
+            last_success_at: h.last_success_at,
+            last_error_at: h.last_error_at,
+            consecutive_failures: h.consecutive_failures,
+            breaker: h.breaker(Utc::now(), cooldown).as_str(),
+            last_error: h.last_error,
+        }
+    }
 }
 
 impl From<subscriptions::Subscription> for WebhookBody {
@@ -68,13 +121,26 @@ impl From<subscriptions::Subscription> for WebhookBody {
             description: s.description,
             created_at: s.created_at,
             disabled_at: s.disabled_at,
+            disabled_reason: s.disabled_reason,
+            rate_limit: s.rate_limit,
+            health: None,
         }
     }
 }
 
-const EVENTS: [&str; 3] = ["dispatch.completed", "dispatch.failed", "*"];
+const EVENTS: [&str; 7] = [
+    "dispatch.completed",
+    "dispatch.failed",
+    "endpoint.failing",
+    "endpoint.recovered",
+    "endpoint.disabled",
+    "delivery.exhausted",
+    "*",
+];
 
-/// Subscribe an endpoint to outcome events.
+const MAX_RATE_LIMIT: u32 = 10_000;
+
+/// Subscribe an endpoint to events.
 #[utoipa::path(
     post,
     path = "/v1/webhooks",
@@ -119,12 +185,19 @@ pub async fn create(
             ));
         }
     }
+    if req.rate_limit.is_some_and(|r| r == 0 || r > MAX_RATE_LIMIT) {
+        return Err(ApiError::unprocessable(
+            "invalid_field",
+            format!("rateLimit: between 1 and {MAX_RATE_LIMIT} requests per second"),
+        ));
+    }
     let sub = subscriptions::insert(
         &s.pool,
         account,
         &req.event,
         &req.callback_url,
         req.description.as_deref(),
+        req.rate_limit.map(|r| r as i32),
     )
     .await?;
     Ok((StatusCode::CREATED, Json(sub.into())))
@@ -139,7 +212,7 @@ pub async fn create(
     security(("basicAuth" = [])),
     params(("id" = Uuid, Path, description = "The subscription's id; anything else answers 404.")),
     responses(
-        (status = 200, description = "The subscription.", body = WebhookBody),
+        (status = 200, description = "The subscription, with its endpoint's health.", body = WebhookBody),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
         (status = 429, response = TooManyRequests),
@@ -154,10 +227,16 @@ pub async fn get(
 ) -> Result<Json<WebhookBody>, ApiError> {
     let Path(id) = id?;
     let id = super::parse_id(&id, "webhook")?;
-    subscriptions::get(&s.pool, account, id)
+    let sub = subscriptions::get(&s.pool, account, id)
         .await?
-        .map(|w| Json(w.into()))
-        .ok_or(ApiError::NotFound("webhook"))
+        .ok_or(ApiError::NotFound("webhook"))?;
+    let health = endpoint_health::get(&s.pool, account, id).await?;
+    let mut body = WebhookBody::from(sub);
+    body.health = Some(EndpointHealth::new(
+        health,
+        s.settings.delivery.circuit_breaker_cooldown,
+    ));
+    Ok(Json(body))
 }
 
 /// A page of subscriptions, newest first.
