@@ -107,8 +107,20 @@ async fn outcome_events_fan_out_to_matching_subscriptions_and_the_callback() {
         .post(&app.ingest_url, "/v1/dispatches", &acct, &json!({"template": {"format": "text", "body": "ok"}, "data": {}, "callbackUrl": own.url()}))
         .await;
     assert_eq!(again.status(), 200);
+    let again_id = again.json::<serde_json::Value>().await.unwrap()["dispatchId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     own.wait_for(2).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every delivery of an outcome is created in one statement before any is attempted: once the
+    // callback got its webhook, the deleted subscription would have a delivery if it had one.
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM deliveries WHERE dispatch_id = '{again_id}'"
+        ))
+        .await,
+        1
+    );
     assert_eq!(
         all.requests().len(),
         2,
@@ -147,7 +159,14 @@ async fn gone_disables_a_subscription() {
         assert!(tokio::time::Instant::now() < deadline, "{w}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The delivery is finished (`failed`, not `pending` with a retry scheduled).
+    app.wait_equal("SELECT count(*) FROM deliveries WHERE status = 'failed'", 1)
+        .await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM deliveries WHERE status = 'pending'")
+            .await,
+        0
+    );
     assert_eq!(rx.requests().len(), 1, "410 is not retried");
 }
 

@@ -377,7 +377,16 @@ async fn a_batch_answers_every_item_and_delivers_each_accepted_one_once() {
 
     // Every accepted item is delivered once; nothing was stored for the refused ones.
     let webhooks = receiver.wait_for(accepted.len()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every delivery finished, so no request is still on its way.
+    app.wait_equal(
+        "SELECT count(*) FROM deliveries WHERE status = 'succeeded'",
+        accepted.len() as i64,
+    )
+    .await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM deliveries").await,
+        accepted.len() as i64
+    );
     assert_eq!(
         receiver.requests().len(),
         accepted.len(),
@@ -515,8 +524,8 @@ async fn validate_stores_queues_and_sends_nothing() {
         let _ = conn.close(200, "done".into()).await;
         n
     };
-    // Long enough for the outbox relay (woken at once, polling every 200 ms) to have published.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Nothing was stored (the batch is one transaction), so there is nothing a relay could
+    // publish.
     assert_eq!(app.count("SELECT count(*) FROM dispatches").await, 0);
     assert_eq!(app.count("SELECT count(*) FROM outbox").await, 0);
     assert_eq!(queue_depth().await, 0);

@@ -421,7 +421,6 @@ async fn accepted_while_the_broker_is_unreachable_then_published() {
         .await
         .unwrap();
     assert_eq!(ready.status(), 503, "not ready without a broker");
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     for id in &ids {
         let s: serde_json::Value = app
             .get(&app.status_url, &format!("/v1/dispatches/{id}"), &acct)
