@@ -236,7 +236,10 @@ fn schema_for(routing_key: &str) -> Option<&'static str> {
     match routing_key {
         "dispatch.requested" => Some("dispatch.requested.schema.json"),
         "dispatch.completed" | "dispatch.failed" | "endpoint.failing" | "endpoint.recovered"
-        | "endpoint.disabled" | "delivery.exhausted" => Some("dispatch.outcome.schema.json"),
+        | "endpoint.disabled" | "delivery.exhausted" | "provider.accepted"
+        | "provider.delivered" | "provider.bounced" | "provider.failed" => {
+            Some("dispatch.outcome.schema.json")
+        }
         "webhook.retry" => Some("delivery.task.schema.json"),
         "provider.event" => Some("provider.event.schema.json"),
         k if k
@@ -497,4 +500,183 @@ async fn broker_messages_and_webhooks_match_the_schemas() {
             "nothing validated against {schema}: {report}"
         );
     }
+}
+
+/// Sends a signed provider callback to `/v1/providers/acme/events`; returns the HTTP status and
+/// whether the event was a duplicate.
+async fn provider_event(
+    app: &TestApp,
+    dispatch_id: &str,
+    event_id: &str,
+    kind: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> (u16, bool) {
+    let body = json!({"eventId": event_id, "dispatchId": dispatch_id, "type": kind, "occurredAt": at.to_rfc3339()})
+        .to_string();
+    let sig = dispatcher_core::signing::sign_hex_sha256(b"acme-signing-key", body.as_bytes());
+    let r = app
+        .http
+        .post(format!("{}/v1/providers/acme/events", app.ingest_url))
+        .header("content-type", "application/json")
+        .header("x-provider-signature", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    (status, v["duplicate"] == true)
+}
+
+#[tokio::test]
+async fn provider_events_are_forwarded_once_per_endpoint_and_verify_with_the_libraries() {
+    test_python();
+    let app = TestApp::spawn_with(
+        dispatcher_e2e::Services::ALL,
+        &[("DISPATCHER__PROVIDERS__ACME__SECRET", "acme-signing-key")],
+    )
+    .await;
+    let acct = app.create_account("forward@example.com").await;
+    let (callback, everything, family, other) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
+    for (event, rx) in [
+        ("*", &everything),
+        ("provider.*", &family),
+        ("dispatch.*", &other),
+    ] {
+        let r = app
+            .post(
+                &app.ingest_url,
+                "/v1/webhooks",
+                &acct,
+                &json!({"event": event, "callbackUrl": rx.url()}),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "{event}");
+    }
+    let id = submit(&app, &acct, "hello", json!({}), &callback.url()).await;
+    // The dispatch's own outcome reached its callback, so it exists and is finished.
+    wait_hook_for(&callback, &id).await;
+
+    let now = chrono::Utc::now();
+    assert_eq!(
+        provider_event(&app, &id, "ev-2", "delivered", now).await,
+        (200, false)
+    );
+    assert_eq!(
+        provider_event(&app, &id, "ev-2", "delivered", now).await,
+        (200, true)
+    );
+    // Stamped before `delivered` but arriving after it.
+    let earlier = now - chrono::Duration::seconds(30);
+    assert_eq!(
+        provider_event(&app, &id, "ev-1", "bounced", earlier).await,
+        (200, false)
+    );
+
+    // Two provider events to three endpoints (the callback, `*`, `provider.*`), each once.
+    app.wait_equal(
+        "SELECT count(*) FROM deliveries WHERE event_type LIKE 'provider.%' AND status = 'succeeded'",
+        6,
+    )
+    .await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM deliveries WHERE event_type LIKE 'provider.%'")
+            .await,
+        6
+    );
+    let provider_hooks = |rx: &Receiver| -> Vec<Received> {
+        rx.requests()
+            .into_iter()
+            .filter(|r| r.json()["type"].as_str().unwrap().starts_with("provider."))
+            .collect()
+    };
+    for rx in [&callback, &everything, &family] {
+        let hooks = provider_hooks(rx);
+        assert_eq!(hooks.len(), 2, "one webhook per provider event");
+        let mut types: Vec<String> = hooks
+            .iter()
+            .map(|h| h.json()["type"].as_str().unwrap().to_owned())
+            .collect();
+        types.sort();
+        assert_eq!(types, ["provider.bounced", "provider.delivered"]);
+        let bounced = hooks
+            .iter()
+            .map(Received::json)
+            .find(|v| v["type"] == "provider.bounced")
+            .unwrap();
+        assert_eq!(bounced["data"]["dispatchId"], id.as_str());
+        assert_eq!(bounced["data"]["provider"], "acme");
+        assert_eq!(bounced["data"]["eventId"], "ev-1");
+        assert_eq!(bounced["data"]["type"], "bounced");
+        let stamped: chrono::DateTime<chrono::Utc> = bounced["data"]["occurredAt"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            stamped.timestamp(),
+            earlier.timestamp(),
+            "forwarded with its own time"
+        );
+    }
+    assert!(
+        provider_hooks(&other).is_empty(),
+        "dispatch.* takes no provider events"
+    );
+    // The late, older report did not move the status back.
+    let s: Value = app
+        .get(&app.status_url, &format!("/v1/dispatches/{id}"), &acct)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(s["providerStatus"], "delivered", "{s}");
+    assert_eq!(
+        s["providerStatusAt"]
+            .as_str()
+            .unwrap()
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap()
+            .timestamp(),
+        now.timestamp()
+    );
+
+    // Signed like every webhook: both Standard Webhooks libraries accept them.
+    for h in provider_hooks(&family) {
+        python_verify(
+            &[&acct.webhook_secret],
+            &webhook_headers(&h),
+            &h.body,
+            Expect::Valid,
+        )
+        .await;
+    }
+    // And each matches the published schema.
+    let items: Vec<Value> = provider_hooks(&everything)
+        .iter()
+        .map(|h| {
+            json!({"schema": "webhook.schema.json", "label": "provider webhook",
+                   "body": String::from_utf8(h.body.to_vec()).unwrap()})
+        })
+        .collect();
+    let input = json!({
+        "schemaDir": workspace_root().join("proto-schemas").to_string_lossy(),
+        "items": items,
+    });
+    let out = run_python(
+        &[&python_script("validate_messages.py")],
+        input.to_string().as_bytes(),
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

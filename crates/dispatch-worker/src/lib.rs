@@ -93,6 +93,7 @@ pub async fn serve(
         Arc::new(provider_events::ProviderEventHandler::new(
             pool.clone(),
             topology.provider_events_queue(),
+            outbox_wake.clone(),
         )),
         readiness.register("provider-events-consumer"),
         cancel.clone(),

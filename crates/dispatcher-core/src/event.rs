@@ -29,10 +29,19 @@ pub enum EventType {
     /// A delivery ran out of retries and went dead.
     #[serde(rename = "delivery.exhausted")]
     DeliveryExhausted,
+    /// A provider reported on a dispatch it was handed.
+    #[serde(rename = "provider.accepted")]
+    ProviderAccepted,
+    #[serde(rename = "provider.delivered")]
+    ProviderDelivered,
+    #[serde(rename = "provider.bounced")]
+    ProviderBounced,
+    #[serde(rename = "provider.failed")]
+    ProviderFailed,
 }
 
 /// Every event type, in a stable order.
-pub const EVENT_TYPES: [EventType; 7] = [
+pub const EVENT_TYPES: [EventType; 11] = [
     EventType::DispatchRequested,
     EventType::DispatchCompleted,
     EventType::DispatchFailed,
@@ -40,6 +49,10 @@ pub const EVENT_TYPES: [EventType; 7] = [
     EventType::EndpointRecovered,
     EventType::EndpointDisabled,
     EventType::DeliveryExhausted,
+    EventType::ProviderAccepted,
+    EventType::ProviderDelivered,
+    EventType::ProviderBounced,
+    EventType::ProviderFailed,
 ];
 
 impl EventType {
@@ -52,7 +65,28 @@ impl EventType {
             EventType::EndpointRecovered => "endpoint.recovered",
             EventType::EndpointDisabled => "endpoint.disabled",
             EventType::DeliveryExhausted => "delivery.exhausted",
+            EventType::ProviderAccepted => "provider.accepted",
+            EventType::ProviderDelivered => "provider.delivered",
+            EventType::ProviderBounced => "provider.bounced",
+            EventType::ProviderFailed => "provider.failed",
         }
+    }
+
+    /// The `provider.<type>` event forwarding a provider's report.
+    pub fn for_provider(t: ProviderEventType) -> EventType {
+        match t {
+            ProviderEventType::Accepted => EventType::ProviderAccepted,
+            ProviderEventType::Delivered => EventType::ProviderDelivered,
+            ProviderEventType::Bounced => EventType::ProviderBounced,
+            ProviderEventType::Failed => EventType::ProviderFailed,
+        }
+    }
+
+    /// The subscription filter that takes every event of this one's family: `provider.*` for
+    /// `provider.delivered`.
+    pub fn family_filter(self) -> String {
+        let s = self.as_str();
+        format!("{}.*", &s[..s.find('.').unwrap_or(s.len())])
     }
 
     /// Events about delivery itself rather than about a dispatch. A subscription to `*` does not
@@ -143,6 +177,8 @@ pub enum EventData {
     Dispatch(WebhookData),
     /// `delivery.exhausted`.
     Delivery(DeliveryEventData),
+    /// `provider.*`.
+    Provider(ProviderEventData),
     /// `endpoint.failing`, `endpoint.recovered`, `endpoint.disabled`.
     Endpoint(EndpointEventData),
 }
@@ -167,6 +203,32 @@ pub struct DeliveryEventData {
     pub attempts: i32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+}
+
+/// `provider.*`: a provider's report on a dispatch, forwarded once per endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProviderEventData {
+    pub dispatch_id: Uuid,
+    pub provider: String,
+    /// The provider's id of the event.
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub event_type: ProviderEventType,
+    pub occurred_at: DateTime<Utc>,
+    /// The dispatch's metadata.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// The event id of a forwarded provider event: derived from the provider and its id, so a
+/// repeated report is the same event and reaches each endpoint once, with one `webhook-id`.
+pub fn provider_event_id(provider: &str, provider_event_id: &str) -> Uuid {
+    const NAMESPACE: Uuid = Uuid::from_u128(0x6f1d_3c2a_8e4b_4f7a_9c1d_2b3e_4f5a_6b7c);
+    Uuid::new_v5(
+        &NAMESPACE,
+        format!("{provider}\u{0}{provider_event_id}").as_bytes(),
+    )
 }
 
 /// `endpoint.*`: a subscription's endpoint changed state.
@@ -292,6 +354,41 @@ mod tests {
             let back: WebhookPayload = serde_json::from_slice(&json).unwrap();
             assert_eq!(back, p);
         }
+    }
+
+    #[test]
+    fn provider_events_read_back_and_have_stable_ids() {
+        let p = WebhookPayload {
+            event_type: EventType::ProviderBounced,
+            timestamp: "2026-01-02T03:04:05Z".parse().unwrap(),
+            data: EventData::Provider(ProviderEventData {
+                dispatch_id: Uuid::nil(),
+                provider: "acme".into(),
+                event_id: "ev-1".into(),
+                event_type: ProviderEventType::Bounced,
+                occurred_at: "2026-01-02T03:00:00Z".parse().unwrap(),
+                metadata: Some(serde_json::json!({"orderId": "A-1"})),
+            }),
+        };
+        let json = serde_json::to_vec(&p).unwrap();
+        assert_eq!(serde_json::from_slice::<WebhookPayload>(&json).unwrap(), p);
+        assert_eq!(
+            provider_event_id("acme", "ev-1"),
+            provider_event_id("acme", "ev-1")
+        );
+        assert_ne!(
+            provider_event_id("acme", "ev-1"),
+            provider_event_id("acme2", "ev-1")
+        );
+        assert_ne!(
+            provider_event_id("ac", "me-ev-1"),
+            provider_event_id("acme", "-ev-1")
+        );
+        assert_eq!(EventType::ProviderBounced.family_filter(), "provider.*");
+        assert_eq!(
+            EventType::for_provider(ProviderEventType::Delivered).as_str(),
+            "provider.delivered"
+        );
     }
 
     #[test]

@@ -18,8 +18,8 @@ pub mod template;
 pub use error::{DispatchError, ErrorCode};
 pub use event::{
     DeliveryEventData, DeliveryTask, DispatchRequested, EndpointEventData, EventData, EventType,
-    InboundProviderEvent, OutcomeEvent, ProviderEventMessage, ProviderEventType, WebhookData,
-    WebhookPayload,
+    InboundProviderEvent, OutcomeEvent, ProviderEventData, ProviderEventMessage, ProviderEventType,
+    WebhookData, WebhookPayload,
 };
 pub use status::{DispatchStatus, TransitionError};
 pub use template::{RenderError, TemplateFormat, TemplateSyntaxError};

@@ -118,13 +118,14 @@ pub async fn delete(pool: &Pool, account_id: Uuid, id: Uuid) -> Result<bool, DbE
     Ok(client.execute(&stmt, &[&id, &account_id]).await? == 1)
 }
 
-/// Active subscriptions of the given accounts for `event`: those naming it, and those for `*`
-/// when `wildcard` (operational events are only sent to subscriptions that name them):
-/// (account_id, webhook_id, callback_url).
+/// Active subscriptions of the given accounts for `event`: those naming it or its family
+/// (`family`, e.g. `provider.*`), and those for `*` when `wildcard` (operational events are only
+/// sent to subscriptions that name them): (account_id, webhook_id, callback_url).
 pub async fn matching(
     pool: &Pool,
     account_ids: &[Uuid],
     event: &str,
+    family: &str,
     wildcard: bool,
 ) -> Result<Vec<(Uuid, Uuid, String)>, DbError> {
     let client = pool.get().await?;
@@ -132,11 +133,11 @@ pub async fn matching(
         .prepare_cached(
             "SELECT account_id, id, callback_url FROM webhook_subscriptions
              WHERE account_id = ANY($1) AND deleted_at IS NULL AND disabled_at IS NULL
-               AND (event = $2 OR ($3 AND event = '*'))",
+               AND (event = $2 OR event = $3 OR ($4 AND event = '*'))",
         )
         .await?;
     Ok(client
-        .query(&stmt, &[&account_ids, &event, &wildcard])
+        .query(&stmt, &[&account_ids, &event, &family, &wildcard])
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))

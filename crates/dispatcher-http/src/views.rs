@@ -33,18 +33,15 @@ pub struct DispatchBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Object, nullable = false)]
     pub metadata: Option<serde_json::Value>,
-    /// The provider's latest report (inbound provider callbacks).
+    /// The provider's latest report (by when it happened, not when it arrived): `accepted`,
+    /// `delivered`, `bounced` or `failed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
-    pub provider_status: Option<ProviderStatus>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ProviderStatus {
-    /// The provider's event type, e.g. `accepted`, `delivered`, `bounced`, `failed`.
-    pub status: String,
-    pub at: DateTime<Utc>,
+    pub provider_status: Option<String>,
+    /// When that report happened, as the provider stamped it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub provider_status_at: Option<DateTime<Utc>>,
 }
 
 pub fn result_url(public_base: &str, id: Uuid) -> String {
@@ -66,10 +63,8 @@ impl DispatchBody {
             result_url: v.has_result.then(|| result_url(public_base, v.id)),
             error: v.error,
             metadata: v.metadata,
-            provider_status: v
-                .provider_status
-                .zip(v.provider_status_at)
-                .map(|(status, at)| ProviderStatus { status, at }),
+            provider_status: v.provider_status,
+            provider_status_at: v.provider_status_at,
         }
     }
 }

@@ -82,6 +82,7 @@ impl BatchHandler for EventHandler {
                 &self.deliverer.pool,
                 &accounts,
                 event_type.as_str(),
+                &event_type.family_filter(),
                 !event_type.is_operational(),
             )
             .await

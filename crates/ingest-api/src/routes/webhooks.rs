@@ -39,8 +39,9 @@ pub struct CreateWebhook {
     rate_limit: Option<u32>,
 }
 
-/// The events a subscription receives: one event type, or `*` for every dispatch event
-/// (operational events, `endpoint.*` and `delivery.exhausted`, are subscribed to by name).
+/// The events a subscription receives: one event type, a family (`provider.*`), or `*` for every
+/// dispatch and provider event (operational events, `endpoint.*` and `delivery.exhausted`, are
+/// subscribed to by name or family).
 fn event_filter_schema() -> utoipa::openapi::schema::Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
@@ -128,13 +129,21 @@ impl From<subscriptions::Subscription> for WebhookBody {
     }
 }
 
-const EVENTS: [&str; 7] = [
+const EVENTS: [&str; 15] = [
     "dispatch.completed",
     "dispatch.failed",
+    "dispatch.*",
+    "provider.accepted",
+    "provider.delivered",
+    "provider.bounced",
+    "provider.failed",
+    "provider.*",
     "endpoint.failing",
     "endpoint.recovered",
     "endpoint.disabled",
+    "endpoint.*",
     "delivery.exhausted",
+    "delivery.*",
     "*",
 ];
 
