@@ -146,6 +146,8 @@ pub struct IngestSettings {
     pub max_batch_body_bytes: usize,
     #[serde(deserialize_with = "de_duration")]
     pub provider_event_window: Duration,
+    /// Bytes of stored templates kept in memory (bodies plus a per-entry overhead).
+    pub template_cache_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -181,6 +183,9 @@ pub struct RenderSettings {
     pub fuel: u64,
     /// Address space of each PDF helper process; 0 leaves it unlimited.
     pub max_memory_bytes: u64,
+    /// Bytes of compiled templates kept by each process's text engine and by each PDF helper,
+    /// estimated from their text (and a PDF template's syntax tree).
+    pub template_cache_bytes: u64,
     /// Path of the PDF helper binary; empty looks for `dispatch-render` beside the service's own.
     #[serde(deserialize_with = "de_string")]
     pub helper: String,
@@ -464,6 +469,8 @@ mod tests {
         assert!(s.delivery.allow_hosts.is_empty());
         assert_eq!(s.shutdown_timeout, Duration::from_secs(25));
         assert_eq!(s.telemetry.log_format, LogFormat::Text);
+        assert_eq!(s.ingest.template_cache_bytes, 64 * 1024 * 1024);
+        assert_eq!(s.render.template_cache_bytes, 64 * 1024 * 1024);
     }
 
     #[test]
@@ -485,6 +492,8 @@ mod tests {
                 "127.0.0.1,hooks.internal",
             ),
             ("DISPATCHER__TELEMETRY__LOG_FORMAT", "json"),
+            ("DISPATCHER__INGEST__TEMPLATE_CACHE_BYTES", "1048576"),
+            ("DISPATCHER__RENDER__TEMPLATE_CACHE_BYTES", "2097152"),
         ])
         .unwrap();
         assert_eq!(s.database.url.expose(), "postgres://x@127.0.0.1/db");
@@ -504,6 +513,8 @@ mod tests {
         assert!(s.delivery.allow_http);
         assert_eq!(s.delivery.allow_hosts, vec!["127.0.0.1", "hooks.internal"]);
         assert_eq!(s.telemetry.log_format, LogFormat::Json);
+        assert_eq!(s.ingest.template_cache_bytes, 1024 * 1024);
+        assert_eq!(s.render.template_cache_bytes, 2 * 1024 * 1024);
     }
 
     #[test]

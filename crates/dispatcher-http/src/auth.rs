@@ -11,6 +11,12 @@
 //! `requests_per_second` (with `burst`) per account, so N replicas admit N times that. Operators
 //! set the per-replica figure to their account limit divided by the replica count; it needs no
 //! shared store on the request path, and a client spread unevenly over replicas is still bounded.
+//!
+//! Every map here is a bounded cache that evicts one entry at a time, never all at once: a bucket
+//! that is dropped starts again full, so clearing the buckets wholesale when they filled up would
+//! hand a client flooding new keys a fresh allowance for everyone. Eviction picks cold entries
+//! (TinyLFU: a key must be asked for more often than the entry it displaces), and a bucket idle
+//! long enough to have refilled expires on its own, since it says nothing a new one would not.
 
 use crate::ApiError;
 use axum::extract::{FromRef, FromRequestParts};
@@ -20,15 +26,26 @@ use base64::Engine;
 use dispatcher_config::{DatabaseSettings, RateLimitSettings};
 use dispatcher_core::ratelimit::TokenBucket;
 use dispatcher_db::{accounts, Pool};
+use moka::sync::Cache;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const CACHE_TTL: Duration = Duration::from_secs(300);
-const CACHE_MAX: usize = 10_000;
+/// Verified credentials, and accounts' rate-limit buckets, kept per process. Both are of one small
+/// size (a digest or an id and a few words), so they are bounded by entries.
+const CACHE_MAX: u64 = 10_000;
+/// Failed sign-in buckets are keyed by what the client sent (an email of any length): bounded
+/// by bytes.
+const FAILURES_MAX_BYTES: u64 = 8 * 1024 * 1024;
+/// What a bucket costs besides its key: the bucket, its lock and the cache's bookkeeping.
+const BUCKET_OVERHEAD: usize = 192;
+/// A failed sign-in bucket allows its number per minute: idle this long, it is full again.
+const FAILURES_REFILL: Duration = Duration::from_secs(60);
 /// Verifications that may wait for a free core; more answer 429 at once.
 const MAX_WAITING: usize = 64;
 /// Longest a verification waits for a free core.
@@ -36,7 +53,8 @@ const MAX_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Authenticator {
     pool: Pool,
-    cache: Mutex<HashMap<[u8; 32], (Uuid, Instant)>>,
+    /// Accounts by credential digest, for `CACHE_TTL` at most.
+    cache: Cache<[u8; 32], Uuid>,
     /// One verification per credential at a time: concurrent requests with the same (not yet
     /// cached) credentials wait for the first one's result instead of each running argon2.
     inflight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
@@ -46,9 +64,59 @@ pub struct Authenticator {
     /// Verifications waiting for `verifying`.
     waiting: std::sync::atomic::AtomicUsize,
     limits: RateLimitSettings,
-    buckets: Mutex<HashMap<Uuid, TokenBucket>>,
+    buckets: Buckets<Uuid>,
     /// Failed sign-ins per email and per client address, checked before argon2 runs.
-    failures: Mutex<HashMap<FailureKey, TokenBucket>>,
+    failures: Buckets<FailureKey>,
+}
+
+/// Token buckets by key. A bucket idle for `refill` (the time an empty one takes to fill) expires:
+/// a new one would be the same. The rest are evicted coldest first when the cache is full.
+struct Buckets<K> {
+    cache: Cache<K, Arc<Mutex<TokenBucket>>>,
+}
+
+impl<K: Hash + Eq + Send + Sync + 'static> Buckets<K> {
+    /// Up to `capacity` as weighed by `weigh`.
+    fn new(capacity: u64, refill: Duration, weigh: fn(&K) -> u32) -> Self {
+        Self {
+            cache: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_idle(refill)
+                .weigher(move |k: &K, _: &_| weigh(k))
+                .build(),
+        }
+    }
+
+    /// Whether `key` has a token now, without taking it; a key without a bucket has.
+    fn peek(&self, key: &K, rate: f64, burst: u32, now: Instant) -> Result<(), Duration> {
+        match self.cache.get(key) {
+            Some(b) => b.lock().expect("token bucket").peek(rate, burst, now),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes a token from `key`'s bucket, which starts full.
+    fn take(&self, key: K, rate: f64, burst: u32, now: Instant) -> Result<(), Duration> {
+        self.cache
+            .get_with(key, || Arc::new(Mutex::new(TokenBucket::full(burst, now))))
+            .lock()
+            .expect("token bucket")
+            .take(rate, burst, now)
+    }
+}
+
+/// Time for an empty bucket to refill: `burst` tokens at `rate` a second (1 s to a day).
+fn refill_time(rate: f64, burst: u32) -> Duration {
+    let secs = if rate > 0.0 { burst as f64 / rate } else { 0.0 };
+    Duration::from_secs_f64(secs.clamp(1.0, 86_400.0))
+}
+
+fn failure_weight(key: &FailureKey) -> u32 {
+    let key_bytes = match key {
+        FailureKey::Email(email) => email.len(),
+        FailureKey::Address(_) => 0,
+    };
+    u32::try_from(key_bytes + BUCKET_OVERHEAD).unwrap_or(u32::MAX)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -81,15 +149,20 @@ impl Drop for Inflight<'_> {
 impl Authenticator {
     pub fn new(pool: Pool, limits: RateLimitSettings) -> Arc<Self> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let account_refill = refill_time(limits.requests_per_second, limits.burst);
         Arc::new(Self {
             pool,
-            cache: Mutex::new(HashMap::new()),
+            cache: Cache::builder()
+                .max_capacity(CACHE_MAX)
+                .time_to_live(CACHE_TTL)
+                .support_invalidation_closures()
+                .build(),
             inflight: Mutex::new(HashMap::new()),
             verifying: tokio::sync::Semaphore::new(cores),
             waiting: std::sync::atomic::AtomicUsize::new(0),
             limits,
-            buckets: Mutex::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
+            buckets: Buckets::new(CACHE_MAX, account_refill, |_| 1),
+            failures: Buckets::new(FAILURES_MAX_BYTES, FAILURES_REFILL, failure_weight),
         })
     }
 
@@ -101,11 +174,15 @@ impl Authenticator {
         tokio::spawn(async move {
             while let Some((channel, payload)) = rx.recv().await {
                 let Some(me) = me.upgrade() else { return };
-                let mut cache = me.cache.lock().expect("auth cache");
                 match payload.parse::<Uuid>() {
-                    Ok(id) if !channel.is_empty() => cache.retain(|_, (acct, _)| *acct != id),
+                    // Entries cached before this point are never returned again.
+                    Ok(id) if !channel.is_empty() => {
+                        me.cache
+                            .invalidate_entries_if(move |_, acct| *acct == id)
+                            .expect("the credential cache supports invalidation closures");
+                    }
                     // A reconnect may have missed notifications: start over.
-                    _ => cache.clear(),
+                    _ => me.cache.invalidate_all(),
                 }
             }
         });
@@ -182,57 +259,34 @@ impl Authenticator {
     /// 429 when the email or the client address has used up its failed sign-ins.
     fn check_failures(&self, keys: &[(FailureKey, u32)]) -> Result<(), ApiError> {
         let now = Instant::now();
-        let failures = self.failures.lock().expect("auth failures");
         for (k, per_minute) in keys {
             if *per_minute == 0 {
                 continue;
             }
-            if let Some(b) = failures.get(k) {
-                b.peek(*per_minute as f64 / 60.0, *per_minute, now)
-                    .map_err(|wait| {
-                        metrics::counter!("dispatcher_http_failed_logins_limited_total")
-                            .increment(1);
-                        ApiError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u64)
-                    })?;
-            }
+            self.failures
+                .peek(k, *per_minute as f64 / 60.0, *per_minute, now)
+                .map_err(|wait| {
+                    metrics::counter!("dispatcher_http_failed_logins_limited_total").increment(1);
+                    ApiError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u64)
+                })?;
         }
         Ok(())
     }
 
     fn record_failure(&self, keys: &[(FailureKey, u32)]) {
         let now = Instant::now();
-        let mut failures = self.failures.lock().expect("auth failures");
-        if failures.len() >= CACHE_MAX {
-            // Forget the buckets that have refilled: they say nothing a new one would not.
-            let (account, address) = (
-                self.limits.failed_logins_per_account,
-                self.limits.failed_logins_per_address,
-            );
-            failures.retain(|k, b| {
-                let n = match k {
-                    FailureKey::Email(_) => account,
-                    FailureKey::Address(_) => address,
-                };
-                !b.is_full(n as f64 / 60.0, n, now)
-            });
-        }
         for (k, per_minute) in keys {
-            if *per_minute == 0 || (failures.len() >= CACHE_MAX && !failures.contains_key(k)) {
+            if *per_minute == 0 {
                 continue;
             }
-            let _ = failures
-                .entry(k.clone())
-                .or_insert_with(|| TokenBucket::full(*per_minute, now))
-                .take(*per_minute as f64 / 60.0, *per_minute, now);
+            let _ = self
+                .failures
+                .take(k.clone(), *per_minute as f64 / 60.0, *per_minute, now);
         }
     }
 
     fn cached(&self, key: &[u8; 32]) -> Option<Uuid> {
-        let cache = self.cache.lock().expect("auth cache");
-        cache
-            .get(key)
-            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
-            .map(|(id, _)| *id)
+        self.cache.get(key)
     }
 
     async fn verify(&self, key: [u8; 32], email: &str, password: &str) -> Result<Uuid, ApiError> {
@@ -254,14 +308,7 @@ impl Authenticator {
             .map_err(|_| ApiError::Unavailable("authenticator closed".into()))?;
         match accounts::authenticate(&self.pool, email, password).await? {
             Some(id) => {
-                let mut cache = self.cache.lock().expect("auth cache");
-                if cache.len() >= CACHE_MAX {
-                    cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
-                    if cache.len() >= CACHE_MAX {
-                        cache.clear();
-                    }
-                }
-                cache.insert(key, (id, Instant::now()));
+                self.cache.insert(key, id);
                 Ok(id)
             }
             None => Err(ApiError::Unauthorized),
@@ -278,15 +325,8 @@ impl Authenticator {
         if rate <= 0.0 {
             return Ok(());
         }
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().expect("rate buckets");
-        if buckets.len() >= CACHE_MAX && !buckets.contains_key(&account) {
-            buckets.clear();
-        }
-        buckets
-            .entry(account)
-            .or_insert_with(|| TokenBucket::full(burst, now))
-            .take(rate, burst, now)
+        self.buckets
+            .take(account, rate, burst, Instant::now())
             .map_err(|wait| {
                 metrics::counter!("dispatcher_http_rate_limited_total").increment(1);
                 ApiError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u64)
@@ -372,6 +412,92 @@ mod tests {
         assert_ne!(
             Authenticator::key("ada@x.io", "pw"),
             Authenticator::key("ada@x.io", "pw2")
+        );
+    }
+
+    fn email(i: usize) -> FailureKey {
+        FailureKey::Email(format!("someone-{i}@example.com"))
+    }
+
+    #[test]
+    fn failed_sign_in_buckets_stay_within_their_bytes() {
+        let budget = 64 * 1024;
+        let b = Buckets::new(budget, FAILURES_REFILL, failure_weight);
+        let now = Instant::now();
+        for i in 0..10_000 {
+            let _ = b.take(email(i), 10.0 / 60.0, 10, now);
+        }
+        // A long key weighs its length.
+        let _ = b.take(FailureKey::Email("x".repeat(100_000)), 10.0 / 60.0, 10, now);
+        b.cache.run_pending_tasks();
+        assert!(
+            b.cache.weighted_size() <= budget,
+            "{}",
+            b.cache.weighted_size()
+        );
+        assert!(b.cache.entry_count() > 0);
+    }
+
+    #[test]
+    fn a_flood_of_new_keys_does_not_reset_a_used_up_bucket() {
+        let b = Buckets::new(64 * 1024, FAILURES_REFILL, failure_weight);
+        let (rate, burst) = (10.0 / 60.0, 10);
+        let victim = FailureKey::Email("victim@example.com".into());
+        let now = Instant::now();
+        for _ in 0..burst {
+            b.take(victim.clone(), rate, burst, now).unwrap();
+        }
+        assert!(b.peek(&victim, rate, burst, now).is_err());
+        // Far more keys than fit, each tried once or twice, while the victim keeps being tried.
+        for i in 0..20_000 {
+            assert!(
+                b.peek(&victim, rate, burst, now).is_err(),
+                "reset after {i}"
+            );
+            if b.peek(&email(i), rate, burst, now).is_ok() {
+                let _ = b.take(email(i), rate, burst, now);
+            }
+            if i % 1000 == 0 {
+                b.cache.run_pending_tasks();
+            }
+        }
+        b.cache.run_pending_tasks();
+        assert!(b.peek(&victim, rate, burst, now).is_err());
+        // A minute on, it has refilled.
+        assert!(b
+            .peek(&victim, rate, burst, now + Duration::from_secs(60))
+            .is_ok());
+    }
+
+    #[test]
+    fn a_key_without_a_bucket_has_its_whole_burst() {
+        let b = Buckets::new(CACHE_MAX, Duration::from_secs(3), |_: &Uuid| 1);
+        let (account, now) = (Uuid::new_v4(), Instant::now());
+        assert!(b.peek(&account, 1.0, 3, now).is_ok());
+        for _ in 0..3 {
+            b.take(account, 1.0, 3, now).unwrap();
+        }
+        assert!(b.take(account, 1.0, 3, now).is_err());
+        assert!(b.take(Uuid::new_v4(), 1.0, 3, now).is_ok(), "per account");
+    }
+
+    #[test]
+    fn buckets_expire_once_they_would_be_full_again() {
+        assert_eq!(refill_time(1000.0, 2000), Duration::from_secs(2));
+        assert_eq!(refill_time(1.0, 3), Duration::from_secs(3));
+        assert_eq!(refill_time(10.0 / 60.0, 10), FAILURES_REFILL);
+        assert_eq!(refill_time(1e9, 1), Duration::from_secs(1));
+        assert_eq!(refill_time(1e-9, 1), Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn failure_keys_weigh_their_length() {
+        let short = failure_weight(&FailureKey::Email("a@b.c".into()));
+        let long = failure_weight(&FailureKey::Email("a".repeat(1000)));
+        assert_eq!(long - short, 995);
+        assert_eq!(
+            failure_weight(&FailureKey::Address([127, 0, 0, 1].into())),
+            BUCKET_OVERHEAD as u32
         );
     }
 }

@@ -14,6 +14,7 @@ pub struct HelperArgs {
     pub max_pages: usize,
     pub max_output_bytes: usize,
     pub max_memory_bytes: u64,
+    pub template_cache_bytes: u64,
 }
 
 impl HelperArgs {
@@ -25,6 +26,8 @@ impl HelperArgs {
             self.max_output_bytes.to_string(),
             "--max-memory-bytes".into(),
             self.max_memory_bytes.to_string(),
+            "--template-cache-bytes".into(),
+            self.template_cache_bytes.to_string(),
         ]
     }
 
@@ -33,6 +36,7 @@ impl HelperArgs {
             max_pages: Limits::default().max_pages,
             max_output_bytes: Limits::default().max_output_bytes,
             max_memory_bytes: Limits::default().max_memory_bytes,
+            template_cache_bytes: Limits::default().template_cache_bytes,
         };
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
@@ -42,6 +46,9 @@ impl HelperArgs {
                 "--max-pages" => out.max_pages = value.parse().map_err(bad)?,
                 "--max-output-bytes" => out.max_output_bytes = value.parse().map_err(bad)?,
                 "--max-memory-bytes" => out.max_memory_bytes = value.parse().map_err(bad)?,
+                "--template-cache-bytes" => {
+                    out.template_cache_bytes = value.parse().map_err(bad)?
+                }
                 other => return Err(format!("unknown argument {other}")),
             }
         }
@@ -64,6 +71,7 @@ pub fn serve_stdio(args: HelperArgs) -> i32 {
     let limits = Limits {
         max_pages: args.max_pages,
         max_output_bytes: args.max_output_bytes,
+        template_cache_bytes: args.template_cache_bytes,
         ..Limits::default()
     };
     // Typst recurses deeply on nested content: render on a thread with a large stack.
@@ -113,4 +121,25 @@ fn render(body: &[u8], data_json: Vec<u8>, limits: &Limits) -> Result<Vec<u8>, S
     let body = std::str::from_utf8(body).map_err(|_| "the template is not UTF-8".to_owned())?;
     // Typst reads the JSON itself (it is bound as `data`).
     pdf::render_json(body, data_json, limits).map_err(|e| e.message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_round_trip() {
+        let args = HelperArgs {
+            max_pages: 7,
+            max_output_bytes: 1000,
+            max_memory_bytes: 0,
+            template_cache_bytes: 4096,
+        };
+        let parsed = HelperArgs::parse(args.to_args()).unwrap();
+        assert_eq!(parsed.max_pages, 7);
+        assert_eq!(parsed.max_output_bytes, 1000);
+        assert_eq!(parsed.max_memory_bytes, 0);
+        assert_eq!(parsed.template_cache_bytes, 4096);
+        assert!(HelperArgs::parse(["--template-cache-bytes".into(), "lots".into()]).is_err());
+    }
 }

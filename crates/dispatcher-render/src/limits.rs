@@ -17,6 +17,8 @@ pub struct Limits {
     pub fuel: u64,
     /// Address space of a PDF helper process; 0 leaves it unlimited.
     pub max_memory_bytes: u64,
+    /// Compiled templates kept, in estimated bytes: by the text engine, and by each PDF helper.
+    pub template_cache_bytes: u64,
     /// The PDF helper binary; `None` looks for `dispatch-render` beside the running executable.
     pub helper: Option<PathBuf>,
 }
@@ -30,6 +32,7 @@ impl Default for Limits {
             max_output_bytes: 20 * 1024 * 1024,
             fuel: 20_000_000,
             max_memory_bytes: 1024 * 1024 * 1024,
+            template_cache_bytes: 64 * 1024 * 1024,
             helper: None,
         }
     }
@@ -44,6 +47,7 @@ impl Limits {
             max_output_bytes: s.max_output_bytes,
             fuel: s.fuel,
             max_memory_bytes: s.max_memory_bytes,
+            template_cache_bytes: s.template_cache_bytes,
             helper: (!s.helper.is_empty()).then(|| PathBuf::from(&s.helper)),
         }
     }

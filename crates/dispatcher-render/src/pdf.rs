@@ -11,7 +11,8 @@
 
 use crate::{error, Limits};
 use dispatcher_core::{RenderError, TemplateSyntaxError};
-use std::sync::LazyLock;
+use moka::sync::Cache;
+use std::sync::{LazyLock, OnceLock};
 use typst::diag::{FileError, FileResult, SourceDiagnostic};
 use typst::foundations::{Bytes, Datetime};
 use typst::syntax::{DiagSpan, DiagSpanKind, FileId, RootedPath, Source, VirtualPath, VirtualRoot};
@@ -30,8 +31,13 @@ const MEMO_MAX_AGE: usize = 1;
 /// Binds the data file as `data` ahead of the template's first line.
 const PRELUDE: &str = "#let data = json(\"/data.json\")\n";
 
-/// Parsed templates (prelude included) kept per helper; its working set is the template catalogue.
-const SOURCE_CACHE_ENTRIES: usize = 64;
+/// A parsed template's memory, which depends on its markup more than on its length (from 4 times
+/// the text for prose to 30 times for code like examples/invoice): per byte of text, the key and
+/// the source's text and line index; per syntax node, the node (measured at 50 to 75 bytes); and
+/// per entry, the source's own allocations and the cache's bookkeeping.
+const SOURCE_PER_TEXT_BYTE: usize = 3;
+const SOURCE_PER_NODE: usize = 64;
+const SOURCE_OVERHEAD: usize = 1024;
 
 static FONTS: LazyLock<FontStore> = LazyLock::new(|| {
     let mut fonts = FontStore::new();
@@ -54,19 +60,41 @@ fn file_id(path: &str) -> FileId {
 static MAIN: LazyLock<FileId> = LazyLock::new(|| file_id("template.typ"));
 static DATA: LazyLock<FileId> = LazyLock::new(|| file_id("data.json"));
 
-static SOURCES: LazyLock<std::sync::Mutex<std::collections::HashMap<String, Source>>> =
-    LazyLock::new(Default::default);
+/// Parsed templates (prelude included) by body, within `Limits::template_cache_bytes` of the
+/// first render in this process (a helper renders with one set of limits); the templates used
+/// most stay.
+static SOURCES: OnceLock<Cache<String, Source>> = OnceLock::new();
+
+/// Estimated memory of one parsed template.
+fn source_weight(source: &Source) -> u32 {
+    let mut nodes = 0;
+    let mut stack = vec![source.root()];
+    while let Some(node) = stack.pop() {
+        nodes += 1;
+        stack.extend(node.children());
+    }
+    let bytes = source.text().len() * SOURCE_PER_TEXT_BYTE + nodes * SOURCE_PER_NODE;
+    u32::try_from(bytes + SOURCE_OVERHEAD).unwrap_or(u32::MAX)
+}
+
+fn source_cache(max_bytes: u64) -> Cache<String, Source> {
+    Cache::builder()
+        .max_capacity(max_bytes)
+        .weigher(|_: &String, source: &Source| source_weight(source))
+        .build()
+}
 
 /// The template behind its prelude, parsed once per distinct body.
-fn main_source(body: &str) -> Source {
-    let mut cache = SOURCES.lock().unwrap_or_else(|p| p.into_inner());
+fn main_source(body: &str, limits: &Limits) -> Source {
+    let cache = SOURCES.get_or_init(|| source_cache(limits.template_cache_bytes));
+    cached_source(cache, body)
+}
+
+fn cached_source(cache: &Cache<String, Source>, body: &str) -> Source {
     if let Some(s) = cache.get(body) {
-        return s.clone();
+        return s;
     }
     let source = Source::new(*MAIN, format!("{PRELUDE}{body}"));
-    if cache.len() >= SOURCE_CACHE_ENTRIES {
-        cache.clear();
-    }
     cache.insert(body.to_owned(), source.clone());
     source
 }
@@ -212,7 +240,7 @@ pub(crate) fn render_json(
 
 fn compile(body: &str, data_json: Vec<u8>, limits: &Limits) -> Result<Vec<u8>, RenderError> {
     let world = TemplateWorld {
-        source: main_source(body),
+        source: main_source(body, limits),
         data: Bytes::new(data_json),
     };
     let document = typst::compile::<PagedDocument>(&world)
@@ -327,6 +355,40 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.message.contains("output limit"), "{}", err.message);
+    }
+
+    #[test]
+    fn parsed_templates_stay_within_their_bytes_and_the_used_ones_stay() {
+        let budget = 512 * 1024;
+        let cache = source_cache(budget);
+        let hot = "= Invoice for #data.customer\n#for item in data.items [- #item.name\n]";
+        let filler = "Lorem ipsum dolor sit amet. ".repeat(40);
+        // About 6 KiB each: 2 000 of them are some 20 times the budget.
+        for i in 0..2000 {
+            assert_eq!(cached_source(&cache, hot).text(), format!("{PRELUDE}{hot}"));
+            let body = format!("= Letter {i}\n{filler}");
+            assert_eq!(
+                cached_source(&cache, &body).text(),
+                format!("{PRELUDE}{body}")
+            );
+            if i % 100 == 0 {
+                cache.run_pending_tasks();
+            }
+        }
+        cache.run_pending_tasks();
+        let size = cache.weighted_size();
+        assert!(size <= budget, "{size} bytes held");
+        assert!(size > budget / 2, "the cache is used: {size} bytes held");
+        assert!(cache.contains_key(hot), "the template in use stays");
+    }
+
+    #[test]
+    fn code_weighs_more_than_prose() {
+        let prose = Source::detached("Lorem ipsum dolor sit amet. ".repeat(40));
+        let code = Source::detached(include_str!("../../../examples/invoice/invoice.typ"));
+        let per_byte = |s: &Source| source_weight(s) as f64 / s.text().len() as f64;
+        assert!(per_byte(&prose) < 6.0, "{}", per_byte(&prose));
+        assert!(per_byte(&code) > 20.0, "{}", per_byte(&code));
     }
 
     #[test]

@@ -66,6 +66,7 @@ impl PdfProcesses {
             max_pages: limits.max_pages,
             max_output_bytes: limits.max_output_bytes,
             max_memory_bytes: limits.max_memory_bytes,
+            template_cache_bytes: limits.template_cache_bytes,
         }
         .to_args();
         for _ in 0..slots {

@@ -100,7 +100,9 @@ pub async fn serve(
         writer,
         outbox_wake,
         waiters,
-        templates: Arc::new(templates_cache::TemplateCache::default()),
+        templates: Arc::new(templates_cache::TemplateCache::new(
+            settings.ingest.template_cache_bytes,
+        )),
         estimator: estimate::Estimator::start(settings.clone(), pool.clone(), background.clone()),
         previews: Arc::new(tokio::sync::Semaphore::new(renderer.slots() * 2)),
         renderer,

@@ -210,6 +210,12 @@ impl Drop for Permit {
 }
 
 /// Every endpoint this replica delivers to.
+///
+/// A map that forgets only what nothing depends on, not an evicting cache: an endpoint evicted
+/// while deliveries hold or wait for its permits, or while its circuit is open, would be created
+/// again beside the old one, and the receiver would get both semaphores' worth of requests (or a
+/// burst the open circuit was holding back). Past `KEEP`, idle, healthy endpoints nobody holds
+/// are dropped; the rest are in use and must stay, so the map is bounded by the endpoints in use.
 pub struct Endpoints {
     map: Mutex<HashMap<String, Arc<Endpoint>>>,
     limits: Limits,

@@ -17,6 +17,8 @@ use uuid::Uuid;
 
 const MAX_NAME: usize = 200;
 const MAX_BODY: usize = 256 * 1024;
+/// Digests of template bodies known to parse (about 200 bytes each with the cache's bookkeeping).
+const VALID_BODIES: u64 = 10_000;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +59,21 @@ impl From<Template> for TemplateBody {
     }
 }
 
+/// Clients often send the same inline template with every dispatch: the bodies that parsed are
+/// remembered (by SHA-256) instead of compiled again on every request. The keys are small and of
+/// one size, so the set is bounded by entries; the ones in use stay.
+static VALID: std::sync::LazyLock<moka::sync::Cache<[u8; 32], ()>> =
+    std::sync::LazyLock::new(|| moka::sync::Cache::new(VALID_BODIES));
+
+fn body_key(format: TemplateFormat, body: &str) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(format.as_str().as_bytes());
+    h.update([0]);
+    h.update(body.as_bytes());
+    h.finalize().into()
+}
+
 /// Checks a template body and reports a syntax error with its line.
 pub fn check_body(format: TemplateFormat, body: &str) -> Result<(), ApiError> {
     super::reject_nul_str(body, "body")?;
@@ -66,29 +83,13 @@ pub fn check_body(format: TemplateFormat, body: &str) -> Result<(), ApiError> {
             format!("template body exceeds {MAX_BODY} bytes"),
         ));
     }
-    // Clients often send the same inline template with every dispatch: remember the bodies that
-    // parsed (by SHA-256, bounded) instead of compiling them again on every request.
-    static VALID: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<[u8; 32]>>> =
-        std::sync::OnceLock::new();
-    let key: [u8; 32] = {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        h.update(format.as_str().as_bytes());
-        h.update([0]);
-        h.update(body.as_bytes());
-        h.finalize().into()
-    };
-    let valid = VALID.get_or_init(Default::default);
-    if valid.lock().expect("template cache").contains(&key) {
+    let key = body_key(format, body);
+    if VALID.get(&key).is_some() {
         return Ok(());
     }
     dispatcher_render::check_syntax(format, body)
         .map_err(|e| ApiError::unprocessable("template_syntax_error", e.to_string()))?;
-    let mut set = valid.lock().expect("template cache");
-    if set.len() >= 10_000 {
-        set.clear();
-    }
-    set.insert(key);
+    VALID.insert(key, ());
     Ok(())
 }
 
@@ -201,4 +202,32 @@ pub async fn list(
         data: rows.into_iter().map(Into::into).collect(),
         next_cursor,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembered_bodies_stay_bounded_and_the_ones_in_use_stay() {
+        let hot = "Hello {{ name }}, the template everyone sends";
+        check_body(TemplateFormat::Text, hot).unwrap();
+        for i in 0..3 * VALID_BODIES {
+            check_body(TemplateFormat::Text, &format!("one-off {i} {{{{ x }}}}")).unwrap();
+            check_body(TemplateFormat::Text, hot).unwrap();
+            if i % 1000 == 0 {
+                VALID.run_pending_tasks();
+            }
+        }
+        VALID.run_pending_tasks();
+        assert!(
+            VALID.entry_count() <= VALID_BODIES,
+            "{}",
+            VALID.entry_count()
+        );
+        assert!(VALID.contains_key(&body_key(TemplateFormat::Text, hot)));
+        // A body that does not parse is never remembered.
+        assert!(check_body(TemplateFormat::Text, "{% if %}").is_err());
+        assert!(!VALID.contains_key(&body_key(TemplateFormat::Text, "{% if %}")));
+    }
 }
