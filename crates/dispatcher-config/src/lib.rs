@@ -97,6 +97,11 @@ pub struct DatabaseSettings {
     /// Longest one statement on a pooled connection may run (Postgres `statement_timeout`).
     #[serde(deserialize_with = "de_duration")]
     pub statement_timeout: Duration,
+    /// PEM bundle of the CAs the server's certificate must chain up to (`sslmode=verify-ca` or
+    /// `verify-full` in `url`; with `prefer` or `require` it is checked too). `None`: the Mozilla
+    /// roots compiled into the binary.
+    #[serde(default, deserialize_with = "de_opt_path")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -369,6 +374,12 @@ fn de_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(Scalar::deserialize(d)?.into_string())
 }
 
+/// An empty string is no path (so an environment variable can unset a file's value).
+fn de_opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let s = Scalar::deserialize(d)?.into_string();
+    Ok((!s.is_empty()).then(|| PathBuf::from(s)))
+}
+
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = Scalar::deserialize(d)?.into_string();
     dispatcher_core::retry::parse_duration(&s)
@@ -441,6 +452,7 @@ mod tests {
         assert!(s.delivery.allow_hosts.is_empty());
         assert_eq!(s.shutdown_timeout, Duration::from_secs(25));
         assert_eq!(s.telemetry.log_format, LogFormat::Text);
+        assert_eq!(s.database.ca_file, None);
     }
 
     #[test]
@@ -462,9 +474,14 @@ mod tests {
                 "127.0.0.1,hooks.internal",
             ),
             ("DISPATCHER__TELEMETRY__LOG_FORMAT", "json"),
+            ("DISPATCHER__DATABASE__CA_FILE", "/etc/dispatcher/db-ca.pem"),
         ])
         .unwrap();
         assert_eq!(s.database.url.expose(), "postgres://x@127.0.0.1/db");
+        assert_eq!(
+            s.database.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/dispatcher/db-ca.pem"))
+        );
         assert_eq!(s.amqp.url.expose(), "amqp://a:b@127.0.0.1:5673/%2f");
         assert_eq!(s.amqp.prefix, "t123");
         assert_eq!(s.ingest.listen.port(), 0);

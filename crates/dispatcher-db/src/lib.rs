@@ -17,6 +17,7 @@ pub mod pool;
 pub mod provider_events;
 pub mod subscriptions;
 pub mod templates;
+pub mod tls;
 
 pub use error::DbError;
 pub use pool::{connect_pool, Pool};
