@@ -380,9 +380,10 @@ fn de_opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Er
     Ok((!s.is_empty()).then(|| PathBuf::from(s)))
 }
 
+/// Durations in humantime's syntax: `250ms`, `5s`, `2m`, `1h`, `1d`, also `1h 30m` or `1.5s`.
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = Scalar::deserialize(d)?.into_string();
-    dispatcher_core::retry::parse_duration(&s)
+    humantime::parse_duration(&s)
         .map_err(|e| serde::de::Error::custom(format!("invalid duration `{s}`: {e}")))
 }
 
@@ -414,7 +415,7 @@ fn de_schedule<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Erro
     split_list(StringOrList::deserialize(d)?)
         .iter()
         .map(|e| {
-            dispatcher_core::retry::parse_duration(e).map_err(|r| {
+            humantime::parse_duration(e).map_err(|r| {
                 serde::de::Error::custom(format!("invalid retry_schedule entry `{e}`: {r}"))
             })
         })
@@ -528,6 +529,59 @@ mod tests {
         let err = load(&[("DISPATCHER__AMQP__PREFIX", "a b")]).unwrap_err();
         assert!(err.to_string().contains("amqp.prefix"), "{err}");
         assert!(load(&[("DISPATCHER__INGEST__LISTEN", "nowhere")]).is_err());
+    }
+
+    #[test]
+    fn durations_keep_their_forms_and_gain_humantime_s() {
+        let ms = Duration::from_millis;
+        let s = load(&[
+            (
+                "DISPATCHER__DELIVERY__RETRY_SCHEDULE",
+                "250ms,5s,2m,1h,1d, 1h 30m ,1.5s",
+            ),
+            ("DISPATCHER__INGEST__SYNC_TIMEOUT", " 90s "),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.delivery.retry_schedule,
+            vec![
+                ms(250),
+                ms(5_000),
+                ms(120_000),
+                ms(3_600_000),
+                ms(86_400_000),
+                ms(5_400_000),
+                ms(1_500)
+            ]
+        );
+        assert_eq!(s.ingest.sync_timeout, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn bad_durations_say_which_key_and_why() {
+        for (value, why) in [
+            ("soon", "expected number"),
+            ("5", "time unit needed"),
+            ("5 fortnights", "unknown time unit"),
+            ("99999999999999999999d", "too large"),
+        ] {
+            let err = load(&[("DISPATCHER__INGEST__SYNC_TIMEOUT", value)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("sync_timeout"), "{err}");
+            assert!(
+                err.contains(&format!("invalid duration `{value}`")),
+                "{err}"
+            );
+            assert!(err.contains(why), "{err}");
+        }
+        let err = load(&[("DISPATCHER__DELIVERY__RETRY_SCHEDULE", "5s,5")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("invalid retry_schedule entry `5`: time unit needed"),
+            "{err}"
+        );
     }
 
     #[test]
