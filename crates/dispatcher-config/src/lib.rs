@@ -113,6 +113,11 @@ pub struct DatabaseSettings {
     /// Longest one statement on a pooled connection may run (Postgres `statement_timeout`).
     #[serde(deserialize_with = "de_duration")]
     pub statement_timeout: Duration,
+    /// PEM bundle of the CAs the server's certificate must chain up to (`sslmode=verify-ca` or
+    /// `verify-full` in `url`; with `prefer` or `require` it is checked too). `None`: the Mozilla
+    /// roots compiled into the binary.
+    #[serde(default, deserialize_with = "de_opt_path")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -397,9 +402,16 @@ fn de_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(Scalar::deserialize(d)?.into_string())
 }
 
+/// An empty string is no path (so an environment variable can unset a file's value).
+fn de_opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let s = Scalar::deserialize(d)?.into_string();
+    Ok((!s.is_empty()).then(|| PathBuf::from(s)))
+}
+
+/// Durations in humantime's syntax: `250ms`, `5s`, `2m`, `1h`, `1d`, also `1h 30m` or `1.5s`.
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = Scalar::deserialize(d)?.into_string();
-    dispatcher_core::retry::parse_duration(&s)
+    humantime::parse_duration(&s)
         .map_err(|e| serde::de::Error::custom(format!("invalid duration `{s}`: {e}")))
 }
 
@@ -431,7 +443,7 @@ fn de_schedule<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Erro
     split_list(StringOrList::deserialize(d)?)
         .iter()
         .map(|e| {
-            dispatcher_core::retry::parse_duration(e).map_err(|r| {
+            humantime::parse_duration(e).map_err(|r| {
                 serde::de::Error::custom(format!("invalid retry_schedule entry `{e}`: {r}"))
             })
         })
@@ -471,6 +483,7 @@ mod tests {
         assert_eq!(s.telemetry.log_format, LogFormat::Text);
         assert_eq!(s.ingest.template_cache_bytes, 64 * 1024 * 1024);
         assert_eq!(s.render.template_cache_bytes, 64 * 1024 * 1024);
+        assert_eq!(s.database.ca_file, None);
     }
 
     #[test]
@@ -494,9 +507,14 @@ mod tests {
             ("DISPATCHER__TELEMETRY__LOG_FORMAT", "json"),
             ("DISPATCHER__INGEST__TEMPLATE_CACHE_BYTES", "1048576"),
             ("DISPATCHER__RENDER__TEMPLATE_CACHE_BYTES", "2097152"),
+            ("DISPATCHER__DATABASE__CA_FILE", "/etc/dispatcher/db-ca.pem"),
         ])
         .unwrap();
         assert_eq!(s.database.url.expose(), "postgres://x@127.0.0.1/db");
+        assert_eq!(
+            s.database.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/dispatcher/db-ca.pem"))
+        );
         assert_eq!(s.amqp.url.expose(), "amqp://a:b@127.0.0.1:5673/%2f");
         assert_eq!(s.amqp.prefix, "t123");
         assert_eq!(s.ingest.listen.port(), 0);
@@ -545,6 +563,59 @@ mod tests {
         let err = load(&[("DISPATCHER__AMQP__PREFIX", "a b")]).unwrap_err();
         assert!(err.to_string().contains("amqp.prefix"), "{err}");
         assert!(load(&[("DISPATCHER__INGEST__LISTEN", "nowhere")]).is_err());
+    }
+
+    #[test]
+    fn durations_keep_their_forms_and_gain_humantime_s() {
+        let ms = Duration::from_millis;
+        let s = load(&[
+            (
+                "DISPATCHER__DELIVERY__RETRY_SCHEDULE",
+                "250ms,5s,2m,1h,1d, 1h 30m ,1.5s",
+            ),
+            ("DISPATCHER__INGEST__SYNC_TIMEOUT", " 90s "),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.delivery.retry_schedule,
+            vec![
+                ms(250),
+                ms(5_000),
+                ms(120_000),
+                ms(3_600_000),
+                ms(86_400_000),
+                ms(5_400_000),
+                ms(1_500)
+            ]
+        );
+        assert_eq!(s.ingest.sync_timeout, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn bad_durations_say_which_key_and_why() {
+        for (value, why) in [
+            ("soon", "expected number"),
+            ("5", "time unit needed"),
+            ("5 fortnights", "unknown time unit"),
+            ("99999999999999999999d", "too large"),
+        ] {
+            let err = load(&[("DISPATCHER__INGEST__SYNC_TIMEOUT", value)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("sync_timeout"), "{err}");
+            assert!(
+                err.contains(&format!("invalid duration `{value}`")),
+                "{err}"
+            );
+            assert!(err.contains(why), "{err}");
+        }
+        let err = load(&[("DISPATCHER__DELIVERY__RETRY_SCHEDULE", "5s,5")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("invalid retry_schedule entry `5`: time unit needed"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,15 +1,45 @@
 use thiserror::Error;
 
+/// The driver's errors are spelled out with their causes, on one line: its own messages say only
+/// "error performing TLS handshake" or "db error", the causes say which certificate was refused
+/// and why, or which constraint was violated.
 #[derive(Debug, Error)]
 pub enum DbError {
-    #[error("database unavailable: {0}")]
-    Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database error: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
+    #[error("database unavailable: {}", with_causes(.0))]
+    Pool(deadpool_postgres::PoolError),
+    #[error("database error: {}", with_causes(.0))]
+    Postgres(tokio_postgres::Error),
     #[error("database pool set-up: {0}")]
     Build(String),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+}
+
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        DbError::Pool(e)
+    }
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        DbError::Postgres(e)
+    }
+}
+
+/// `e` and its causes, each said once (the pool's errors repeat their cause's message).
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let m = c.to_string();
+        if !s.ends_with(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cause = c.source();
+    }
+    s
 }
 
 impl DbError {
@@ -36,5 +66,24 @@ impl DbError {
             DbError::Corrupt(_) => true,
             DbError::Pool(_) | DbError::Build(_) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Error)]
+    #[error("outer: {0}")]
+    struct Repeats(#[source] Inner);
+
+    #[derive(Debug, Error)]
+    #[error("inner")]
+    struct Inner(#[source] std::io::Error);
+
+    #[test]
+    fn causes_are_spelled_out_once_each() {
+        let e = Repeats(Inner(std::io::Error::other("certificate refused")));
+        assert_eq!(with_causes(&e), "outer: inner: certificate refused");
     }
 }

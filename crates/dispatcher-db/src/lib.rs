@@ -19,6 +19,7 @@ pub mod provider_events;
 pub mod retention;
 pub mod subscriptions;
 pub mod templates;
+pub mod tls;
 
 pub use error::DbError;
 pub use pool::{connect_pool, Pool};

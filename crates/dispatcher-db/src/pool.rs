@@ -1,3 +1,5 @@
+use crate::error::with_causes;
+use crate::tls::{self, MakeRustlsConnect};
 use crate::DbError;
 use deadpool_postgres::{
     ClientWrapper, Hook, HookError, Manager, ManagerConfig, Metrics, RecyclingMethod, Runtime,
@@ -6,13 +8,16 @@ use deadpool_postgres::{
 use dispatcher_config::DatabaseSettings;
 use std::str::FromStr;
 use std::time::Duration;
-use tokio_postgres::NoTls;
+use tokio_postgres::tls::MakeTlsConnect;
 
 pub use deadpool_postgres::Pool;
 
-fn pg_config(settings: &DatabaseSettings) -> Result<tokio_postgres::Config, DbError> {
-    pg_config_with(settings, "")
-}
+/// A connection outside the pool, as [`connect_single`] makes it: over TLS or not, as `sslmode`
+/// and the server decided.
+pub type Connection = tokio_postgres::Connection<
+    tokio_postgres::Socket,
+    <MakeRustlsConnect as MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+>;
 
 /// Session settings of every pooled connection.
 ///
@@ -23,12 +28,16 @@ fn pg_config(settings: &DatabaseSettings) -> Result<tokio_postgres::Config, DbEr
 /// `REPLAN_AT` renews it as the tables grow.
 const POOL_OPTIONS: &str = "-c plan_cache_mode=force_generic_plan";
 
+/// Where and how to connect: `database.url` with the session settings `extra_options`, and the
+/// TLS connector its `sslmode` and `database.ca_file` call for (see [`crate::tls`]).
 fn pg_config_with(
     settings: &DatabaseSettings,
     extra_options: &str,
-) -> Result<tokio_postgres::Config, DbError> {
-    let mut cfg = tokio_postgres::Config::from_str(settings.url.expose())
-        .map_err(|e| DbError::Build(format!("invalid database.url: {e}")))?;
+) -> Result<(tokio_postgres::Config, MakeRustlsConnect), DbError> {
+    let (url, check) = tls::translate_sslmode(settings.url.expose());
+    let mut cfg = tokio_postgres::Config::from_str(&url)
+        .map_err(|e| DbError::Build(format!("invalid database.url: {}", with_causes(&e))))?;
+    let connector = tls::connector(check, settings.ca_file.as_deref())?;
     cfg.connect_timeout(settings.connect_timeout);
     if cfg.get_application_name().is_none() {
         cfg.application_name("dispatcher");
@@ -40,7 +49,7 @@ fn pg_config_with(
         };
         cfg.options(options);
     }
-    Ok(cfg)
+    Ok((cfg, connector))
 }
 
 /// Prepared statements are re-prepared at these connection ages, then every `REPLAN_EVERY`.
@@ -125,10 +134,10 @@ fn build_pool(
         "{POOL_OPTIONS} -c statement_timeout={} {extra_options}",
         settings.statement_timeout.as_millis()
     );
-    let cfg = pg_config_with(settings, options.trim_end())?;
+    let (cfg, tls) = pg_config_with(settings, options.trim_end())?;
     let manager = Manager::from_config(
         cfg,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -159,14 +168,9 @@ pub async fn start(settings: &DatabaseSettings) -> Result<Pool, DbError> {
 /// connection future must be polled by the caller.
 pub async fn connect_single(
     settings: &DatabaseSettings,
-) -> Result<
-    (
-        tokio_postgres::Client,
-        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
-    ),
-    DbError,
-> {
-    Ok(pg_config(settings)?.connect(NoTls).await?)
+) -> Result<(tokio_postgres::Client, Connection), DbError> {
+    let (cfg, tls) = pg_config_with(settings, "")?;
+    Ok(cfg.connect(tls).await?)
 }
 
 /// Is the database answering? Used by `/readyz`.
