@@ -27,6 +27,11 @@ impl TokenBucket {
         self.tokens + elapsed * rate >= burst as f64
     }
 
+    /// Returns a token taken for something that turned out not to count (at most up to `burst`).
+    pub fn give_back(&mut self, burst: u32) {
+        self.tokens = (self.tokens + 1.0).min(burst as f64);
+    }
+
     /// Takes one token, or says how long until one is available.
     pub fn take(&mut self, rate: f64, burst: u32, now: Instant) -> Result<(), Duration> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
@@ -58,6 +63,20 @@ mod tests {
         assert!(wait <= Duration::from_millis(100) && wait > Duration::ZERO);
         assert!(b.take(10.0, 3, t0 + Duration::from_millis(100)).is_ok());
         assert!(b.take(10.0, 3, t0 + Duration::from_millis(100)).is_err());
+    }
+
+    #[test]
+    fn a_token_given_back_is_available_again_up_to_the_burst() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::full(1, t0);
+        assert!(b.take(1.0, 1, t0).is_ok());
+        assert!(b.take(1.0, 1, t0).is_err());
+        b.give_back(1);
+        assert!(b.take(1.0, 1, t0).is_ok());
+        b.give_back(1);
+        b.give_back(1);
+        assert!(b.take(1.0, 1, t0).is_ok());
+        assert!(b.take(1.0, 1, t0).is_err(), "never more than the burst");
     }
 
     #[test]

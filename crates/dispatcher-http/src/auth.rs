@@ -88,10 +88,18 @@ impl<K: Hash + Eq + Send + Sync + 'static> Buckets<K> {
     }
 
     /// Whether `key` has a token now, without taking it; a key without a bucket has.
+    #[cfg(test)]
     fn peek(&self, key: &K, rate: f64, burst: u32, now: Instant) -> Result<(), Duration> {
         match self.cache.get(key) {
             Some(b) => b.lock().expect("token bucket").peek(rate, burst, now),
             None => Ok(()),
+        }
+    }
+
+    /// Returns a token taken from `key`'s bucket.
+    fn give_back(&self, key: &K, burst: u32) {
+        if let Some(b) = self.cache.get(key) {
+            b.lock().expect("token bucket").give_back(burst);
         }
     }
 
@@ -209,7 +217,10 @@ impl Authenticator {
             return Ok(id);
         }
         let keys = self.failure_keys(email, client);
-        self.check_failures(&keys)?;
+        // Every uncached sign-in holds one failed sign-in of its email and address while it is
+        // verified, and gives it back unless it failed: a flood running concurrently cannot get
+        // more verifications than the allowance, however many arrive before the first fails.
+        self.reserve_failures(&keys)?;
         let lock = self
             .inflight
             .lock()
@@ -230,8 +241,8 @@ impl Authenticator {
         };
         drop(one);
         drop(guard);
-        if matches!(result, Err(ApiError::Unauthorized)) {
-            self.record_failure(&keys);
+        if !matches!(result, Err(ApiError::Unauthorized)) {
+            self.give_back_failures(&keys);
         }
         result
     }
@@ -256,32 +267,33 @@ impl Authenticator {
         keys
     }
 
-    /// 429 when the email or the client address has used up its failed sign-ins.
-    fn check_failures(&self, keys: &[(FailureKey, u32)]) -> Result<(), ApiError> {
+    /// Takes one failed sign-in from the email's and the client address's allowances, or answers
+    /// 429 (taking none) when either is used up.
+    fn reserve_failures(&self, keys: &[(FailureKey, u32)]) -> Result<(), ApiError> {
         let now = Instant::now();
+        let mut taken: Vec<(FailureKey, u32)> = Vec::with_capacity(keys.len());
         for (k, per_minute) in keys {
             if *per_minute == 0 {
                 continue;
             }
-            self.failures
-                .peek(k, *per_minute as f64 / 60.0, *per_minute, now)
-                .map_err(|wait| {
-                    metrics::counter!("dispatcher_http_failed_logins_limited_total").increment(1);
-                    ApiError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u64)
-                })?;
+            let rate = *per_minute as f64 / 60.0;
+            if let Err(wait) = self.failures.take(k.clone(), rate, *per_minute, now) {
+                self.give_back_failures(&taken);
+                metrics::counter!("dispatcher_http_failed_logins_limited_total").increment(1);
+                return Err(ApiError::RateLimited(
+                    wait.as_secs_f64().ceil().max(1.0) as u64
+                ));
+            }
+            taken.push((k.clone(), *per_minute));
         }
         Ok(())
     }
 
-    fn record_failure(&self, keys: &[(FailureKey, u32)]) {
-        let now = Instant::now();
+    fn give_back_failures(&self, keys: &[(FailureKey, u32)]) {
         for (k, per_minute) in keys {
-            if *per_minute == 0 {
-                continue;
+            if *per_minute > 0 {
+                self.failures.give_back(k, *per_minute);
             }
-            let _ = self
-                .failures
-                .take(k.clone(), *per_minute as f64 / 60.0, *per_minute, now);
         }
     }
 
