@@ -125,3 +125,49 @@ async fn a_purge_removes_exactly_the_old_rows() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("30d"));
 }
+
+#[tokio::test]
+async fn the_worker_sweeps_expired_dispatches_in_the_background() {
+    let app = TestApp::spawn_with(
+        dispatcher_e2e::Services::ALL,
+        &[
+            ("DISPATCHER__RETENTION__DAYS", "1"),
+            ("DISPATCHER__RETENTION__INTERVAL", "300ms"),
+        ],
+    )
+    .await;
+    let acct = app.create_account("sweeper@example.com").await;
+    let rx = Receiver::start().await;
+    // A dispatch finished two days ago (its UUIDv7 says when it was submitted) and one from now.
+    let old = dispatcher_db::retention::v7_floor(chrono::Utc::now() - chrono::Duration::days(2));
+    let inserted = app
+        .count(&format!(
+            "WITH i AS (
+                 INSERT INTO dispatches (id, account_id, status, template_format, template_body,
+                                         data, provider, queued_at, completed_at)
+                 VALUES ('{old}', '{}', 'completed', 'text', 'x', '{{}}', '{{\"type\": \"store\"}}',
+                         now() - interval '2 days', now() - interval '2 days')
+                 RETURNING 1)
+             SELECT count(*) FROM i",
+            acct.account_id
+        ))
+        .await;
+    assert_eq!(inserted, 1);
+    let new = app.submit_many(&acct, 1, 1, &rx.url()).await;
+    rx.wait_for(1).await;
+
+    app.wait_equal(
+        &format!("SELECT count(*) FROM dispatches WHERE id = '{old}'"),
+        0,
+    )
+    .await;
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM dispatches WHERE id = '{}'",
+            new[0]
+        ))
+        .await,
+        1,
+        "a recent dispatch is kept"
+    );
+}

@@ -88,7 +88,6 @@ impl<K: Hash + Eq + Send + Sync + 'static> Buckets<K> {
     }
 
     /// Whether `key` has a token now, without taking it; a key without a bucket has.
-    #[cfg(test)]
     fn peek(&self, key: &K, rate: f64, burst: u32, now: Instant) -> Result<(), Duration> {
         match self.cache.get(key) {
             Some(b) => b.lock().expect("token bucket").peek(rate, burst, now),
@@ -217,10 +216,8 @@ impl Authenticator {
             return Ok(id);
         }
         let keys = self.failure_keys(email, client);
-        // Every uncached sign-in holds one failed sign-in of its email and address while it is
-        // verified, and gives it back unless it failed: a flood running concurrently cannot get
-        // more verifications than the allowance, however many arrive before the first fails.
-        self.reserve_failures(&keys)?;
+        // Used-up allowances answer at once, before queueing for the single flight.
+        self.check_failures(&keys)?;
         let lock = self
             .inflight
             .lock()
@@ -237,13 +234,22 @@ impl Authenticator {
         // Whoever held the lock before us may have cached the answer.
         let result = match self.cached(&key) {
             Some(id) => Ok(id),
-            None => self.verify(key, email, password).await,
+            None => {
+                // A verification holds one failed sign-in of its email and address while it runs
+                // and gives it back unless it failed: a concurrent flood gets no more
+                // verifications than the allowance, however many arrive before the first fails.
+                // (Requests with the same credentials wait above for one verification, so a
+                // client's first burst costs one token, not one each.)
+                self.reserve_failures(&keys)?;
+                let result = self.verify(key, email, password).await;
+                if !matches!(result, Err(ApiError::Unauthorized)) {
+                    self.give_back_failures(&keys);
+                }
+                result
+            }
         };
         drop(one);
         drop(guard);
-        if !matches!(result, Err(ApiError::Unauthorized)) {
-            self.give_back_failures(&keys);
-        }
         result
     }
 
@@ -265,6 +271,23 @@ impl Authenticator {
             ));
         }
         keys
+    }
+
+    /// 429 when the email or the client address has used up its failed sign-ins.
+    fn check_failures(&self, keys: &[(FailureKey, u32)]) -> Result<(), ApiError> {
+        let now = Instant::now();
+        for (k, per_minute) in keys {
+            if *per_minute == 0 {
+                continue;
+            }
+            self.failures
+                .peek(k, *per_minute as f64 / 60.0, *per_minute, now)
+                .map_err(|wait| {
+                    metrics::counter!("dispatcher_http_failed_logins_limited_total").increment(1);
+                    ApiError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u64)
+                })?;
+        }
+        Ok(())
     }
 
     /// Takes one failed sign-in from the email's and the client address's allowances, or answers
