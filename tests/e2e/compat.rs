@@ -8,8 +8,8 @@ use base64::Engine;
 use dispatcher_core::signing::{sign_hex_sha256, WebhookSecret};
 use dispatcher_db::accounts::CreatedAccount;
 use dispatcher_e2e::{
-    python_script, run_python, test_python, verify_webhook, workspace_root, Received, Receiver,
-    Services, TestApp, AMQP_URL, PATIENCE,
+    assert_webhooks_match_schema, python_script, run_python, test_python, verify_webhook,
+    workspace_root, Received, Receiver, Services, TestApp, AMQP_URL, PATIENCE,
 };
 use futures::StreamExt;
 use lapin::options::{
@@ -662,26 +662,5 @@ async fn provider_events_are_forwarded_once_per_endpoint_and_verify_with_the_lib
         .await;
     }
     // And each matches the published schema.
-    let items: Vec<Value> = provider_hooks(&everything)
-        .iter()
-        .map(|h| {
-            json!({"schema": "webhook.schema.json", "label": "provider webhook",
-                   "body": String::from_utf8(h.body.to_vec()).unwrap()})
-        })
-        .collect();
-    let input = json!({
-        "schemaDir": workspace_root().join("proto-schemas").to_string_lossy(),
-        "items": items,
-    });
-    let out = run_python(
-        &[&python_script("validate_messages.py")],
-        input.to_string().as_bytes(),
-    )
-    .await;
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_webhooks_match_schema(&provider_hooks(&everything)).await;
 }

@@ -5,8 +5,7 @@
 
 use dispatcher_db::accounts::CreatedAccount;
 use dispatcher_e2e::{
-    python_script, run_python, verify_webhook, workspace_root, Received, Receiver, TestApp,
-    PATIENCE,
+    assert_webhooks_match_schema, verify_webhook, Received, Receiver, TestApp, PATIENCE,
 };
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -72,36 +71,6 @@ async fn wait_for_type(rx: &Receiver, event: &str, n: usize) -> Vec<Received> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Validates webhook bodies against `proto-schemas/webhook.schema.json`.
-async fn assert_schema_valid(hooks: &[Received]) {
-    let items: Vec<Value> = hooks
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            json!({
-                "schema": "webhook.schema.json",
-                "label": format!("operational webhook {i}"),
-                "body": String::from_utf8(h.body.to_vec()).unwrap(),
-            })
-        })
-        .collect();
-    let input = json!({
-        "schemaDir": workspace_root().join("proto-schemas").to_string_lossy(),
-        "items": items,
-    });
-    let out = run_python(
-        &[&python_script("validate_messages.py")],
-        input.to_string().as_bytes(),
-    )
-    .await;
-    assert!(
-        out.status.success(),
-        "schema violations:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test]
@@ -235,7 +204,7 @@ async fn a_subscriber_observes_failing_exhausted_recovered_and_disabled_once_eac
         .requests()
         .iter()
         .all(|r| r.json()["type"] == "dispatch.completed"));
-    assert_schema_valid(&all).await;
+    assert_webhooks_match_schema(&all).await;
 }
 
 #[tokio::test]

@@ -866,3 +866,34 @@ impl TestApp {
         }
     }
 }
+
+/// Validates webhook bodies against `proto-schemas/webhook.schema.json` (the test venv's
+/// `validate_messages.py`); fails with the violations.
+pub async fn assert_webhooks_match_schema(hooks: &[Received]) {
+    let items: Vec<serde_json::Value> = hooks
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            serde_json::json!({
+                "schema": "webhook.schema.json",
+                "label": format!("webhook {i}"),
+                "body": String::from_utf8(h.body.to_vec()).unwrap(),
+            })
+        })
+        .collect();
+    let input = serde_json::json!({
+        "schemaDir": workspace_root().join("proto-schemas").to_string_lossy(),
+        "items": items,
+    });
+    let out = run_python(
+        &[&python_script("validate_messages.py")],
+        input.to_string().as_bytes(),
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "schema violations:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
