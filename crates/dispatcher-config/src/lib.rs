@@ -64,6 +64,7 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub rate_limit: RateLimitSettings,
     pub retention: RetentionSettings,
+    pub storage: StorageSettings,
     pub telemetry: TelemetrySettings,
     /// Inbound provider callbacks, by provider name.
     #[serde(default)]
@@ -89,6 +90,95 @@ pub struct RetentionSettings {
     /// Pause between two batches, so deletes share the database with the traffic.
     #[serde(deserialize_with = "de_duration")]
     pub pause: Duration,
+}
+
+/// Where rendered documents are kept (`storage.url`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct StorageSettings {
+    /// `postgres` (in the dispatch's row), `file:///absolute/path` or `s3://bucket[/prefix]`;
+    /// see [`StorageSettings::location`].
+    #[serde(deserialize_with = "de_string")]
+    pub url: String,
+    /// S3 only: the endpoint of an S3-compatible server (`https://minio.internal:9000`). Each
+    /// empty S3 value falls back to the usual AWS variables (`AWS_ENDPOINT_URL`, `AWS_REGION`,
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, ...), then to AWS's own defaults.
+    #[serde(deserialize_with = "de_string")]
+    pub endpoint: String,
+    #[serde(deserialize_with = "de_string")]
+    pub region: String,
+    #[serde(deserialize_with = "de_string")]
+    pub access_key_id: String,
+    #[serde(deserialize_with = "de_secret")]
+    pub secret_access_key: Secret,
+    /// Allow an `http://` endpoint (a server without TLS on loopback or a private network).
+    pub allow_http: bool,
+}
+
+/// Where `storage.url` says documents go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageLocation {
+    /// The `dispatches.result` column (the default).
+    Postgres,
+    /// Files under this directory.
+    File(PathBuf),
+    /// Objects in an S3 bucket, under `prefix` (empty, or segments joined by `/`).
+    S3 { bucket: String, prefix: String },
+}
+
+impl StorageSettings {
+    /// Parses `url`; the error says what is wrong and what is accepted.
+    pub fn location(&self) -> Result<StorageLocation, String> {
+        let url = self.url.trim();
+        let bad = |why: &str| {
+            Err(format!(
+                "storage.url `{url}` {why} (expected `postgres`, `file:///absolute/path` or \
+                 `s3://bucket`)"
+            ))
+        };
+        if url == "postgres" {
+            return Ok(StorageLocation::Postgres);
+        }
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return bad("must name an absolute local path after `file://`");
+            }
+            if path.contains('%') || path.contains('?') || path.contains('#') {
+                return bad("must be a plain path, without escapes, `?` or `#`");
+            }
+            return Ok(StorageLocation::File(PathBuf::from(path)));
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            // S3's bucket naming rules: 3 to 63 lowercase letters, digits, dots and hyphens,
+            // beginning and ending with a letter or a digit.
+            let edge_ok =
+                |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+            if !(3..=63).contains(&bucket.len())
+                || !bucket
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+                || !edge_ok(bucket.chars().next())
+                || !edge_ok(bucket.chars().last())
+            {
+                return bad(
+                    "does not name a valid bucket (3 to 63 lowercase letters, digits, `.` and `-`)",
+                );
+            }
+            let prefix = prefix.trim_matches('/');
+            if !prefix.is_empty()
+                && prefix.split('/').any(|s| {
+                    s.is_empty() || s == "." || s == ".." || s.contains(['%', '?', '#', '\\'])
+                })
+            {
+                return bad("has an invalid prefix after the bucket");
+            }
+            return Ok(StorageLocation::S3 {
+                bucket: bucket.to_owned(),
+                prefix: prefix.to_owned(),
+            });
+        }
+        bad("is not supported")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -346,6 +436,24 @@ impl Settings {
         if self.retention.batch_size < 1 || self.retention.interval.is_zero() {
             return bad("retention.batch_size and retention.interval must be positive".into());
         }
+        let location = self.storage.location().map_err(SettingsError::Invalid)?;
+        if matches!(location, StorageLocation::S3 { .. }) {
+            let endpoint = self.storage.endpoint.as_str();
+            if !endpoint.is_empty()
+                && !endpoint.starts_with("https://")
+                && !endpoint.starts_with("http://")
+            {
+                return bad(format!(
+                    "storage.endpoint `{endpoint}` must be an http(s) URL"
+                ));
+            }
+            if endpoint.starts_with("http://") && !self.storage.allow_http {
+                return bad(format!(
+                    "storage.endpoint `{endpoint}` is plain http: set storage.allow_http = true \
+                     to allow it"
+                ));
+            }
+        }
         if !["http/protobuf", "http/json"].contains(&self.telemetry.otlp_protocol.as_str()) {
             return bad("telemetry.otlp_protocol must be http/protobuf or http/json".into());
         }
@@ -400,6 +508,10 @@ impl Scalar {
 
 fn de_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(Scalar::deserialize(d)?.into_string())
+}
+
+fn de_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+    Ok(Secret(Scalar::deserialize(d)?.into_string()))
 }
 
 /// An empty string is no path (so an environment variable can unset a file's value).
@@ -616,6 +728,113 @@ mod tests {
             err.contains("invalid retry_schedule entry `5`: time unit needed"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn storage_defaults_to_postgres() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.storage.url, "postgres");
+        assert_eq!(s.storage.location(), Ok(StorageLocation::Postgres));
+        assert!(!s.storage.allow_http);
+        assert!(s.storage.secret_access_key.expose().is_empty());
+    }
+
+    #[test]
+    fn storage_urls_parse_into_locations() {
+        let at = |url: &str| {
+            load(&[("DISPATCHER__STORAGE__URL", url)])
+                .unwrap()
+                .storage
+                .location()
+                .unwrap()
+        };
+        assert_eq!(
+            at("file:///var/lib/dispatcher/results"),
+            StorageLocation::File(PathBuf::from("/var/lib/dispatcher/results"))
+        );
+        assert_eq!(
+            at("s3://dispatcher-results"),
+            StorageLocation::S3 {
+                bucket: "dispatcher-results".into(),
+                prefix: String::new()
+            }
+        );
+        assert_eq!(
+            at("s3://my.bucket-1/prod/eu/"),
+            StorageLocation::S3 {
+                bucket: "my.bucket-1".into(),
+                prefix: "prod/eu".into()
+            }
+        );
+    }
+
+    #[test]
+    fn s3_settings_come_from_the_environment_and_the_secret_does_not_print() {
+        let s = load(&[
+            ("DISPATCHER__STORAGE__URL", "s3://results"),
+            ("DISPATCHER__STORAGE__ENDPOINT", "http://127.0.0.1:9000"),
+            ("DISPATCHER__STORAGE__REGION", "eu-west-1"),
+            ("DISPATCHER__STORAGE__ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            (
+                "DISPATCHER__STORAGE__SECRET_ACCESS_KEY",
+                "wJalrXUtnFEMI-very-secret",
+            ),
+            ("DISPATCHER__STORAGE__ALLOW_HTTP", "true"),
+        ])
+        .unwrap();
+        assert_eq!(s.storage.endpoint, "http://127.0.0.1:9000");
+        assert_eq!(s.storage.region, "eu-west-1");
+        assert_eq!(s.storage.access_key_id, "AKIDEXAMPLE");
+        assert_eq!(
+            s.storage.secret_access_key.expose(),
+            "wJalrXUtnFEMI-very-secret"
+        );
+        assert!(s.storage.allow_http);
+        assert!(!format!("{s:?}").contains("very-secret"));
+        // A secret of digits stays a string.
+        let s = load(&[("DISPATCHER__STORAGE__SECRET_ACCESS_KEY", "12345")]).unwrap();
+        assert_eq!(s.storage.secret_access_key.expose(), "12345");
+    }
+
+    #[test]
+    fn bad_storage_settings_stop_start_up_with_a_clear_error() {
+        for (url, why) in [
+            ("postgresql", "is not supported"),
+            ("s3:/bucket", "is not supported"),
+            ("gs://bucket", "is not supported"),
+            ("file://relative/dir", "absolute local path"),
+            ("file:///a%20b", "plain path"),
+            ("s3://", "valid bucket"),
+            ("s3://ab", "valid bucket"),
+            ("s3://Upper", "valid bucket"),
+            ("s3://under_score", "valid bucket"),
+            ("s3://-dash", "valid bucket"),
+            ("s3://bucket/a//b", "invalid prefix"),
+            ("s3://bucket/../etc", "invalid prefix"),
+        ] {
+            let err = load(&[("DISPATCHER__STORAGE__URL", url)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("storage.url `{url}`")), "{err}");
+            assert!(err.contains(why), "{url}: {err}");
+            assert!(err.contains("expected `postgres`"), "{err}");
+        }
+        let err = load(&[
+            ("DISPATCHER__STORAGE__URL", "s3://bucket"),
+            ("DISPATCHER__STORAGE__ENDPOINT", "http://127.0.0.1:9000"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("storage.allow_http"), "{err}");
+        let err = load(&[
+            ("DISPATCHER__STORAGE__URL", "s3://bucket"),
+            ("DISPATCHER__STORAGE__ENDPOINT", "127.0.0.1:9000"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("storage.endpoint"), "{err}");
+        // The S3 settings are not checked while the store is Postgres.
+        assert!(load(&[("DISPATCHER__STORAGE__ENDPOINT", "http://127.0.0.1:9000")]).is_ok());
     }
 
     #[test]
