@@ -4,6 +4,7 @@
 mod dead;
 mod process;
 mod provider_events;
+mod results;
 mod retention;
 
 pub use process::WorkerHandler;
@@ -31,6 +32,7 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
+    let store = dispatcher_storage::Store::open(&settings.storage)?;
     let pool = dispatcher_db::pool::start(&settings.database).await?;
     let readiness = Readiness::default();
     let tasks = TaskTracker::new();
@@ -51,6 +53,7 @@ pub async fn serve(
         async_pool.clone(),
         outbox_wake.clone(),
         renderer,
+        store.clone(),
     ));
     // Several consumers, each its own channel: one batch commits while the next is processed.
     for i in 0..settings.worker.consumers {
@@ -101,6 +104,7 @@ pub async fn serve(
     tasks.spawn(retention::run(
         settings.retention.clone(),
         pool.clone(),
+        store,
         cancel.clone(),
     ));
     tasks.spawn(dispatcher_mq::relay::run_relay(

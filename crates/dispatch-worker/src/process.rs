@@ -1,5 +1,6 @@
 //! One batch of `dispatch.requested` messages: claim, render, provide, finish.
 
+use crate::results::Results;
 use chrono::Utc;
 use dispatcher_config::Settings;
 use dispatcher_core::{
@@ -14,7 +15,7 @@ use dispatcher_db::Pool;
 use dispatcher_mq::{BatchHandler, HandlerError, Incoming, Topology};
 use dispatcher_outbound::Policy;
 use dispatcher_render::{Document, Renderer};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub struct WorkerHandler {
     policy: Policy,
     queue: String,
     renderer: Renderer,
+    results: Results,
 }
 
 #[derive(Deserialize)]
@@ -47,6 +49,7 @@ impl WorkerHandler {
         claim_pool: AsyncCommitPool,
         outbox_wake: OutboxWake,
         renderer: Renderer,
+        store: Option<dispatcher_storage::Store>,
     ) -> Self {
         let http = dispatcher_outbound::client(&settings.delivery, "dispatcher-provider/1");
         let policy = Policy::from_settings(&settings.delivery);
@@ -60,6 +63,7 @@ impl WorkerHandler {
             policy,
             queue,
             renderer,
+            results: Results::new(store),
         }
     }
 
@@ -128,6 +132,7 @@ impl WorkerHandler {
             status,
             completed_at,
             result,
+            result_key: None,
             content_type,
             error: error.map(|e| serde_json::to_value(e).expect("error serializes")),
             event_id: event.event_id,
@@ -235,14 +240,32 @@ impl BatchHandler for WorkerHandler {
         metrics::counter!("dispatcher_messages_dead_lettered_total", "queue" => self.queue.clone())
             .increment(stored);
         let claimed = claim.claimed;
-        let finished: Vec<Finished> = futures::stream::iter(claimed)
+        let claimed_ids: Vec<Uuid> = claimed.iter().map(|d| d.id).collect();
+        // Each document is in the object store (if one is configured) before the batch commits.
+        let finished: Vec<Finished> = match futures::stream::iter(claimed)
             .map(|d| {
                 let tp = traces.get(&d.id).copied();
-                self.run_traced(d, tp)
+                let account_id = d.account_id;
+                async move {
+                    let f = self.run_traced(d, tp).await;
+                    self.results.keep(account_id, f).await
+                }
             })
             .buffer_unordered(self.settings.worker.concurrency)
-            .collect()
-            .await;
+            .try_collect()
+            .await
+        {
+            Ok(finished) => finished,
+            Err(e) => {
+                // Not the dispatch's failure: the batch is handled again (this attempt does not
+                // count towards quarantine), and any object already written is overwritten then.
+                tracing::warn!(error = %e, "batch not finished: a document could not be stored");
+                dispatches::unclaim(&self.claim_pool, &claimed_ids)
+                    .await
+                    .map_err(HandlerError::from)?;
+                return Err(HandlerError::Transient(e.to_string()));
+            }
+        };
         if !finished.is_empty() {
             dispatches::finish_batch(&self.pool, &finished)
                 .await

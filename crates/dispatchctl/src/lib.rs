@@ -140,6 +140,27 @@ pub async fn main_from_args(args: Vec<String>) -> ExitCode {
     }
 }
 
+/// Deletes purged dispatches' documents from the object store; a failure is reported on stderr
+/// and leaves the object behind (its row is gone already).
+async fn delete_objects(store: Option<&dispatcher_storage::Store>, keys: Vec<String>) -> i64 {
+    let Some(store) = store else {
+        eprintln!(
+            "warning: {} purged dispatches had documents in an object store, but storage.url is \
+             postgres: their objects are left behind",
+            keys.len()
+        );
+        return 0;
+    };
+    let (deleted, failed) = store.delete_all(keys).await;
+    for (key, e) in failed {
+        eprintln!(
+            "warning: could not delete {key} from {}: {e}; it is left behind",
+            store.location()
+        );
+    }
+    deleted
+}
+
 async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
     let pool = dispatcher_db::connect_pool(&settings.database)?;
     match command {
@@ -170,12 +191,14 @@ async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
             };
             let batch = batch_size.unwrap_or(settings.retention.batch_size).max(1);
             let pool = dispatcher_db::connect_pool(&settings.database)?;
+            let store = dispatcher_storage::Store::open(&settings.storage)?;
             let purged = dispatcher_db::retention::purge(
                 &pool,
                 before,
                 batch,
                 settings.retention.pause,
                 &tokio_util::sync::CancellationToken::new(),
+                |keys| delete_objects(store.as_ref(), keys),
             )
             .await?;
             let mut line = serde_json::to_value(purged)?;

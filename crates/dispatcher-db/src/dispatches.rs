@@ -298,22 +298,48 @@ pub async fn list(
         .collect()
 }
 
-/// The rendered document and its content type, once the dispatch has one.
+/// Where a dispatch's rendered document is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResultBody {
+    /// In the `result` column.
+    Inline(Vec<u8>),
+    /// In the object store (`storage.url`), under this key.
+    Stored(String),
+}
+
+/// A dispatch's rendered document, once it has one: its content type and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResult {
+    pub content_type: String,
+    pub body: ResultBody,
+}
+
+/// `None`: no such dispatch (for this account). `Some(None)`: the dispatch has no document (yet).
 pub async fn get_result(
     pool: &Pool,
     account_id: Uuid,
     id: Uuid,
-) -> Result<Option<(Option<Vec<u8>>, Option<String>)>, DbError> {
+) -> Result<Option<Option<StoredResult>>, DbError> {
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
-            "SELECT result, result_content_type FROM dispatches WHERE id = $1 AND account_id = $2",
+            "SELECT result, result_key, result_content_type FROM dispatches
+             WHERE id = $1 AND account_id = $2",
         )
         .await?;
-    Ok(client
-        .query_opt(&stmt, &[&id, &account_id])
-        .await?
-        .map(|r| (r.get(0), r.get(1))))
+    let Some(row) = client.query_opt(&stmt, &[&id, &account_id]).await? else {
+        return Ok(None);
+    };
+    let (inline, key, content_type): (Option<Vec<u8>>, Option<String>, Option<String>) =
+        (row.get(0), row.get(1), row.get(2));
+    let body = match (key, inline) {
+        (Some(key), _) => Some(ResultBody::Stored(key)),
+        (None, Some(bytes)) => Some(ResultBody::Inline(bytes)),
+        (None, None) => None,
+    };
+    Ok(Some(content_type.zip(body).map(|(content_type, body)| {
+        StoredResult { content_type, body }
+    })))
 }
 
 /// A dispatch a worker has claimed (`processing`), with everything needed to run it.
@@ -403,13 +429,30 @@ pub async fn claim(
     Ok(out)
 }
 
+/// Takes back the processing attempt [`claim`] counted for dispatches still `processing` whose
+/// batch could not be finished for a reason outside the dispatch (its document could not be
+/// written to the object store): their redelivery does not bring them closer to quarantine.
+pub async fn unclaim(pool: &AsyncCommitPool, ids: &[Uuid]) -> Result<u64, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "UPDATE dispatches SET processing_attempts = processing_attempts - 1
+             WHERE id = ANY($1) AND status = 'processing' AND processing_attempts > 0",
+        )
+        .await?;
+    Ok(client.execute(&stmt, &[&ids]).await?)
+}
+
 /// The outcome of one claimed dispatch, with its outcome event already serialized.
 #[derive(Debug, Clone)]
 pub struct Finished {
     pub id: Uuid,
     pub status: DispatchStatus,
     pub completed_at: DateTime<Utc>,
+    /// The document, to be kept in the `result` column.
     pub result: Option<Vec<u8>>,
+    /// Or the key of the document already written to the object store (`storage.url`).
+    pub result_key: Option<String>,
     pub content_type: Option<String>,
     pub error: Option<serde_json::Value>,
     pub event_id: Uuid,
@@ -428,13 +471,14 @@ pub async fn finish_batch(pool: &Pool, rows: &[Finished]) -> Result<Vec<Uuid>, D
             "WITH input AS (
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::bytea[],
                                       $5::text[], $6::jsonb[], $7::uuid[], $8::text[], $9::bytea[],
-                                      $10::text[])
+                                      $10::text[], $11::text[])
                  AS t(id, status, completed_at, result, content_type, error, event_id, routing_key,
-                      event, traceparent)
+                      event, traceparent, result_key)
              ), upd AS (
                  UPDATE dispatches d
                  SET status = i.status, completed_at = i.completed_at, result = i.result,
-                     result_content_type = i.content_type, error = i.error
+                     result_key = i.result_key, result_content_type = i.content_type,
+                     error = i.error
                  FROM input i
                  WHERE d.id = i.id AND d.status = 'processing'
                  RETURNING d.id
@@ -458,12 +502,22 @@ pub async fn finish_batch(pool: &Pool, rows: &[Finished]) -> Result<Vec<Uuid>, D
     let keys: Vec<&str> = rows.iter().map(|r| r.routing_key).collect();
     let events: Vec<&[u8]> = rows.iter().map(|r| r.event.as_slice()).collect();
     let traces: Vec<Option<&str>> = rows.iter().map(|r| r.traceparent.as_deref()).collect();
+    let result_keys: Vec<Option<&str>> = rows.iter().map(|r| r.result_key.as_deref()).collect();
     let out = client
         .query(
             &stmt,
             &[
-                &ids, &statuses, &completed, &results, &types, &errors, &event_ids, &keys, &events,
+                &ids,
+                &statuses,
+                &completed,
+                &results,
+                &types,
+                &errors,
+                &event_ids,
+                &keys,
+                &events,
                 &traces,
+                &result_keys,
             ],
         )
         .await?;

@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "retention",
         include_str!("../../../migrations/0009_retention.sql"),
     ),
+    (
+        11,
+        "result_storage",
+        include_str!("../../../migrations/0011_result_storage.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x0d15_9a7c_4e00_0001;

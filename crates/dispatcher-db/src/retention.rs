@@ -2,6 +2,9 @@
 //! them (document, deliveries, attempts, dead-delivery marks, provider events), a small batch per
 //! transaction so no lock is held for long and ingest is not slowed.
 //!
+//! Documents kept in an object store (`storage.url`) are not in Postgres: a purge hands their
+//! keys to the caller once the rows are deleted, and the caller deletes the objects.
+//!
 //! Dispatch ids are UUIDv7: their first 48 bits are the submission time in milliseconds, so "older
 //! than" is a range of the primary key and needs no index of its own.
 
@@ -19,6 +22,8 @@ pub struct Purged {
     pub provider_events: i64,
     pub dead_letters: i64,
     pub batch_submissions: i64,
+    /// Documents deleted from the object store (`storage.url`).
+    pub result_objects: i64,
 }
 
 impl std::ops::AddAssign for Purged {
@@ -29,6 +34,7 @@ impl std::ops::AddAssign for Purged {
         self.provider_events += o.provider_events;
         self.dead_letters += o.dead_letters;
         self.batch_submissions += o.batch_submissions;
+        self.result_objects += o.result_objects;
     }
 }
 
@@ -40,6 +46,7 @@ impl Purged {
             + self.provider_events
             + self.dead_letters
             + self.batch_submissions
+            + self.result_objects
     }
 }
 
@@ -53,6 +60,14 @@ pub fn v7_floor(t: DateTime<Utc>) -> Uuid {
     Uuid::from_bytes(b)
 }
 
+/// What one batch deleted, and the object-store keys of the documents of its dispatches (to be
+/// deleted now that the rows are gone).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurgedBatch {
+    pub purged: Purged,
+    pub result_keys: Vec<String>,
+}
+
 /// Deletes up to `limit` finished dispatches submitted before `before`, with their rows in the
 /// other tables, in one transaction; also up to `limit` dead letters and batch replies older than
 /// it. A dispatch with a delivery still being retried (redelivered lately) is kept for now.
@@ -60,7 +75,7 @@ pub async fn purge_batch(
     pool: &Pool,
     before: DateTime<Utc>,
     limit: i64,
-) -> Result<Purged, DbError> {
+) -> Result<PurgedBatch, DbError> {
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
@@ -83,7 +98,8 @@ pub async fn purge_batch(
                  DELETE FROM provider_events x USING doomed
                  WHERE x.dispatch_id = doomed.id RETURNING 1
              ), dis AS (
-                 DELETE FROM dispatches x USING doomed WHERE x.id = doomed.id RETURNING 1
+                 DELETE FROM dispatches x USING doomed WHERE x.id = doomed.id
+                 RETURNING x.result_key
              ), dl AS (
                  DELETE FROM dead_letters WHERE id IN (
                      SELECT id FROM dead_letters WHERE created_at < $2 ORDER BY created_at
@@ -98,34 +114,54 @@ pub async fn purge_batch(
              )
              SELECT (SELECT count(*) FROM dis), (SELECT count(*) FROM del),
                     (SELECT count(*) FROM att), (SELECT count(*) FROM pe),
-                    (SELECT count(*) FROM dl), (SELECT count(*) FROM bs)",
+                    (SELECT count(*) FROM dl), (SELECT count(*) FROM bs),
+                    ARRAY(SELECT result_key FROM dis WHERE result_key IS NOT NULL)",
         )
         .await?;
     let row = client
         .query_one(&stmt, &[&v7_floor(before), &before, &limit])
         .await?;
-    Ok(Purged {
-        dispatches: row.get(0),
-        deliveries: row.get(1),
-        attempts: row.get(2),
-        provider_events: row.get(3),
-        dead_letters: row.get(4),
-        batch_submissions: row.get(5),
+    Ok(PurgedBatch {
+        purged: Purged {
+            dispatches: row.get(0),
+            deliveries: row.get(1),
+            attempts: row.get(2),
+            provider_events: row.get(3),
+            dead_letters: row.get(4),
+            batch_submissions: row.get(5),
+            result_objects: 0,
+        },
+        result_keys: row.get(6),
     })
 }
 
 /// Purges in batches until a batch comes back short, pausing between batches so the deletes
 /// share the database with the traffic. Stops early (returning what was done) when `stop` fires.
-pub async fn purge(
+///
+/// After each batch has committed, `delete_objects` gets the object-store keys of the documents
+/// of the dispatches it deleted, and answers how many objects it deleted (best effort: an object
+/// it could not delete is left behind, never a row without its document).
+pub async fn purge<F, Fut>(
     pool: &Pool,
     before: DateTime<Utc>,
     batch: i64,
     pause: std::time::Duration,
     stop: &tokio_util::sync::CancellationToken,
-) -> Result<Purged, DbError> {
+    mut delete_objects: F,
+) -> Result<Purged, DbError>
+where
+    F: FnMut(Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = i64>,
+{
     let mut total = Purged::default();
     loop {
-        let got = purge_batch(pool, before, batch).await?;
+        let PurgedBatch {
+            purged: mut got,
+            result_keys,
+        } = purge_batch(pool, before, batch).await?;
+        if !result_keys.is_empty() {
+            got.result_objects = delete_objects(result_keys).await;
+        }
         total += got;
         let full =
             got.dispatches >= batch || got.dead_letters >= batch || got.batch_submissions >= batch;

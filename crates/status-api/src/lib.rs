@@ -19,6 +19,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub pool: Pool,
     pub auth: Arc<Authenticator>,
+    /// Where documents are kept when not in Postgres (`storage.url`).
+    pub store: Option<dispatcher_storage::Store>,
 }
 
 impl FromRef<AppState> for Arc<Authenticator> {
@@ -38,6 +40,7 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
+    let store = dispatcher_storage::Store::open(&settings.storage)?;
     let pool = dispatcher_db::pool::start(&settings.database).await?;
     // The status API reads Postgres only; its readiness has no broker part.
     let readiness = Readiness::default();
@@ -48,6 +51,7 @@ pub async fn serve(
         settings: settings.clone(),
         pool: pool.clone(),
         auth: auth.clone(),
+        store,
     };
     let app = routes::router(state)
         .merge(health_router(HealthState {

@@ -1,5 +1,5 @@
 use crate::AppState;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use dispatcher_core::DispatchStatus;
+use dispatcher_db::dispatches::ResultBody;
 use dispatcher_db::{deliveries, dispatches};
 use dispatcher_http::error::doc::{
     BadRequest, Conflict, InternalError, NotFound, PayloadTooLarge, ServiceUnavailable,
@@ -325,14 +326,42 @@ async fn result(
     AuthAccount(account): AuthAccount,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let (doc, content_type) = dispatches::get_result(&s.pool, account, parse_id(id)?)
+    let id = parse_id(id)?;
+    let stored = dispatches::get_result(&s.pool, account, id)
         .await?
-        .ok_or(ApiError::NotFound("dispatch"))?;
-    match (doc, content_type) {
-        (Some(doc), Some(ct)) => {
-            Ok((StatusCode::OK, [(header::CONTENT_TYPE, ct)], doc).into_response())
+        .ok_or(ApiError::NotFound("dispatch"))?
+        .ok_or(ApiError::NotFound("result"))?;
+    let content_type = stored.content_type;
+    match stored.body {
+        ResultBody::Inline(doc) => {
+            Ok((StatusCode::OK, [(header::CONTENT_TYPE, content_type)], doc).into_response())
         }
-        _ => Err(ApiError::NotFound("result")),
+        ResultBody::Stored(key) => {
+            let Some(store) = &s.store else {
+                return Err(ApiError::Internal(format!(
+                    "the document of dispatch {id} is in an object store ({key}), but \
+                     storage.url is postgres"
+                )));
+            };
+            let object = store.get(&key).await.map_err(|e| {
+                ApiError::Unavailable(format!("reading {key} from {}: {e}", store.location()))
+            })?;
+            let Some(object) = object else {
+                tracing::warn!(dispatch_id = %id, %key, store = %store.location(),
+                    "a completed dispatch's document is missing from the object store");
+                return Err(ApiError::NotFound("result"));
+            };
+            // Streamed as it arrives from the store, not read into memory first.
+            Ok((
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, content_type),
+                    (header::CONTENT_LENGTH, object.size.to_string()),
+                ],
+                Body::from_stream(object.stream),
+            )
+                .into_response())
+        }
     }
 }
 
