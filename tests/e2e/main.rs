@@ -12,4 +12,5 @@ mod retention;
 mod schemathesis;
 mod security;
 mod stalls;
+mod storage;
 mod telemetry;

@@ -897,3 +897,126 @@ pub async fn assert_webhooks_match_schema(hooks: &[Received]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An S3-compatible server on loopback (moto's server mode, from the test virtualenv) with one
+/// empty bucket. Killed on drop. Objects are read back with boto3 (`tests/python/s3_object.py`),
+/// not with Dispatcher's own client.
+pub struct S3Server {
+    pub port: u16,
+    pub bucket: String,
+    _child: tokio::process::Child,
+}
+
+impl S3Server {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let log =
+            std::fs::File::create(std::env::temp_dir().join(format!("moto-{port}.log"))).unwrap();
+        let mut child = tokio::process::Command::new(test_python())
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .current_dir(workspace_root())
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the test virtualenv's python runs moto's server");
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        // Up once it answers S3's ListBuckets.
+        loop {
+            if let Ok(r) = http.get(format!("{base}/")).send().await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("moto's server exited ({status}); see moto-{port}.log in the temp dir");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "moto's server did not answer on {base}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let server = Self {
+            port,
+            bucket: format!("results-{}", &Uuid::new_v4().simple().to_string()[..12]),
+            _child: child,
+        };
+        let out = server.s3(&["create"]).await;
+        assert!(
+            out.status.success(),
+            "create bucket: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        server
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn s3(&self, args: &[&str]) -> std::process::Output {
+        let script = python_script("s3_object.py");
+        let endpoint = self.endpoint();
+        let mut all = vec![script.as_str(), endpoint.as_str(), self.bucket.as_str()];
+        all.extend(args);
+        run_python(&all, b"").await
+    }
+
+    /// The `storage.*` settings of a Dispatcher that keeps its documents in this bucket.
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DISPATCHER__STORAGE__URL", format!("s3://{}", self.bucket)),
+            ("DISPATCHER__STORAGE__ENDPOINT", self.endpoint()),
+            ("DISPATCHER__STORAGE__REGION", "us-east-1".into()),
+            ("DISPATCHER__STORAGE__ACCESS_KEY_ID", "testing".into()),
+            ("DISPATCHER__STORAGE__SECRET_ACCESS_KEY", "testing".into()),
+            ("DISPATCHER__STORAGE__ALLOW_HTTP", "true".into()),
+        ]
+    }
+
+    /// The object at `key`, read from the server with boto3; `None` when there is none.
+    pub async fn object(&self, key: &str) -> Option<Vec<u8>> {
+        let out = self.s3(&["get", key]).await;
+        match out.status.code() {
+            Some(0) => Some(out.stdout),
+            Some(3) => None,
+            _ => panic!(
+                "reading {key} from moto: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
+    /// Waits until the object at `key` exists, and returns it.
+    pub async fn wait_for_object(&self, key: &str) -> Vec<u8> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(got) = self.object(key).await {
+                return got;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no object {key} in bucket {}",
+                self.bucket
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// `spawn_with`'s overrides from owned pairs.
+pub fn overrides<'a>(pairs: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    pairs.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
