@@ -1,7 +1,8 @@
 //! Documents in object storage (`storage.url`): an S3 bucket on a real S3-compatible server on
 //! loopback (moto), and a directory. What `/result` serves is byte for byte what the worker
 //! rendered (the same request through `validate`), the object holds the same bytes, retention
-//! deletes the objects, and a worker killed between its upload and its commit leaves the dispatch
+//! deletes the objects, a store that refuses writes holds dispatches back without failing or
+//! quarantining them, and a worker killed between its upload and its commit leaves the dispatch
 //! to complete on redelivery, with its document.
 
 use dispatcher_db::accounts::CreatedAccount;
@@ -369,4 +370,69 @@ async fn a_worker_killed_between_upload_and_commit_leaves_the_dispatch_to_comple
     assert_eq!(ct, "application/pdf");
     assert!(got == expected, "/result is the rendering");
     assert!(s3.object(&key).await.as_deref() == Some(expected.as_slice()));
+}
+
+#[tokio::test]
+async fn a_store_that_refuses_writes_holds_the_dispatch_back_until_it_accepts_them() {
+    // The bucket does not exist yet: every write is refused (NoSuchBucket).
+    let s3 = S3Server::without_bucket().await;
+    let mut settings = s3.settings();
+    // Two attempts would quarantine a dispatch whose worker died twice.
+    settings.push(("DISPATCHER__WORKER__MAX_PROCESSING_ATTEMPTS", "2".into()));
+    let app = TestApp::spawn_with(Services::ALL, &overrides(&settings)).await;
+    let acct = app.create_account("s3-refused@example.com").await;
+    let request =
+        json!({"template": {"format": "text", "body": "held back {{ n }}"}, "data": {"n": 7}});
+    let resp = app
+        .post(
+            &app.ingest_url,
+            "/v1/dispatches?async=true",
+            &acct,
+            &request,
+        )
+        .await;
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.unwrap()["dispatchId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = format!("results/{}/{id}", acct.account_id);
+
+    // The batch is tried again and again (more often than the quarantine limit) ...
+    let put = format!("PUT /{}/{key}", s3.bucket);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while s3.requests(&put) < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker tried {} writes",
+            s3.requests(&put)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ... without failing the dispatch or quarantining its message.
+    let status = app
+        .text(&format!("SELECT status FROM dispatches WHERE id = '{id}'"))
+        .await;
+    assert!(
+        status == "queued" || status == "processing",
+        "a refused write is not the dispatch's outcome: {status}"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM dead_letters").await, 0);
+
+    // Once the store accepts writes, the dispatch completes with its document, its refused
+    // attempts not counted.
+    s3.create_bucket().await;
+    let done = app.wait_finished(&acct, &id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(app.count("SELECT count(*) FROM dead_letters").await, 0);
+    assert_eq!(
+        app.count(&format!(
+            "SELECT processing_attempts::int8 FROM dispatches WHERE id = '{id}'"
+        ))
+        .await,
+        1
+    );
+    let (_, _, got) = result(&app, &acct, &id).await;
+    assert_eq!(got, b"held back 7");
+    assert_eq!(s3.object(&key).await.as_deref(), Some(&b"held back 7"[..]));
 }

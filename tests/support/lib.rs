@@ -899,7 +899,7 @@ pub async fn assert_webhooks_match_schema(hooks: &[Received]) {
 }
 
 /// An S3-compatible server on loopback (moto's server mode, from the test virtualenv) with one
-/// empty bucket. Killed on drop. Objects are read back with boto3 (`tests/python/s3_object.py`),
+/// empty bucket (or none yet: [`S3Server::without_bucket`]). Killed on drop. Objects are read back with boto3 (`tests/python/s3_object.py`),
 /// not with Dispatcher's own client.
 pub struct S3Server {
     pub port: u16,
@@ -909,9 +909,15 @@ pub struct S3Server {
 
 impl S3Server {
     pub async fn start() -> Self {
+        let server = Self::without_bucket().await;
+        server.create_bucket().await;
+        server
+    }
+
+    /// The server, and the name of a bucket that does not exist until [`Self::create_bucket`].
+    pub async fn without_bucket() -> Self {
         let port = free_port();
-        let log =
-            std::fs::File::create(std::env::temp_dir().join(format!("moto-{port}.log"))).unwrap();
+        let log = std::fs::File::create(Self::log_path(port)).unwrap();
         let mut child = tokio::process::Command::new(test_python())
             .args([
                 "-m",
@@ -948,18 +954,34 @@ impl S3Server {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let server = Self {
+        Self {
             port,
             bucket: format!("results-{}", &Uuid::new_v4().simple().to_string()[..12]),
             _child: child,
-        };
-        let out = server.s3(&["create"]).await;
+        }
+    }
+
+    pub async fn create_bucket(&self) {
+        let out = self.s3(&["create"]).await;
         assert!(
             out.status.success(),
             "create bucket: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        server
+    }
+
+    fn log_path(port: u16) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("moto-{port}.log"))
+    }
+
+    /// Requests the server has logged so far whose request line contains `needle`
+    /// (`"PUT /bucket/key"`).
+    pub fn requests(&self, needle: &str) -> usize {
+        std::fs::read_to_string(Self::log_path(self.port))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     pub fn endpoint(&self) -> String {
