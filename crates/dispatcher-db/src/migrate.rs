@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "retention",
         include_str!("../../../migrations/0009_retention.sql"),
     ),
+    (
+        10,
+        "provider_retries",
+        include_str!("../../../migrations/0010_provider_retries.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x0d15_9a7c_4e00_0001;
