@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-services.sh
+# The email phase sends to a local SMTP server (aiosmtpd from the tests' virtualenv).
+make -s venv
 cargo build --release --bins -q
 BIN="${CARGO_TARGET_DIR:-target}/release"
 RUN=.run/bench
@@ -51,6 +53,14 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
+# A real SMTP server on loopback for the email phase; its first line is its port.
+exec {smtp_out}< <(PYTHONUNBUFFERED=1 exec build/venv/bin/python tests/python/smtp_sink.py --quiet)
+smtp_pid=$!
+pids+=("$smtp_pid")
+read -r -t 20 smtp_port <&"$smtp_out"
+export DISPATCHER__SMTP__URL="smtp://127.0.0.1:$smtp_port"
+export DISPATCHER__SMTP__FROM="Dispatcher bench <bench@dispatcher.local>"
+export DISPATCHER__SMTP__POOL_SIZE=16
 for n in "${names[@]}"; do
   "$BIN/$n" >"$RUN/$n.log" 2>&1 &
   pids+=($!)
@@ -62,7 +72,8 @@ for port in 18080 18081 19091 19092; do
   done
 done
 
-BENCH_PIDS="ingest-api=${pids[0]},status-api=${pids[1]},dispatch-worker=${pids[2]},webhook-deliverer=${pids[3]}" \
+BENCH_PIDS="ingest-api=${pids[1]},status-api=${pids[2]},dispatch-worker=${pids[3]},webhook-deliverer=${pids[4]}" \
+BENCH_SMTP_PID="$smtp_pid" \
 BENCH_INGEST_URL=http://127.0.0.1:18080 BENCH_STATUS_URL=http://127.0.0.1:18081 BENCH_EMAIL="$email" BENCH_PASSWORD="$password" \
 BENCH_OUT="${BENCH_OUT:-bench/results.json}" BENCH_DISPATCHCTL="$BIN/dispatchctl" \
   "$BIN/dispatcher-bench"

@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod documents;
+mod email;
 
 struct Config {
     ingest: String,
@@ -507,6 +508,7 @@ struct Results {
     pdf_end_to_end: documents::PdfResult,
     batch_ingest: documents::BatchResult,
     purge_under_load: serde_json::Value,
+    email_end_to_end: email::EmailResult,
 }
 
 #[derive(Serialize)]
@@ -642,7 +644,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Latency at fixed offered rates first, on a system in steady state; then the saturating
     // closed-loop phases (which leave vacuum and broker work behind them).
-    println!("1/7 end to end, open loop at {} dispatches/s ...", cfg.rate);
+    println!("1/8 end to end, open loop at {} dispatches/s ...", cfg.rate);
     let secs = 10;
     let (sent, _, offered) =
         open_loop(client.clone(), cfg.rate, secs, Some(callback.clone())).await?;
@@ -657,20 +659,20 @@ async fn main() -> anyhow::Result<()> {
     let e2e_open = serde_json::json!({"offered_per_second": offered, "dispatches": sent.len(), "submit_to_webhook": percentiles(e2e_lat)});
 
     wait_idle(&client, &cfg.status).await?;
-    println!("2/7 async ingest, open loop at 2000 req/s ...");
+    println!("2/8 async ingest, open loop at 2000 req/s ...");
     let (_, lat, offered) = open_loop(client.clone(), 2000, 5, None).await?;
     let ingest_open =
         serde_json::json!({"offered_per_second": offered, "latency": percentiles(lat)});
 
     wait_idle(&client, &cfg.status).await?;
-    println!("3/7 async ingest, closed loop ...");
+    println!("3/8 async ingest, closed loop ...");
     let machine_before = machine_cpu_seconds();
     let ingest_max = ingest_closed_loop(&client, cfg.n, 64).await?;
     let ingest_machine_cpu = (machine_cpu_seconds() - machine_before) * 1000.0 / cfg.n as f64;
 
     wait_idle(&client, &cfg.status).await?;
     println!(
-        "4/7 end to end, {} dispatches as fast as accepted ...",
+        "4/8 end to end, {} dispatches as fast as accepted ...",
         cfg.n
     );
     let cpu_before: Vec<f64> = cfg.pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
@@ -722,7 +724,7 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3_000);
-    println!("5/7 PDF invoices end to end, {pdf_n} as fast as accepted ...");
+    println!("5/8 PDF invoices end to end, {pdf_n} as fast as accepted ...");
     let worker_pid = cfg
         .pids
         .iter()
@@ -755,12 +757,29 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     wait_idle(&client, &cfg.status).await?;
-    println!("6/7 batch ingest, 100 dispatches per request ...");
+    println!("6/8 batch ingest, 100 dispatches per request ...");
     let batch = documents::batch_ingest(&client, &cfg.ingest, 300, 100, 4).await?;
 
     wait_idle(&client, &cfg.status).await?;
-    println!("7/7 retention: a purge of everything above while ingest runs ...");
+    println!("7/8 retention: a purge of everything above while ingest runs ...");
     let purge = purge_under_load(client.clone()).await?;
+
+    wait_idle(&client, &cfg.status).await?;
+    let email_n: usize = std::env::var("DISPATCHER_BENCH_EMAIL_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3_000);
+    println!("8/8 email: {email_n} html dispatches to the local SMTP server ...");
+    let smtp_pid: u32 = env("BENCH_SMTP_PID")?.parse()?;
+    let email = email::email_end_to_end(
+        client.clone(),
+        &arrivals,
+        &callback,
+        worker_pid,
+        smtp_pid,
+        email_n,
+    )
+    .await?;
 
     let results = Results {
         machine: format!(
@@ -779,6 +798,7 @@ async fn main() -> anyhow::Result<()> {
         pdf_end_to_end: pdf,
         batch_ingest: batch,
         purge_under_load: purge,
+        email_end_to_end: email,
     };
     print_table(&results);
     if let Some(dir) = std::path::Path::new(&cfg.out).parent() {
@@ -922,6 +942,25 @@ fn print_table(r: &Results) {
                 .unwrap_or(0.0),
         );
     }
+    let e = &r.email_end_to_end;
+    row(
+        "email end to end (local aiosmtpd)",
+        e.emails_per_second,
+        "mail/s",
+    );
+    row("  submit->webhook p50", e.submit_to_webhook.p50_ms, "ms");
+    row("  submit->webhook p99", e.submit_to_webhook.p99_ms, "ms");
+    row("  worker CPU per email", e.worker_cpu_ms_per_email, "ms");
+    row(
+        "  SMTP server CPU per email",
+        e.smtp_server_cpu_ms_per_email,
+        "ms",
+    );
+    row(
+        "  SMTP server busy (1.0 = its one core: the limit)",
+        e.smtp_server_busy_fraction,
+        "",
+    );
     let mut names: Vec<_> = r.services.keys().collect();
     names.sort();
     for n in names {

@@ -4,6 +4,7 @@ mod api;
 mod compat;
 mod deploy_files;
 mod documents;
+mod email;
 mod faults;
 mod foundation;
 mod operational;

@@ -1,11 +1,9 @@
 //! Delivery to the receivers people actually run: Python's `http.server` as it comes (listen
 //! backlog 5, HTTP/1.0, a thread per request), under a burst, with and without crashes.
 
-use dispatcher_e2e::{python_script, test_python, ServiceProcess, Services, TestApp};
+use dispatcher_e2e::{PythonServer, ServiceProcess, Services, TestApp};
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Dispatches per run.
 const N: usize = 1000;
@@ -15,46 +13,20 @@ const WITHIN: Duration = Duration::from_secs(60);
 /// A running `tests/python/naive_receiver.py` and the webhook-ids it answered.
 struct NaiveReceiver {
     url: String,
-    seen: Arc<Mutex<Vec<String>>>,
-    _child: tokio::process::Child,
+    server: PythonServer,
 }
 
 impl NaiveReceiver {
     async fn start() -> Self {
-        let mut child = tokio::process::Command::new(test_python())
-            .arg(python_script("naive_receiver.py"))
-            .env("PYTHONUNBUFFERED", "1")
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the test virtualenv's python runs");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let port = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("the receiver prints its port")
-            .unwrap()
-            .unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(id)) = lines.next_line().await {
-                sink.lock().unwrap().push(id);
-            }
-        });
+        let server = PythonServer::start("naive_receiver.py", &[]).await;
         Self {
-            url: format!("http://127.0.0.1:{}/hook", port.trim()),
-            seen,
-            _child: child,
+            url: format!("http://127.0.0.1:{}/hook", server.port),
+            server,
         }
     }
 
     fn distinct(&self) -> usize {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .collect::<HashSet<_>>()
-            .len()
+        self.server.lines().iter().collect::<HashSet<_>>().len()
     }
 }
 
@@ -92,7 +64,7 @@ async fn assert_all_delivered(app: &TestApp, rx: &NaiveReceiver) {
     let held = app
         .count("SELECT count(*) FROM deliveries WHERE attempts > 1")
         .await;
-    let answered = rx.seen.lock().unwrap().len();
+    let answered = rx.server.lines().len();
     println!(
         "attempts: {attempts} ({per_delivery:.3} per delivery), {held} deliveries needed more than one, \
          receiver answered {answered} requests for {} webhook-ids",

@@ -362,6 +362,33 @@ impl TestApp {
 
     /// Polls `GET /v1/dispatches/{id}` until the status is final.
     pub async fn wait_finished(&self, who: &CreatedAccount, id: &str) -> serde_json::Value {
+        self.wait_dispatch(who, id, "a final status", |b| {
+            matches!(b["status"].as_str(), Some("completed" | "failed"))
+        })
+        .await
+    }
+
+    /// Polls `GET /v1/dispatches/{id}` until `providerStatus` is `status`.
+    pub async fn wait_provider_status(
+        &self,
+        who: &CreatedAccount,
+        id: &str,
+        status: &str,
+    ) -> serde_json::Value {
+        self.wait_dispatch(who, id, &format!("provider status {status}"), |b| {
+            b["providerStatus"] == status
+        })
+        .await
+    }
+
+    /// Polls `GET /v1/dispatches/{id}` until its body satisfies `done` (`what` names the wait).
+    pub async fn wait_dispatch(
+        &self,
+        who: &CreatedAccount,
+        id: &str,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             let body: serde_json::Value = self
@@ -370,12 +397,12 @@ impl TestApp {
                 .json()
                 .await
                 .unwrap();
-            if matches!(body["status"].as_str(), Some("completed" | "failed")) {
+            if done(&body) {
                 return body;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "dispatch {id} stuck: {body}"
+                "dispatch {id} never reached {what}: {body}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -833,6 +860,50 @@ pub async fn run_python(args: &[&str], stdin: &[u8]) -> std::process::Output {
         .expect("python's output");
     let _ = writer.await;
     out
+}
+
+/// A server script of `tests/python/` that prints its port on its first line and then one line
+/// per event: the running process, its port, and a task that collects the lines after the first.
+pub struct PythonServer {
+    pub port: u16,
+    pub lines: Arc<Mutex<Vec<String>>>,
+    _child: tokio::process::Child,
+}
+
+impl PythonServer {
+    pub async fn start(script: &str, args: &[&str]) -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut child = tokio::process::Command::new(test_python())
+            .arg(python_script(script))
+            .args(args)
+            .env("PYTHONUNBUFFERED", "1")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the test virtualenv's python runs");
+        let mut out = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let port = tokio::time::timeout(Duration::from_secs(20), out.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("{script} did not print its port"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{script} exited before it printed its port"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = out.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self {
+            port: port.trim().parse().expect("a port number"),
+            lines,
+            _child: child,
+        }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
 }
 
 /// Path of a helper script in `tests/python/`.

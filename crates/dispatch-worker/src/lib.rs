@@ -2,6 +2,7 @@
 //! outcome together with its outcome event (outbox) in one statement per batch.
 
 mod dead;
+mod email;
 mod process;
 mod provider_events;
 mod results;
@@ -53,6 +54,7 @@ pub async fn serve(
         async_pool.clone(),
         outbox_wake.clone(),
         renderer,
+        email::Mailer::from_settings(&settings.smtp)?,
         store.clone(),
     ));
     // Several consumers, each its own channel: one batch commits while the next is processed.

@@ -1,24 +1,29 @@
 //! One batch of `dispatch.requested` messages: claim, render, provide, finish.
 
+use crate::email::{Mailer, Sent};
 use crate::results::Results;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use dispatcher_config::Settings;
+use dispatcher_core::email::{self, EmailRequest};
 use dispatcher_core::{
     DispatchError, DispatchRequested, DispatchStatus, ErrorCode, EventType, OutcomeEvent,
-    WebhookData, WebhookPayload,
+    ProviderEventMessage, ProviderEventType, TemplateFormat, WebhookData, WebhookPayload,
 };
 use dispatcher_db::dead_letters::{self, NewDeadLetter};
-use dispatcher_db::dispatches::{self, Claimed, Finished};
+use dispatcher_db::dispatches::{self, Claimed, Finished, OwnProviderEvent, Requeued};
 use dispatcher_db::outbox::OutboxWake;
 use dispatcher_db::pool::AsyncCommitPool;
 use dispatcher_db::Pool;
+use dispatcher_mq::topology::DISPATCH_JITTER_STEPS;
 use dispatcher_mq::{BatchHandler, HandlerError, Incoming, Topology};
 use dispatcher_outbound::Policy;
 use dispatcher_render::{Document, Renderer};
 use futures::{StreamExt, TryStreamExt};
+use rand::Rng;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -32,6 +37,8 @@ pub struct WorkerHandler {
     policy: Policy,
     queue: String,
     renderer: Renderer,
+    /// The email provider's relay; `None` without `smtp.url`.
+    mailer: Option<Mailer>,
     results: Results,
 }
 
@@ -40,6 +47,28 @@ pub struct WorkerHandler {
 enum Provider {
     Store,
     Http { url: String },
+    Email(EmailRequest),
+}
+
+/// What handing a document to its provider came to.
+enum Provided {
+    /// The provider has it; `reply` is what it answered, when that is worth keeping.
+    Done { reply: Option<String> },
+    /// The dispatch fails. `reported`: the failure is the provider's own answer, sent on as a
+    /// `provider.failed` event as well.
+    Failed {
+        error: DispatchError,
+        reported: bool,
+    },
+    /// A failure for now (an SMTP `4xx`, a connection error): try again later.
+    Transient(DispatchError),
+}
+
+/// One claimed dispatch, once run: finished, or back in line for a provider retry.
+enum Settled {
+    // Boxed: a finished dispatch carries its document and events, a retry only a message.
+    Finished(Box<Finished>),
+    Requeued(Requeued),
 }
 
 impl WorkerHandler {
@@ -49,6 +78,7 @@ impl WorkerHandler {
         claim_pool: AsyncCommitPool,
         outbox_wake: OutboxWake,
         renderer: Renderer,
+        mailer: Option<Mailer>,
         store: Option<dispatcher_storage::Store>,
     ) -> Self {
         let http = dispatcher_outbound::client(&settings.delivery, "dispatcher-provider/1");
@@ -63,45 +93,95 @@ impl WorkerHandler {
             policy,
             queue,
             renderer,
+            mailer,
             results: Results::new(store),
         }
     }
 
     /// Runs one dispatch in a span that continues the trace of the message that requested it.
-    async fn run_traced(&self, d: Claimed, traceparent: Option<&str>) -> Finished {
+    async fn run_traced(
+        &self,
+        d: Claimed,
+        message: &DispatchRequested,
+        traceparent: Option<&str>,
+    ) -> Settled {
         let span = tracing::info_span!("dispatch.process", dispatch_id = %d.id);
         dispatcher_telemetry::set_remote_parent(&span, traceparent);
-        self.run_one(d).instrument(span).await
+        self.run_one(d, message.queued_at).instrument(span).await
     }
 
     /// Renders and hands one dispatch to its provider; never fails, the outcome says what happened.
-    async fn run_one(&self, mut d: Claimed) -> Finished {
-        let outcome = match self
+    async fn run_one(&self, mut d: Claimed, queued_at: DateTime<Utc>) -> Settled {
+        // Nothing after rendering reads the template: hand it over. The data stays shared, for
+        // an email's subject.
+        let data = Arc::new(std::mem::take(&mut d.data));
+        let rendered = self
             .renderer
-            // Nothing after rendering reads the template or the data: hand them over.
             .render(
                 d.template_format,
                 Arc::from(std::mem::take(&mut d.template_body)),
-                Arc::new(std::mem::take(&mut d.data)),
+                data.clone(),
             )
-            .await
-        {
-            Err(e) => Err(DispatchError::new(
-                ErrorCode::TemplateRenderError,
-                e.message,
-            )),
-            Ok(doc) => self.provide(&d, doc).await,
+            .await;
+        let (doc, provided) = match rendered {
+            Err(e) => (
+                None,
+                Provided::Failed {
+                    error: DispatchError::new(ErrorCode::TemplateRenderError, e.message),
+                    reported: false,
+                },
+            ),
+            Ok(doc) => {
+                let provided = self.provide(&d, &doc, data).await;
+                (Some(doc), provided)
+            }
+        };
+        let tries = d.provider_attempts + 1;
+        let (reply, failure) = match provided {
+            Provided::Done { reply } => (reply, None),
+            Provided::Failed { error, reported } => (None, Some((error, reported))),
+            Provided::Transient(error) => {
+                match email::retry_delay(tries + 1, &self.settings.smtp.retry_schedule) {
+                    Some(wait) => {
+                        return Settled::Requeued(self.requeue(&d, queued_at, wait, error))
+                    }
+                    None => (
+                        None,
+                        Some((
+                            DispatchError::new(
+                                error.code,
+                                format!("gave up after {tries} tries: {}", error.message),
+                            ),
+                            true,
+                        )),
+                    ),
+                }
+            }
         };
         let completed_at = Utc::now();
         let base = self.settings.public_base();
-        let (status, result, content_type, error) = match outcome {
-            Ok(doc) => (
+        let provider_event = match (&reply, &failure) {
+            (Some(reply), _) => Some(own_event(
+                d.id,
+                ProviderEventType::Accepted,
+                serde_json::json!({ "reply": reply }),
+            )),
+            (None, Some((error, true))) => Some(own_event(
+                d.id,
+                ProviderEventType::Failed,
+                serde_json::json!({ "error": error }),
+            )),
+            _ => None,
+        };
+        let (status, result, content_type, error) = match (doc, failure) {
+            (Some(doc), None) => (
                 DispatchStatus::Completed,
                 Some(doc.bytes),
                 Some(doc.content_type.to_owned()),
                 None,
             ),
-            Err(e) => (DispatchStatus::Failed, None, None, Some(e)),
+            (_, Some((e, _))) => (DispatchStatus::Failed, None, None, Some(e)),
+            (None, None) => unreachable!("a dispatch without a document has failed"),
         };
         let event_type = EventType::for_outcome(status).expect("terminal status");
         let event = OutcomeEvent {
@@ -127,7 +207,7 @@ impl WorkerHandler {
         };
         metrics::counter!("dispatcher_dispatches_finished_total", "status" => status.as_str())
             .increment(1);
-        Finished {
+        Settled::Finished(Box::new(Finished {
             id: d.id,
             status,
             completed_at,
@@ -140,66 +220,195 @@ impl WorkerHandler {
             event: serde_json::to_vec(&event).expect("event serializes"),
             // The outcome event continues this dispatch's trace.
             traceparent: dispatcher_telemetry::current_traceparent(),
+            provider_reply: reply,
+            provider_event,
+        }))
+    }
+
+    /// The dispatch back in line: its retry message waits in the delay queue nearest `wait`
+    /// (jittered, so a relay that was down does not get every retry at once).
+    fn requeue(
+        &self,
+        d: &Claimed,
+        queued_at: DateTime<Utc>,
+        wait: Duration,
+        error: DispatchError,
+    ) -> Requeued {
+        let factor =
+            DISPATCH_JITTER_STEPS[rand::thread_rng().gen_range(0..DISPATCH_JITTER_STEPS.len())];
+        let ms = Topology::dispatch_delay_for(wait, factor);
+        let message = DispatchRequested {
+            message_id: Uuid::now_v7(),
+            dispatch_id: d.id,
+            account_id: d.account_id,
+            queued_at,
+            provider_attempts: d.provider_attempts + 1,
+        };
+        tracing::info!(dispatch_id = %d.id, retry_in_ms = ms, error = %error.message,
+            "provider failed for now; retrying later");
+        metrics::counter!("dispatcher_provider_retries_total").increment(1);
+        Requeued {
+            id: d.id,
+            error: serde_json::to_value(&error).expect("error serializes"),
+            message_id: message.message_id,
+            routing_key: Topology::dispatch_delay_key(ms),
+            message: serde_json::to_vec(&message).expect("message serializes"),
+            traceparent: dispatcher_telemetry::current_traceparent(),
         }
     }
 
-    async fn provide(&self, d: &Claimed, doc: Document) -> Result<Document, DispatchError> {
-        let provider: Provider = serde_json::from_value(d.provider.clone()).map_err(|e| {
-            DispatchError::new(ErrorCode::ProviderError, format!("unknown provider: {e}"))
-        })?;
+    async fn provide(&self, d: &Claimed, doc: &Document, data: Arc<serde_json::Value>) -> Provided {
+        let fail = |code, message: String| Provided::Failed {
+            error: DispatchError::new(code, message),
+            reported: false,
+        };
+        let provider: Provider = match serde_json::from_value(d.provider.clone()) {
+            Ok(p) => p,
+            Err(e) => return fail(ErrorCode::ProviderError, format!("unknown provider: {e}")),
+        };
         match provider {
-            Provider::Store => Ok(doc),
-            Provider::Http { url } => {
-                let parsed: url::Url = url.parse().map_err(|_| {
-                    DispatchError::new(ErrorCode::ProviderUrlRefused, "provider URL is invalid")
-                })?;
-                self.policy
-                    .check(&parsed)
-                    .map_err(|e| DispatchError::new(ErrorCode::ProviderUrlRefused, e))?;
-                let resp = self
-                    .http
-                    .post(parsed)
-                    .header("content-type", doc.content_type)
-                    .header("dispatch-id", d.id.to_string())
-                    .body(doc.bytes.clone())
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        DispatchError::new(
-                            ErrorCode::ProviderError,
-                            format!(
-                                "provider request failed: {}",
-                                dispatcher_outbound::error_chain(&e)
-                            ),
-                        )
-                    })?;
-                if resp.status().is_success() {
-                    Ok(doc)
-                } else {
-                    Err(DispatchError::new(
+            Provider::Store => Provided::Done { reply: None },
+            Provider::Http { url } => match self.post(d, doc, &url).await {
+                Ok(()) => Provided::Done { reply: None },
+                Err(error) => Provided::Failed {
+                    error,
+                    reported: false,
+                },
+            },
+            Provider::Email(request) => {
+                let Some(mailer) = &self.mailer else {
+                    return fail(
                         ErrorCode::ProviderError,
-                        format!("provider answered {}", resp.status()),
-                    ))
+                        "email is not configured on this deployment (smtp.url)".into(),
+                    );
+                };
+                let subject = match self
+                    .renderer
+                    .render(
+                        TemplateFormat::Text,
+                        Arc::from(request.subject.as_str()),
+                        data,
+                    )
+                    .await
+                {
+                    Ok(s) => one_line(&String::from_utf8_lossy(&s.bytes)),
+                    Err(e) => {
+                        return fail(
+                            ErrorCode::TemplateRenderError,
+                            format!("provider.subject: {}", e.message),
+                        )
+                    }
+                };
+                if subject.is_empty() {
+                    return fail(
+                        ErrorCode::TemplateRenderError,
+                        "provider.subject rendered to nothing".into(),
+                    );
+                }
+                let sent = mailer
+                    .send(
+                        d.id,
+                        &request,
+                        &subject,
+                        d.template_format,
+                        &doc.bytes,
+                        doc.content_type,
+                    )
+                    .await;
+                metrics::counter!("dispatcher_emails_total", "outcome" => match &sent {
+                    Sent::Accepted { .. } => "accepted",
+                    Sent::Rejected(_) => "rejected",
+                    Sent::Transient(_) => "transient",
+                })
+                .increment(1);
+                match sent {
+                    Sent::Accepted { reply } => Provided::Done { reply: Some(reply) },
+                    Sent::Rejected(error) => Provided::Failed {
+                        error,
+                        reported: true,
+                    },
+                    Sent::Transient(error) => Provided::Transient(error),
                 }
             }
         }
+    }
+
+    /// The `http` provider: POSTs the document to `url`.
+    async fn post(&self, d: &Claimed, doc: &Document, url: &str) -> Result<(), DispatchError> {
+        let parsed: url::Url = url.parse().map_err(|_| {
+            DispatchError::new(ErrorCode::ProviderUrlRefused, "provider URL is invalid")
+        })?;
+        self.policy
+            .check(&parsed)
+            .map_err(|e| DispatchError::new(ErrorCode::ProviderUrlRefused, e))?;
+        let resp = self
+            .http
+            .post(parsed)
+            .header("content-type", doc.content_type)
+            .header("dispatch-id", d.id.to_string())
+            .body(doc.bytes.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                DispatchError::new(
+                    ErrorCode::ProviderError,
+                    format!(
+                        "provider request failed: {}",
+                        dispatcher_outbound::error_chain(&e)
+                    ),
+                )
+            })?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(DispatchError::new(
+                ErrorCode::ProviderError,
+                format!("provider answered {}", resp.status()),
+            ))
+        }
+    }
+}
+
+/// A subject line: whitespace (newlines included) folded to single spaces.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The email provider's own report on a dispatch, recorded with its outcome and applied like a
+/// provider callback. Its id is fixed by the dispatch and the type, so it is stored once.
+fn own_event(
+    dispatch_id: Uuid,
+    kind: ProviderEventType,
+    body: serde_json::Value,
+) -> OwnProviderEvent {
+    let event_id = format!("{dispatch_id}.{}", kind.as_str());
+    let message = ProviderEventMessage {
+        provider: email::PROVIDER_NAME.to_owned(),
+        event_id: event_id.clone(),
+    };
+    OwnProviderEvent {
+        provider: email::PROVIDER_NAME,
+        event_id,
+        event_type: kind.as_str(),
+        body: serde_json::to_vec(&body).expect("body serializes"),
+        message_id: Uuid::now_v7(),
+        message: serde_json::to_vec(&message).expect("message serializes"),
     }
 }
 
 impl BatchHandler for WorkerHandler {
     async fn handle(&self, batch: &[Incoming]) -> Result<(), HandlerError> {
-        let mut ids = Vec::with_capacity(batch.len());
-        let mut messages: HashMap<Uuid, &Incoming> = HashMap::new();
-        let mut traces: HashMap<Uuid, &str> = HashMap::new();
+        let mut requests = Vec::with_capacity(batch.len());
+        let mut messages: HashMap<Uuid, (&Incoming, DispatchRequested)> = HashMap::new();
         let mut quarantine = Vec::new();
         for m in batch {
             match serde_json::from_slice::<DispatchRequested>(&m.data) {
                 Ok(msg) => {
-                    ids.push(msg.dispatch_id);
-                    messages.insert(msg.dispatch_id, m);
-                    if let Some(tp) = m.header("traceparent") {
-                        traces.insert(msg.dispatch_id, tp);
+                    let request = (msg.dispatch_id, msg.provider_attempts);
+                    if !requests.contains(&request) {
+                        requests.push(request);
                     }
+                    messages.insert(msg.dispatch_id, (m, msg));
                 }
                 Err(e) => quarantine.push(NewDeadLetter {
                     queue: self.queue.clone(),
@@ -209,13 +418,14 @@ impl BatchHandler for WorkerHandler {
                 }),
             }
         }
-        // Finished dispatches are not claimed: a redelivered message is acknowledged untouched.
-        let claim = if ids.is_empty() {
+        // Finished dispatches are not claimed: a redelivered message is acknowledged untouched,
+        // and so is a message that a scheduled provider retry has replaced.
+        let claim = if requests.is_empty() {
             dispatches::Claim::default()
         } else {
             dispatches::claim(
                 &self.claim_pool,
-                &ids,
+                &requests,
                 self.settings.worker.max_processing_attempts,
             )
             .await
@@ -223,7 +433,7 @@ impl BatchHandler for WorkerHandler {
         };
         let limit = self.settings.worker.max_processing_attempts;
         for id in &claim.exhausted {
-            let m = messages[id];
+            let (m, _) = messages[id];
             quarantine.push(NewDeadLetter {
                 queue: self.queue.clone(),
                 message_id: m.message_id.clone(),
@@ -239,23 +449,28 @@ impl BatchHandler for WorkerHandler {
             .map_err(HandlerError::from)?;
         metrics::counter!("dispatcher_messages_dead_lettered_total", "queue" => self.queue.clone())
             .increment(stored);
-        let claimed = claim.claimed;
-        let claimed_ids: Vec<Uuid> = claimed.iter().map(|d| d.id).collect();
+        let claimed_ids: Vec<Uuid> = claim.claimed.iter().map(|d| d.id).collect();
         // Each document is in the object store (if one is configured) before the batch commits.
-        let finished: Vec<Finished> = match futures::stream::iter(claimed)
+        let settled: Vec<Settled> = match futures::stream::iter(claim.claimed)
             .map(|d| {
-                let tp = traces.get(&d.id).copied();
+                let (m, msg) = &messages[&d.id];
                 let account_id = d.account_id;
                 async move {
-                    let f = self.run_traced(d, tp).await;
-                    self.results.keep(account_id, f).await
+                    match self.run_traced(d, msg, m.header("traceparent")).await {
+                        Settled::Finished(f) => self
+                            .results
+                            .keep(account_id, *f)
+                            .await
+                            .map(|f| Settled::Finished(Box::new(f))),
+                        requeued => Ok(requeued),
+                    }
                 }
             })
             .buffer_unordered(self.settings.worker.concurrency)
             .try_collect()
             .await
         {
-            Ok(finished) => finished,
+            Ok(settled) => settled,
             Err(e) => {
                 // Not the dispatch's failure: the batch is handled again (this attempt does not
                 // count towards quarantine), and any object already written is overwritten then.
@@ -266,8 +481,16 @@ impl BatchHandler for WorkerHandler {
                 return Err(HandlerError::Transient(e.to_string()));
             }
         };
-        if !finished.is_empty() {
-            dispatches::finish_batch(&self.pool, &finished)
+        let mut finished = Vec::with_capacity(settled.len());
+        let mut requeued = Vec::new();
+        for s in settled {
+            match s {
+                Settled::Finished(f) => finished.push(*f),
+                Settled::Requeued(r) => requeued.push(r),
+            }
+        }
+        if !finished.is_empty() || !requeued.is_empty() {
+            dispatches::settle(&self.pool, &finished, &requeued)
                 .await
                 .map_err(HandlerError::from)?;
             self.outbox_wake.committed();

@@ -65,10 +65,50 @@ pub struct Settings {
     pub rate_limit: RateLimitSettings,
     pub retention: RetentionSettings,
     pub storage: StorageSettings,
+    pub smtp: SmtpSettings,
     pub telemetry: TelemetrySettings,
     /// Inbound provider callbacks, by provider name.
     #[serde(default)]
     pub providers: HashMap<String, ProviderSettings>,
+}
+
+/// The email provider's SMTP relay. Without `url`, email dispatches are refused at submission.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SmtpSettings {
+    /// `smtp://host:port` (STARTTLS as `starttls` says) or `smtps://host:port` (implicit TLS);
+    /// credentials may be given in the URL. Empty turns the email provider off.
+    pub url: Secret,
+    /// The `From` of every message, e.g. `Billing <billing@example.com>`.
+    #[serde(deserialize_with = "de_string")]
+    pub from: String,
+    /// Used when the URL carries no credentials.
+    #[serde(deserialize_with = "de_string")]
+    pub username: String,
+    pub password: Secret,
+    /// For `smtp://`: STARTTLS when the server offers it, or a refusal to send without it.
+    pub starttls: StartTls,
+    /// Longest one SMTP command may wait for its answer.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Connections kept open to the relay, per worker.
+    pub pool_size: u32,
+    /// Waits before each new try after a transient failure (a 4xx reply or a connection error),
+    /// through the broker's delay queues; once they are used up the dispatch fails.
+    #[serde(deserialize_with = "de_schedule")]
+    pub retry_schedule: Vec<Duration>,
+}
+
+impl SmtpSettings {
+    pub fn enabled(&self) -> bool {
+        !self.url.expose().is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartTls {
+    Opportunistic,
+    Required,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -452,6 +492,19 @@ impl Settings {
                     "storage.endpoint `{endpoint}` is plain http: set storage.allow_http = true \
                      to allow it"
                 ));
+            }
+        }
+        if self.smtp.enabled() {
+            let url = url::Url::parse(self.smtp.url.expose())
+                .map_err(|e| SettingsError::Invalid(format!("smtp.url is not a URL: {e}")))?;
+            if !["smtp", "smtps"].contains(&url.scheme()) || url.host_str().is_none() {
+                return bad("smtp.url must be smtp://host[:port] or smtps://host[:port]".into());
+            }
+            if !self.smtp.from.contains('@') {
+                return bad("smtp.from must be set to an email address when smtp.url is".into());
+            }
+            if self.smtp.pool_size == 0 || self.smtp.timeout.is_zero() {
+                return bad("smtp.pool_size and smtp.timeout must be positive".into());
             }
         }
         if !["http/protobuf", "http/json"].contains(&self.telemetry.otlp_protocol.as_str()) {
@@ -875,5 +928,34 @@ mod tests {
         assert_eq!(s.amqp.prefix, "fromenv");
         assert_eq!(s.amqp.prefetch, 7);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn smtp_is_off_by_default_and_checked_when_set() {
+        let s = load(&[]).unwrap();
+        assert!(!s.smtp.enabled());
+        assert_eq!(s.smtp.starttls, StartTls::Opportunistic);
+        assert_eq!(s.smtp.retry_schedule.len(), 5);
+
+        let s = load(&[
+            (
+                "DISPATCHER__SMTP__URL",
+                "smtps://user:pw@mail.example.com:465",
+            ),
+            ("DISPATCHER__SMTP__FROM", "Billing <billing@example.com>"),
+            ("DISPATCHER__SMTP__STARTTLS", "required"),
+        ])
+        .unwrap();
+        assert!(s.smtp.enabled());
+        assert_eq!(s.smtp.starttls, StartTls::Required);
+        assert!(
+            !format!("{:?}", s.smtp).contains("pw@"),
+            "the URL is a secret"
+        );
+
+        let e = load(&[("DISPATCHER__SMTP__URL", "http://mail.example.com")]).unwrap_err();
+        assert!(e.to_string().contains("smtp.url"), "{e}");
+        let e = load(&[("DISPATCHER__SMTP__URL", "smtp://127.0.0.1:2525")]).unwrap_err();
+        assert!(e.to_string().contains("smtp.from"), "{e}");
     }
 }

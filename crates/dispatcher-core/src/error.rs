@@ -14,6 +14,8 @@ pub enum ErrorCode {
     ProviderError,
     /// The provider's destination is not allowed by the outbound network policy.
     ProviderUrlRefused,
+    /// The provider refused the document for good (an SMTP relay's 5xx reply).
+    ProviderRejected,
 }
 
 impl ErrorCode {
@@ -23,6 +25,7 @@ impl ErrorCode {
             ErrorCode::TemplateNotFound => "template_not_found",
             ErrorCode::ProviderError => "provider_error",
             ErrorCode::ProviderUrlRefused => "provider_url_refused",
+            ErrorCode::ProviderRejected => "provider_rejected",
         }
     }
 }
@@ -55,6 +58,7 @@ mod tests {
             ErrorCode::TemplateNotFound,
             ErrorCode::ProviderError,
             ErrorCode::ProviderUrlRefused,
+            ErrorCode::ProviderRejected,
         ] {
             assert_eq!(
                 serde_json::to_value(code).unwrap(),

@@ -130,6 +130,16 @@ pub struct DispatchRequested {
     pub dispatch_id: Uuid,
     pub account_id: Uuid,
     pub queued_at: DateTime<Utc>,
+    /// How many provider tries this message follows (0 for the first): a retry after a transient
+    /// provider failure carries the dispatch's count, and a message whose count no longer matches
+    /// the dispatch's (a redelivered original after its retry was scheduled) is acknowledged
+    /// untouched.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub provider_attempts: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 /// A webhook event on the broker (`dispatch.completed`, `dispatch.failed` and the operational

@@ -5,6 +5,7 @@
 
 pub mod aimd;
 pub mod circuit;
+pub mod email;
 pub mod error;
 pub mod event;
 pub mod health;

@@ -1,12 +1,14 @@
 //! The dispatch state machine.
 //!
 //! ```text
-//! queued ──► processing ──► completed
+//! queued ◄─► processing ──► completed
 //!    │            │
 //!    └────────────┴───────► failed
 //! ```
 //! `processing → processing` is allowed: a worker that died mid-dispatch leaves the row in
-//! `processing`, and the redelivered message must be able to pick it up again. Finished states are
+//! `processing`, and the redelivered message must be able to pick it up again. `processing →
+//! queued` puts a dispatch back in line after a transient provider failure (its retry waits in a
+//! broker delay queue). Finished states are
 //! final, which is what makes a redelivered `dispatch.requested` harmless.
 
 use serde::{Deserialize, Serialize};
@@ -56,7 +58,7 @@ impl DispatchStatus {
     /// `WHERE status = ANY(...)` guards so the database enforces the same rule as this module.
     pub fn sources_of(to: DispatchStatus) -> &'static [DispatchStatus] {
         match to {
-            DispatchStatus::Queued => &[],
+            DispatchStatus::Queued => &[DispatchStatus::Processing],
             DispatchStatus::Processing => &[DispatchStatus::Queued, DispatchStatus::Processing],
             DispatchStatus::Completed => &[DispatchStatus::Processing],
             DispatchStatus::Failed => &[DispatchStatus::Queued, DispatchStatus::Processing],
@@ -130,9 +132,13 @@ mod tests {
     }
 
     #[test]
-    fn nothing_returns_to_queued_and_completion_needs_processing() {
+    fn only_a_retry_returns_to_queued_and_completion_needs_processing() {
         for from in DispatchStatus::ALL {
-            assert!(!from.can_transition(Queued));
+            assert_eq!(
+                from.can_transition(Queued),
+                from == Processing,
+                "{from} -> queued"
+            );
         }
         assert!(!Queued.can_transition(Completed));
     }

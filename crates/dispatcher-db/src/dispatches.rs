@@ -228,11 +228,14 @@ pub struct DispatchView {
     pub metadata: Option<serde_json::Value>,
     pub provider_status: Option<String>,
     pub provider_status_at: Option<DateTime<Utc>>,
+    pub provider_reply: Option<String>,
+    /// Provider tries that failed for now and were retried.
+    pub provider_attempts: i32,
 }
 
 const VIEW_COLUMNS: &str = "id, account_id, status, queued_at, started_at, completed_at,
      result_content_type IS NOT NULL AS has_result, error, metadata, provider_status,
-     provider_status_at";
+     provider_status_at, provider_reply, provider_attempts";
 
 fn view_from_row(r: &Row) -> Result<DispatchView, DbError> {
     let status: String = r.get("status");
@@ -252,6 +255,8 @@ fn view_from_row(r: &Row) -> Result<DispatchView, DbError> {
         metadata: r.get("metadata"),
         provider_status: r.get("provider_status"),
         provider_status_at: r.get("provider_status_at"),
+        provider_reply: r.get("provider_reply"),
+        provider_attempts: r.get("provider_attempts"),
     })
 }
 
@@ -353,6 +358,8 @@ pub struct Claimed {
     pub provider: serde_json::Value,
     pub callback_url: Option<String>,
     pub metadata: Option<serde_json::Value>,
+    /// Provider tries made before this one.
+    pub provider_attempts: i32,
 }
 
 /// What [`claim`] found.
@@ -374,9 +381,11 @@ pub struct Claim {
 /// statement): if it is lost in a crash the dispatch is simply still `queued` when its message is
 /// redelivered. The finishing statement, which must not be lost once the message is
 /// acknowledged, commits synchronously.
+/// Each request is a dispatch id with the provider-try count its message carries: a message whose
+/// count is not the dispatch's any more (its retry was scheduled since) claims nothing.
 pub async fn claim(
     pool: &AsyncCommitPool,
-    ids: &[Uuid],
+    requests: &[(Uuid, i32)],
     max_attempts: i32,
 ) -> Result<Claim, DbError> {
     let client = pool.get().await?;
@@ -387,25 +396,32 @@ pub async fn claim(
     // Both parts read the snapshot from before the update, so they are disjoint.
     let stmt = client
         .prepare_cached(
-            "WITH upd AS (
-                 UPDATE dispatches
+            "WITH m AS (
+                 SELECT * FROM unnest($1::uuid[], $4::int[]) AS t(id, provider_attempts)
+             ), upd AS (
+                 UPDATE dispatches d
                  SET status = 'processing', started_at = COALESCE(started_at, now()),
-                     processing_attempts = processing_attempts + 1
-                 WHERE id = ANY($1) AND status = ANY($2) AND processing_attempts < $3
-                 RETURNING id, account_id, template_format, template_body, data, provider,
-                           callback_url, metadata
+                     processing_attempts = d.processing_attempts + 1
+                 FROM m
+                 WHERE d.id = m.id AND d.provider_attempts = m.provider_attempts
+                   AND d.status = ANY($2) AND d.processing_attempts < $3
+                 RETURNING d.id, d.account_id, d.template_format, d.template_body, d.data,
+                           d.provider, d.callback_url, d.metadata, d.provider_attempts
              )
              SELECT id, account_id, template_format, template_body, data, provider,
-                    callback_url, metadata, false AS exhausted
+                    callback_url, metadata, provider_attempts, false AS exhausted
              FROM upd
              UNION ALL
-             SELECT id, account_id, NULL, NULL, NULL, NULL, NULL, NULL, true
-             FROM dispatches
-             WHERE id = ANY($1) AND status = ANY($2) AND processing_attempts >= $3",
+             SELECT d.id, d.account_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true
+             FROM dispatches d JOIN m USING (id)
+             WHERE d.provider_attempts = m.provider_attempts
+               AND d.status = ANY($2) AND d.processing_attempts >= $3",
         )
         .await?;
+    let ids: Vec<Uuid> = requests.iter().map(|r| r.0).collect();
+    let tries: Vec<i32> = requests.iter().map(|r| r.1).collect();
     let rows = client
-        .query(&stmt, &[&ids, &sources, &max_attempts])
+        .query(&stmt, &[&ids, &sources, &max_attempts, &tries])
         .await?;
     let mut out = Claim::default();
     for r in &rows {
@@ -424,6 +440,7 @@ pub async fn claim(
             provider: r.get("provider"),
             callback_url: r.get("callback_url"),
             metadata: r.get("metadata"),
+            provider_attempts: r.get("provider_attempts"),
         });
     }
     Ok(out)
@@ -459,35 +476,99 @@ pub struct Finished {
     pub routing_key: &'static str,
     pub event: Vec<u8>,
     pub traceparent: Option<String>,
+    /// What the provider answered (an SMTP relay's reply).
+    pub provider_reply: Option<String>,
+    /// A provider's own report of this outcome (the email provider's `accepted` or `failed`),
+    /// stored and applied like a provider callback.
+    pub provider_event: Option<OwnProviderEvent>,
 }
 
-/// Records outcomes and their outbox events in one statement. Only dispatches still `processing`
-/// change, so a duplicate worker cannot finish a dispatch twice or emit two outcome events.
-pub async fn finish_batch(pool: &Pool, rows: &[Finished]) -> Result<Vec<Uuid>, DbError> {
+/// A provider event the worker itself records, with its `provider.event` message.
+#[derive(Debug, Clone)]
+pub struct OwnProviderEvent {
+    pub provider: &'static str,
+    pub event_id: String,
+    pub event_type: &'static str,
+    pub body: Vec<u8>,
+    pub message_id: Uuid,
+    pub message: Vec<u8>,
+}
+
+/// A dispatch whose provider failed for now, with the retry message that brings it back.
+#[derive(Debug, Clone)]
+pub struct Requeued {
+    pub id: Uuid,
+    /// The transient failure, shown on the queued dispatch until its next try.
+    pub error: serde_json::Value,
+    pub message_id: Uuid,
+    /// A delay queue's routing key: the message comes back as `dispatch.requested` when it expires.
+    pub routing_key: String,
+    pub message: Vec<u8>,
+    pub traceparent: Option<String>,
+}
+
+/// Records a batch's outcomes (with their outbox events) and its retries in one transaction. Only
+/// dispatches still `processing` change, so a duplicate worker cannot finish a dispatch twice,
+/// emit two outcome events or schedule two retries.
+pub async fn settle(
+    pool: &Pool,
+    finished: &[Finished],
+    requeued: &[Requeued],
+) -> Result<(), DbError> {
+    let mut client = pool.get().await?;
+    if requeued.is_empty() {
+        finish_rows(&client, finished).await?;
+        return Ok(());
+    }
+    let tx = client.transaction().await?;
+    if !finished.is_empty() {
+        finish_rows(&tx, finished).await?;
+    }
+    requeue_rows(&tx, requeued).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn finish_rows(
+    client: &impl deadpool_postgres::GenericClient,
+    rows: &[Finished],
+) -> Result<Vec<Uuid>, DbError> {
     debug_assert!(rows.iter().all(|r| r.status.is_terminal()));
-    let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
             "WITH input AS (
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::bytea[],
                                       $5::text[], $6::jsonb[], $7::uuid[], $8::text[], $9::bytea[],
-                                      $10::text[], $11::text[])
+                                      $10::text[], $11::text[], $12::text[], $13::text[],
+                                      $14::text[], $15::bytea[], $16::uuid[], $17::bytea[],
+                                      $18::text[])
                  AS t(id, status, completed_at, result, content_type, error, event_id, routing_key,
-                      event, traceparent, result_key)
+                      event, traceparent, provider_reply, pe_provider, pe_event_id, pe_type,
+                      pe_body, pe_message_id, pe_message, result_key)
              ), upd AS (
                  UPDATE dispatches d
                  SET status = i.status, completed_at = i.completed_at, result = i.result,
                      result_key = i.result_key, result_content_type = i.content_type,
-                     error = i.error
+                     error = i.error, provider_reply = i.provider_reply
                  FROM input i
                  WHERE d.id = i.id AND d.status = 'processing'
                  RETURNING d.id
+             ), pe AS (
+                 INSERT INTO provider_events (provider, event_id, dispatch_id, type, occurred_at, body)
+                 SELECT i.pe_provider, i.pe_event_id, i.id, i.pe_type, i.completed_at, i.pe_body
+                 FROM input i JOIN upd USING (id)
+                 WHERE i.pe_event_id IS NOT NULL
+                 ON CONFLICT (provider, event_id) DO NOTHING
+                 RETURNING provider, event_id
              ), ob AS (
                  INSERT INTO outbox (message_id, routing_key, payload, headers)
                  SELECT i.event_id, i.routing_key, i.event,
                         CASE WHEN i.traceparent IS NULL THEN NULL
                              ELSE jsonb_build_object('traceparent', i.traceparent) END
                  FROM input i JOIN upd USING (id)
+                 UNION ALL
+                 SELECT i.pe_message_id, 'provider.event', i.pe_message, NULL
+                 FROM input i JOIN pe ON pe.provider = i.pe_provider AND pe.event_id = i.pe_event_id
              )
              SELECT id FROM upd",
         )
@@ -502,7 +583,28 @@ pub async fn finish_batch(pool: &Pool, rows: &[Finished]) -> Result<Vec<Uuid>, D
     let keys: Vec<&str> = rows.iter().map(|r| r.routing_key).collect();
     let events: Vec<&[u8]> = rows.iter().map(|r| r.event.as_slice()).collect();
     let traces: Vec<Option<&str>> = rows.iter().map(|r| r.traceparent.as_deref()).collect();
+    let replies: Vec<Option<&str>> = rows.iter().map(|r| r.provider_reply.as_deref()).collect();
     let result_keys: Vec<Option<&str>> = rows.iter().map(|r| r.result_key.as_deref()).collect();
+    let pe = |f: fn(&OwnProviderEvent) -> Option<&str>| -> Vec<Option<&str>> {
+        rows.iter()
+            .map(|r| r.provider_event.as_ref().and_then(f))
+            .collect()
+    };
+    let pe_providers = pe(|e| Some(e.provider));
+    let pe_ids = pe(|e| Some(e.event_id.as_str()));
+    let pe_types = pe(|e| Some(e.event_type));
+    let pe_bodies: Vec<Option<&[u8]>> = rows
+        .iter()
+        .map(|r| r.provider_event.as_ref().map(|e| e.body.as_slice()))
+        .collect();
+    let pe_message_ids: Vec<Option<Uuid>> = rows
+        .iter()
+        .map(|r| r.provider_event.as_ref().map(|e| e.message_id))
+        .collect();
+    let pe_messages: Vec<Option<&[u8]>> = rows
+        .iter()
+        .map(|r| r.provider_event.as_ref().map(|e| e.message.as_slice()))
+        .collect();
     let out = client
         .query(
             &stmt,
@@ -517,7 +619,69 @@ pub async fn finish_batch(pool: &Pool, rows: &[Finished]) -> Result<Vec<Uuid>, D
                 &keys,
                 &events,
                 &traces,
+                &replies,
+                &pe_providers,
+                &pe_ids,
+                &pe_types,
+                &pe_bodies,
+                &pe_message_ids,
+                &pe_messages,
                 &result_keys,
+            ],
+        )
+        .await?;
+    Ok(out.iter().map(|r| r.get(0)).collect())
+}
+
+/// Puts dispatches back in line after a transient provider failure, with their retry messages.
+async fn requeue_rows(
+    client: &impl deadpool_postgres::GenericClient,
+    rows: &[Requeued],
+) -> Result<Vec<Uuid>, DbError> {
+    let sources: Vec<&str> = DispatchStatus::sources_of(DispatchStatus::Queued)
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    let stmt = client
+        .prepare_cached(
+            "WITH input AS (
+                 SELECT * FROM unnest($1::uuid[], $2::jsonb[], $3::uuid[], $4::text[], $5::bytea[],
+                                      $6::text[])
+                 AS t(id, error, message_id, routing_key, message, traceparent)
+             ), upd AS (
+                 UPDATE dispatches d
+                 SET status = 'queued', provider_attempts = d.provider_attempts + 1,
+                     processing_attempts = 0, error = i.error
+                 FROM input i
+                 WHERE d.id = i.id AND d.status = ANY($7)
+                 RETURNING d.id
+             ), ob AS (
+                 INSERT INTO outbox (message_id, routing_key, payload, headers)
+                 SELECT i.message_id, i.routing_key, i.message,
+                        CASE WHEN i.traceparent IS NULL THEN NULL
+                             ELSE jsonb_build_object('traceparent', i.traceparent) END
+                 FROM input i JOIN upd USING (id)
+             )
+             SELECT id FROM upd",
+        )
+        .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let errors: Vec<&serde_json::Value> = rows.iter().map(|r| &r.error).collect();
+    let message_ids: Vec<Uuid> = rows.iter().map(|r| r.message_id).collect();
+    let keys: Vec<&str> = rows.iter().map(|r| r.routing_key.as_str()).collect();
+    let messages: Vec<&[u8]> = rows.iter().map(|r| r.message.as_slice()).collect();
+    let traces: Vec<Option<&str>> = rows.iter().map(|r| r.traceparent.as_deref()).collect();
+    let out = client
+        .query(
+            &stmt,
+            &[
+                &ids,
+                &errors,
+                &message_ids,
+                &keys,
+                &messages,
+                &traces,
+                &sources,
             ],
         )
         .await?;

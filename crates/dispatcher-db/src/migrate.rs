@@ -48,6 +48,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../../migrations/0009_retention.sql"),
     ),
     (
+        10,
+        "provider_retries",
+        include_str!("../../../migrations/0010_provider_retries.sql"),
+    ),
+    (
         11,
         "result_storage",
         include_str!("../../../migrations/0011_result_storage.sql"),

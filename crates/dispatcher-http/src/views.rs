@@ -42,6 +42,20 @@ pub struct DispatchBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub provider_status_at: Option<DateTime<Utc>>,
+    /// What the provider answered when it took the document, e.g. an SMTP relay's
+    /// `250 2.0.0 Ok: queued as 4F2A`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub provider_reply: Option<String>,
+    /// Provider tries that failed for the time being (an SMTP `4xx` or a connection error) and
+    /// were retried; absent when none. While a retry waits, `status` is `queued` and `error`
+    /// tells why.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub provider_retries: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 pub fn result_url(public_base: &str, id: Uuid) -> String {
@@ -65,6 +79,8 @@ impl DispatchBody {
             metadata: v.metadata,
             provider_status: v.provider_status,
             provider_status_at: v.provider_status_at,
+            provider_reply: v.provider_reply,
+            provider_retries: v.provider_attempts,
         }
     }
 }

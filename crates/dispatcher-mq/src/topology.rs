@@ -8,7 +8,9 @@
 //!                        │   delivery.exhausted
 //!                        ├── webhook.delay.{ms} ──► {p}.webhook.delay.{ms}  (TTL, no consumer)
 //!                        │                              └─ expires ─► webhook.retry
-//!                        └── webhook.retry ───────► {p}.webhook.retry       (webhook-deliverer)
+//!                        ├── webhook.retry ───────► {p}.webhook.retry       (webhook-deliverer)
+//!                        └── dispatch.delay.{ms} ─► {p}.dispatch.delay.{ms} (TTL, no consumer)
+//!                                                       └─ expires ─► dispatch.requested
 //! work queues past x-delivery-limit ──► {p}.dead (fanout) ──► {p}.dead
 //! ```
 
@@ -31,10 +33,14 @@ pub const DELIVERY_LIMIT: i64 = 20;
 /// TTLs only expire at the head of a queue.
 pub use dispatcher_core::retry::DELAY_FACTORS as JITTER_STEPS;
 
+/// Jitter for a dispatch's provider retries (fewer steps than webhooks': they are rarer).
+pub const DISPATCH_JITTER_STEPS: [f64; 3] = [0.8, 1.0, 1.2];
+
 #[derive(Debug, Clone)]
 pub struct Topology {
     prefix: String,
     delays_ms: BTreeSet<u64>,
+    dispatch_delays_ms: BTreeSet<u64>,
 }
 
 impl Topology {
@@ -46,13 +52,28 @@ impl Topology {
         Self {
             prefix: prefix.to_owned(),
             delays_ms,
+            dispatch_delays_ms: BTreeSet::new(),
         }
     }
 
+    /// Adds a delay queue for every provider retry delay (each with [`DISPATCH_JITTER_STEPS`]).
+    pub fn with_dispatch_retries(mut self, schedule: &[Duration]) -> Self {
+        self.dispatch_delays_ms = schedule
+            .iter()
+            .flat_map(|d| {
+                DISPATCH_JITTER_STEPS
+                    .iter()
+                    .map(move |f| jittered_ms(*d, *f))
+            })
+            .collect();
+        self
+    }
+
     /// The topology of a deployment: its prefix, with a delay queue for every retry delay and the
-    /// circuit-breaker cooldown.
+    /// circuit-breaker cooldown, and for every provider retry delay.
     pub fn from_settings(settings: &dispatcher_config::Settings) -> Self {
         Self::new(&settings.amqp.prefix, &settings.delivery.all_delays())
+            .with_dispatch_retries(&settings.smtp.retry_schedule)
     }
 
     pub fn events_exchange(&self) -> String {
@@ -78,6 +99,22 @@ impl Topology {
     }
     pub fn delay_queue(&self, ms: u64) -> String {
         format!("{}.webhook.delay.{ms}", self.prefix)
+    }
+
+    pub fn dispatch_delay_queue(&self, ms: u64) -> String {
+        format!("{}.dispatch.delay.{ms}", self.prefix)
+    }
+
+    /// Routing key that parks a dispatch's provider retry for `ms` milliseconds, one of the
+    /// delays of [`Topology::with_dispatch_retries`] (see [`Topology::dispatch_delay_for`]).
+    pub fn dispatch_delay_key(ms: u64) -> String {
+        format!("dispatch.delay.{ms}")
+    }
+
+    /// The declared provider-retry delay for `base` scaled by `factor` (one of
+    /// [`DISPATCH_JITTER_STEPS`]).
+    pub fn dispatch_delay_for(base: Duration, factor: f64) -> u64 {
+        jittered_ms(base, factor)
     }
 
     /// Routing key that parks a retry for `ms` milliseconds. `ms` must be one of the declared
@@ -156,26 +193,14 @@ impl Topology {
         bind(ch, &self.webhook_retry_queue(), &events, RETRY_KEY).await?;
 
         for ms in &self.delays_ms {
-            let mut args = quorum();
-            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(*ms as i64));
-            args.insert(
-                "x-dead-letter-exchange".into(),
-                AMQPValue::LongString(events.clone().into()),
-            );
-            args.insert(
-                "x-dead-letter-routing-key".into(),
-                AMQPValue::LongString(RETRY_KEY.into()),
-            );
-            args.insert(
-                "x-dead-letter-strategy".into(),
-                AMQPValue::LongString("at-least-once".into()),
-            );
-            args.insert(
-                "x-overflow".into(),
-                AMQPValue::LongString("reject-publish".into()),
-            );
-            declare_queue(ch, &self.delay_queue(*ms), args).await?;
-            bind(ch, &self.delay_queue(*ms), &events, &Self::delay_key(*ms)).await?;
+            let queue = self.delay_queue(*ms);
+            declare_queue(ch, &queue, delay_args(*ms, &events, RETRY_KEY)).await?;
+            bind(ch, &queue, &events, &Self::delay_key(*ms)).await?;
+        }
+        for ms in &self.dispatch_delays_ms {
+            let queue = self.dispatch_delay_queue(*ms);
+            declare_queue(ch, &queue, delay_args(*ms, &events, "dispatch.requested")).await?;
+            bind(ch, &queue, &events, &Self::dispatch_delay_key(*ms)).await?;
         }
         Ok(())
     }
@@ -190,6 +215,11 @@ impl Topology {
             self.dead_queue(),
         ];
         queues.extend(self.delays_ms.iter().map(|ms| self.delay_queue(*ms)));
+        queues.extend(
+            self.dispatch_delays_ms
+                .iter()
+                .map(|ms| self.dispatch_delay_queue(*ms)),
+        );
         for q in queues {
             ch.queue_delete(q.into(), QueueDeleteOptions::default())
                 .await?;
@@ -219,6 +249,29 @@ impl Topology {
 
 fn jittered_ms(base: Duration, factor: f64) -> u64 {
     ((base.as_millis() as f64) * factor).round().max(1.0) as u64
+}
+
+/// A queue without consumers whose messages expire after `ms` into `exchange` with `key`.
+fn delay_args(ms: u64, exchange: &str, key: &str) -> FieldTable {
+    let mut args = quorum();
+    args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms as i64));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(exchange.to_owned().into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(key.to_owned().into()),
+    );
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    args
 }
 
 fn quorum() -> FieldTable {
@@ -296,5 +349,21 @@ mod tests {
         }
         assert_eq!(Topology::delay_for(Duration::from_secs(5), 0.8), 4000);
         assert_eq!(Topology::delay_for(Duration::from_secs(5), 2.0), 10000);
+    }
+
+    #[test]
+    fn provider_retries_get_their_own_delay_queues() {
+        let t = Topology::new("p", &[Duration::from_secs(5)])
+            .with_dispatch_retries(&[Duration::from_secs(5), Duration::from_secs(60)]);
+        assert_eq!(t.dispatch_delays_ms.len(), 2 * DISPATCH_JITTER_STEPS.len());
+        let ms = Topology::dispatch_delay_for(Duration::from_secs(60), 1.2);
+        assert!(t.dispatch_delays_ms.contains(&ms));
+        assert_eq!(t.dispatch_delay_queue(ms), "p.dispatch.delay.72000");
+        assert_eq!(Topology::dispatch_delay_key(ms), "dispatch.delay.72000");
+        assert_eq!(
+            t.delays_ms.len(),
+            JITTER_STEPS.len(),
+            "webhook delays are apart"
+        );
     }
 }

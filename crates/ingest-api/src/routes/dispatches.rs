@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use dispatcher_core::email::EmailRequest;
 use dispatcher_core::netpolicy::check_url;
 use dispatcher_core::{DispatchRequested, DispatchStatus, TemplateFormat};
 use dispatcher_db::dispatches::{self, NewDispatch};
@@ -102,6 +103,7 @@ pub(crate) struct InlineTemplate {
 pub(crate) enum Provider {
     Store,
     Http { url: String },
+    Email(EmailRequest),
 }
 
 /// Written by hand because serde treats the variants differently: `store` ignores other fields,
@@ -134,7 +136,30 @@ impl utoipa::PartialSchema for Provider {
             )
             .required("url")
             .additional_properties(Some(AdditionalProperties::FreeForm(false)));
-        OneOfBuilder::new().item(store).item(http).into()
+        // The request's own schema (which refuses unknown fields) with the `type` tag added.
+        let utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(mut email)) =
+            EmailRequest::schema()
+        else {
+            unreachable!("EmailRequest is a plain object");
+        };
+        email.properties.insert("type".into(), tag("email").into());
+        email.required.insert(0, "type".into());
+        email.description = Some(
+            "Send the document by email through the deployment's SMTP relay (`smtp.url`; \
+             without one the request is refused with 422 `email_not_configured`). An html, \
+             text or markdown document is the message body (html and markdown with a \
+             plain-text alternative); a pdf, csv or json document is attached as \
+             `attachmentName` (default `document.<ext>`) beside a short text body. A 5xx reply \
+             fails the dispatch with `provider_rejected`; a 4xx reply or a connection error is \
+             retried on `smtp.retry_schedule`. The relay's reply is shown as `providerReply`, \
+             and the outcome is sent on as a `provider.accepted` or `provider.failed` event."
+                .into(),
+        );
+        OneOfBuilder::new()
+            .item(store)
+            .item(http)
+            .item(email)
+            .into()
     }
 }
 
@@ -397,8 +422,12 @@ pub(crate) async fn prepare(
         check_url(url, d.allow_http, &d.allow_hosts)
             .map_err(|e| ApiError::unprocessable(code, format!("{field}: {e}")))
     };
-    if let Provider::Http { url } = &provider {
-        check(url, "invalid_provider_url", "provider.url")?;
+    match &provider {
+        Provider::Http { url } => {
+            check(url, "invalid_provider_url", "provider.url")?;
+        }
+        Provider::Email(email) => check_email(s, email)?,
+        Provider::Store => {}
     }
     if let Some(url) = &req.callback_url {
         check(url, "invalid_callback_url", "callbackUrl")?;
@@ -412,6 +441,32 @@ pub(crate) async fn prepare(
         callback_url: req.callback_url,
         metadata: req.metadata,
     })
+}
+
+/// An email request is sendable: a relay is configured, the shape is right, every address
+/// parses and the subject is a template that compiles.
+fn check_email(s: &AppState, email: &EmailRequest) -> Result<(), ApiError> {
+    if !s.settings.smtp.enabled() {
+        return Err(ApiError::unprocessable(
+            "email_not_configured",
+            "this deployment sends no email: set smtp.url (DISPATCHER__SMTP__URL) and smtp.from",
+        ));
+    }
+    email
+        .check_shape()
+        .map_err(|m| ApiError::unprocessable("invalid_field", m))?;
+    for (field, address) in email.addresses() {
+        address.parse::<lettre::message::Mailbox>().map_err(|e| {
+            ApiError::unprocessable(
+                "invalid_email_address",
+                format!("provider.{field}: `{address}` is not an email address ({e})"),
+            )
+        })?;
+    }
+    dispatcher_render::check_syntax(TemplateFormat::Text, &email.subject).map_err(|e| {
+        ApiError::unprocessable("template_syntax_error", format!("provider.subject: {e}"))
+    })?;
+    Ok(())
 }
 
 impl Prepared {
@@ -443,6 +498,7 @@ impl Prepared {
             dispatch_id: id,
             account_id: account,
             queued_at,
+            provider_attempts: 0,
         };
         let keyed = idempotency.key.is_some();
         let row = NewDispatch {
