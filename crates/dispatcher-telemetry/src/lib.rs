@@ -72,6 +72,9 @@ fn tracer_provider(settings: &TelemetrySettings, service: &'static str) -> SdkTr
         "http/json" => Protocol::HttpJson,
         _ => Protocol::HttpBinary,
     };
+    // The exporter's reqwest is built without a TLS crypto provider of its own (the object store
+    // shares that reqwest and brings none, to keep aws-lc-rs out): use ring, as the rest does.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // The blocking HTTP client must not be created on a runtime thread.
     let exporter = std::thread::spawn(move || {
         opentelemetry_otlp::SpanExporter::builder()
