@@ -14,3 +14,5 @@ mod schemathesis;
 mod security;
 mod stalls;
 mod telemetry;
+mod ui;
+mod ui_browser;

@@ -3,6 +3,7 @@
 //! routes, the common middleware stack and graceful serving.
 
 pub mod auth;
+pub mod commands;
 pub mod cursor;
 pub mod error;
 pub mod health;

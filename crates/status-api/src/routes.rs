@@ -192,28 +192,7 @@ async fn redeliver(
             .map_err(|e| ApiError::unprocessable("invalid_field", e.to_string()))?
     };
     let req = req.unwrap_or(RedeliverRequest { webhook_id: None });
-    let view = dispatches::get(&s.pool, account, id)
-        .await?
-        .ok_or(ApiError::NotFound("dispatch"))?;
-    if !view.status.is_terminal() {
-        return Err(ApiError::Conflict {
-            code: "dispatch_not_finished",
-            message: "the dispatch has no outcome to deliver yet".into(),
-        });
-    }
-    let ids = deliveries::requeue(
-        &s.pool,
-        &deliveries::RequeueFilter {
-            account_id: Some(account),
-            dispatch_id: Some(id),
-            webhook_id: req.webhook_id,
-            ..Default::default()
-        },
-    )
-    .await?;
-    if ids.is_empty() && req.webhook_id.is_some() {
-        return Err(ApiError::NotFound("delivery for that webhook"));
-    }
+    let ids = dispatcher_http::commands::redeliver(&s.pool, account, id, req.webhook_id).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Redelivered {
