@@ -293,3 +293,120 @@ async fn stored_markup_renders_as_text_and_other_accounts_dispatches_are_not_fou
         .await;
     assert_eq!(api.status(), 404);
 }
+
+#[tokio::test]
+async fn webhooks_page_creates_shows_health_rotates_the_secret_and_deletes() {
+    let app = TestApp::spawn().await;
+    let rx = Receiver::failing_first(1000).await;
+    let acct = app.create_account("ui-hooks@example.com").await;
+    let other = app.create_account("ui-hooks-other@example.com").await;
+    let mut ui = UiClient::new(&app.status_url);
+    assert_eq!(ui.sign_in(&acct.email, &acct.password).await.status, 303);
+    let page = ui.get("/ui/webhooks").await;
+    assert_eq!(page.status, 200);
+    let csrf = page.hidden("csrf");
+
+    // The API's rules: an internal address is refused, and nothing is stored.
+    let refused = ui
+        .post(
+            "/ui/webhooks",
+            &[
+                ("csrf", &csrf),
+                ("event", "*"),
+                ("callback_url", "http://10.0.0.1/hook"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, 422);
+    assert!(refused.body.contains("callbackUrl:"), "{}", refused.body);
+    assert!(
+        refused.body.contains("10.0.0.1"),
+        "the form keeps what was typed"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM webhook_subscriptions")
+            .await,
+        0
+    );
+
+    let created = ui
+        .post(
+            "/ui/webhooks",
+            &[
+                ("csrf", &csrf),
+                ("event", "dispatch.*"),
+                ("callback_url", &rx.url()),
+                ("description", "<script>alert(2)</script>"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, 303, "{}", created.body);
+    let page = ui.get("/ui/webhooks?done=created").await;
+    assert!(page.body.contains("Subscription created."));
+    assert!(page
+        .body
+        .contains("&lt;script&gt;alert(2)&lt;&#x2f;script&gt;"));
+    assert!(!page.body.contains("<script>alert(2)"));
+    assert!(page.body.contains("health-unknown"), "{}", page.body);
+    let wid = app.text("SELECT id::text FROM webhook_subscriptions").await;
+
+    // The endpoint fails: its health turns to failing, with the error.
+    let r = app
+        .post(
+            &app.ingest_url,
+            "/v1/dispatches?async=true",
+            &acct,
+            &json!({"template": {"format": "text", "body": "x"}, "data": {}}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    app.wait_count(
+        "SELECT count(*) FROM delivery_attempts WHERE status = 'failed'",
+        1,
+    )
+    .await;
+    let page = ui.get("/ui/webhooks").await;
+    assert!(page.body.contains("health-failing"), "{}", page.body);
+    assert!(page.body.contains("500"), "the last error: {}", page.body);
+
+    // Rotation shows the new secret once: the one now stored.
+    let old = app
+        .text("SELECT webhook_secret FROM accounts WHERE email = 'ui-hooks@example.com'")
+        .await;
+    let rotated = ui
+        .post("/ui/webhooks/secret/rotate", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(rotated.status, 200);
+    let new = app
+        .text("SELECT webhook_secret FROM accounts WHERE email = 'ui-hooks@example.com'")
+        .await;
+    assert_ne!(old, new);
+    assert!(rotated.body.contains(&new), "{}", rotated.body);
+    assert!(
+        !ui.get("/ui/webhooks").await.body.contains(&new),
+        "shown once"
+    );
+
+    // Another account cannot delete it; its owner can.
+    let mut stranger = UiClient::new(&app.status_url);
+    stranger.sign_in(&other.email, &other.password).await;
+    let their_csrf = stranger.csrf().await;
+    let r = stranger
+        .post(
+            &format!("/ui/webhooks/{wid}/delete"),
+            &[("csrf", &their_csrf)],
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    assert!(!stranger.get("/ui/webhooks").await.body.contains(&wid));
+    let r = ui
+        .post(&format!("/ui/webhooks/{wid}/delete"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status, 303);
+    assert_eq!(
+        app.count("SELECT count(*) FROM webhook_subscriptions WHERE deleted_at IS NULL")
+            .await,
+        0
+    );
+    assert!(!ui.get("/ui/webhooks").await.body.contains(&wid));
+}

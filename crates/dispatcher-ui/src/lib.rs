@@ -12,6 +12,7 @@
 
 mod pages;
 pub mod session;
+mod webhooks;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
@@ -85,6 +86,7 @@ fn templates() -> Environment<'static> {
             include_str!("../templates/dispatches.html"),
         ),
         ("dispatch.html", include_str!("../templates/dispatch.html")),
+        ("webhooks.html", include_str!("../templates/webhooks.html")),
     ] {
         env.add_template(name, source)
             .unwrap_or_else(|e| panic!("dashboard template {name}: {e:#}"));
@@ -109,6 +111,9 @@ pub fn router(state: UiState) -> Router {
         .route("/ui/dispatches/{id}", get(pages::dispatch))
         .route("/ui/dispatches/{id}/result", get(pages::result))
         .route("/ui/dispatches/{id}/redeliver", post(pages::redeliver))
+        .route("/ui/webhooks", get(webhooks::list).post(webhooks::create))
+        .route("/ui/webhooks/{id}/delete", post(webhooks::delete))
+        .route("/ui/webhooks/secret/rotate", post(webhooks::rotate_secret))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_session,
