@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure PostgreSQL (127.0.0.1:5432) and RabbitMQ (127.0.0.1:5672) are up: starts them if they
 # are installed and stopped, installs them from Debian's packages if they are missing. Also installs
-# the tools the tests use: pdftotext (poppler-utils) reads the text of rendered PDFs.
+# the tools the tests use: pdftotext (poppler-utils) reads the text of rendered PDFs, and headless
+# Chromium with its chromedriver (chromium, chromium-driver) runs the dashboard's browser tests.
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -88,5 +89,9 @@ fi
 if ! command -v pdftotext >/dev/null 2>&1; then
   echo "installing poppler-utils (pdftotext) from Debian's packages"
   apt_install poppler-utils
+fi
+if [ ! -x /usr/bin/chromium ] || ! command -v chromedriver >/dev/null 2>&1; then
+  echo "installing Chromium and chromedriver (chromium, chromium-driver) from Debian's packages"
+  apt_install chromium chromium-driver
 fi
 echo "PostgreSQL and RabbitMQ are up"

@@ -44,5 +44,6 @@ for port in 8080 8081 9091 9092; do
 done
 
 echo "Dispatcher is running: ingest http://127.0.0.1:8080, status http://127.0.0.1:8081 (logs in $RUN/)"
+echo "Dashboard: http://127.0.0.1:8081/ui/ (sign in with the demo account's email and password)"
 echo "Demo account (also in $RUN/demo-account.json):"
 cat "$RUN/demo-account.json"

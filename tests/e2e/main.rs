@@ -15,3 +15,5 @@ mod security;
 mod stalls;
 mod storage;
 mod telemetry;
+mod ui;
+mod ui_browser;

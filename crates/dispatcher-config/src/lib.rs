@@ -58,6 +58,7 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     pub ingest: IngestSettings,
     pub status: StatusSettings,
+    pub ui: UiSettings,
     pub worker: WorkerSettings,
     pub render: RenderSettings,
     pub deliverer: DelivererSettings,
@@ -291,6 +292,17 @@ pub struct StatusSettings {
     pub public_url: String,
 }
 
+/// The dashboard at `/ui/` on the status API's port.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UiSettings {
+    /// A session unused this long ends (the browser signs in again).
+    #[serde(deserialize_with = "de_duration")]
+    pub session_idle: Duration,
+    /// A session ends this long after sign-in, however active.
+    #[serde(deserialize_with = "de_duration")]
+    pub session_max: Duration,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
     pub listen: SocketAddr,
@@ -507,6 +519,11 @@ impl Settings {
                 return bad("smtp.pool_size and smtp.timeout must be positive".into());
             }
         }
+        if self.ui.session_idle.is_zero() || self.ui.session_max < self.ui.session_idle {
+            return bad(
+                "ui.session_idle must be positive and ui.session_max at least as long".into(),
+            );
+        }
         if !["http/protobuf", "http/json"].contains(&self.telemetry.otlp_protocol.as_str()) {
             return bad("telemetry.otlp_protocol must be http/protobuf or http/json".into());
         }
@@ -637,6 +654,8 @@ mod tests {
         let s = load(&[]).unwrap();
         assert_eq!(s.ingest.listen.port(), 8080);
         assert_eq!(s.status.listen.port(), 8081);
+        assert_eq!(s.ui.session_idle, Duration::from_secs(30 * 60));
+        assert_eq!(s.ui.session_max, Duration::from_secs(12 * 3600));
         assert_eq!(s.worker.listen.port(), 9091);
         assert_eq!(s.deliverer.listen.port(), 9092);
         assert_eq!(s.ingest.sync_timeout, Duration::from_secs(120));

@@ -347,6 +347,24 @@ pub async fn get_result(
     })))
 }
 
+/// The content type of the dispatch's document, once it has one (without reading the document).
+pub async fn result_content_type(
+    pool: &Pool,
+    account_id: Uuid,
+    id: Uuid,
+) -> Result<Option<String>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT result_content_type FROM dispatches WHERE id = $1 AND account_id = $2",
+        )
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[&id, &account_id])
+        .await?
+        .and_then(|r| r.get(0)))
+}
+
 /// A dispatch a worker has claimed (`processing`), with everything needed to run it.
 #[derive(Debug, Clone)]
 pub struct Claimed {

@@ -20,6 +20,7 @@ pub mod retention;
 pub mod subscriptions;
 pub mod templates;
 pub mod tls;
+pub mod ui_sessions;
 
 pub use error::DbError;
 pub use pool::{connect_pool, Pool};

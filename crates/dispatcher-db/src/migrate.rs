@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "result_storage",
         include_str!("../../../migrations/0011_result_storage.sql"),
     ),
+    (
+        12,
+        "ui_sessions",
+        include_str!("../../../migrations/0012_ui_sessions.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x0d15_9a7c_4e00_0001;

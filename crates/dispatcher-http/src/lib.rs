@@ -3,7 +3,9 @@
 //! routes, the common middleware stack and graceful serving.
 
 pub mod auth;
+pub mod commands;
 pub mod cursor;
+pub mod documents;
 pub mod error;
 pub mod health;
 pub mod json;

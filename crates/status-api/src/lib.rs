@@ -1,4 +1,5 @@
-//! status-api: tenant-scoped reads of dispatch state, rendered results and delivery attempts.
+//! status-api: tenant-scoped reads of dispatch state, rendered results and delivery attempts,
+//! and the browser dashboard at `/ui/`.
 
 pub mod openapi;
 mod routes;
@@ -51,9 +52,11 @@ pub async fn serve(
         settings: settings.clone(),
         pool: pool.clone(),
         auth: auth.clone(),
-        store,
+        store: store.clone(),
     };
+    let ui = dispatcher_ui::UiState::new(settings.clone(), pool.clone(), auth.clone(), store);
     let app = routes::router(state)
+        .merge(dispatcher_ui::router(ui))
         .merge(health_router(HealthState {
             pool,
             readiness,

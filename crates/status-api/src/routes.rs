@@ -1,5 +1,5 @@
 use crate::AppState;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -7,7 +7,6 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use dispatcher_core::DispatchStatus;
-use dispatcher_db::dispatches::ResultBody;
 use dispatcher_db::{deliveries, dispatches};
 use dispatcher_http::error::doc::{
     BadRequest, Conflict, InternalError, NotFound, PayloadTooLarge, ServiceUnavailable,
@@ -193,28 +192,7 @@ async fn redeliver(
             .map_err(|e| ApiError::unprocessable("invalid_field", e.to_string()))?
     };
     let req = req.unwrap_or(RedeliverRequest { webhook_id: None });
-    let view = dispatches::get(&s.pool, account, id)
-        .await?
-        .ok_or(ApiError::NotFound("dispatch"))?;
-    if !view.status.is_terminal() {
-        return Err(ApiError::Conflict {
-            code: "dispatch_not_finished",
-            message: "the dispatch has no outcome to deliver yet".into(),
-        });
-    }
-    let ids = deliveries::requeue(
-        &s.pool,
-        &deliveries::RequeueFilter {
-            account_id: Some(account),
-            dispatch_id: Some(id),
-            webhook_id: req.webhook_id,
-            ..Default::default()
-        },
-    )
-    .await?;
-    if ids.is_empty() && req.webhook_id.is_some() {
-        return Err(ApiError::NotFound("delivery for that webhook"));
-    }
+    let ids = dispatcher_http::commands::redeliver(&s.pool, account, id, req.webhook_id).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Redelivered {
@@ -327,42 +305,16 @@ async fn result(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(id)?;
-    let stored = dispatches::get_result(&s.pool, account, id)
-        .await?
-        .ok_or(ApiError::NotFound("dispatch"))?
-        .ok_or(ApiError::NotFound("result"))?;
-    let content_type = stored.content_type;
-    match stored.body {
-        ResultBody::Inline(doc) => {
-            Ok((StatusCode::OK, [(header::CONTENT_TYPE, content_type)], doc).into_response())
-        }
-        ResultBody::Stored(key) => {
-            let Some(store) = &s.store else {
-                return Err(ApiError::Internal(format!(
-                    "the document of dispatch {id} is in an object store ({key}), but \
-                     storage.url is postgres"
-                )));
-            };
-            let object = store.get(&key).await.map_err(|e| {
-                ApiError::Unavailable(format!("reading {key} from {}: {e}", store.location()))
-            })?;
-            let Some(object) = object else {
-                tracing::warn!(dispatch_id = %id, %key, store = %store.location(),
-                    "a completed dispatch's document is missing from the object store");
-                return Err(ApiError::NotFound("result"));
-            };
-            // Streamed as it arrives from the store, not read into memory first.
-            Ok((
-                StatusCode::OK,
-                [
-                    (header::CONTENT_TYPE, content_type),
-                    (header::CONTENT_LENGTH, object.size.to_string()),
-                ],
-                Body::from_stream(object.stream),
-            )
-                .into_response())
-        }
+    let doc = dispatcher_http::documents::open(&s.pool, s.store.as_ref(), account, id).await?;
+    let mut resp = (StatusCode::OK, doc.body).into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = header::HeaderValue::from_str(&doc.content_type) {
+        h.insert(header::CONTENT_TYPE, v);
     }
+    if let Some(size) = doc.size {
+        h.insert(header::CONTENT_LENGTH, size.into());
+    }
+    Ok(resp)
 }
 
 /// One webhook delivery attempt.

@@ -79,16 +79,8 @@ pub fn reject_nul(v: &serde_json::Value) -> Result<(), ApiError> {
     }
 }
 
-/// [`reject_nul`] for one string field.
-pub fn reject_nul_str(s: &str, field: &str) -> Result<(), ApiError> {
-    if s.contains('\0') {
-        return Err(ApiError::unprocessable(
-            "invalid_field",
-            format!("{field}: must not contain the NUL character (U+0000)"),
-        ));
-    }
-    Ok(())
-}
+/// [`reject_nul`] for one string field (shared with the dashboard's writes).
+pub use dispatcher_http::commands::reject_nul_str;
 
 #[cfg(test)]
 mod tests {

@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use dispatcher_core::health::Health;
-use dispatcher_core::netpolicy::check_url;
 use dispatcher_db::{accounts, endpoint_health, subscriptions};
+use dispatcher_http::commands::EVENTS;
 use dispatcher_http::error::doc::{
     BadRequest, InternalError, NotFound, PayloadTooLarge, ServiceUnavailable, TooManyRequests,
     Unauthorized, UnprocessableEntity, UnsupportedMediaType,
@@ -18,8 +18,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::ToSchema;
 use uuid::Uuid;
-
-const MAX_DESCRIPTION: usize = 500;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -129,26 +127,6 @@ impl From<subscriptions::Subscription> for WebhookBody {
     }
 }
 
-const EVENTS: [&str; 15] = [
-    "dispatch.completed",
-    "dispatch.failed",
-    "dispatch.*",
-    "provider.accepted",
-    "provider.delivered",
-    "provider.bounced",
-    "provider.failed",
-    "provider.*",
-    "endpoint.failing",
-    "endpoint.recovered",
-    "endpoint.disabled",
-    "endpoint.*",
-    "delivery.exhausted",
-    "delivery.*",
-    "*",
-];
-
-const MAX_RATE_LIMIT: u32 = 10_000;
-
 /// Subscribe an endpoint to events.
 #[utoipa::path(
     post,
@@ -174,39 +152,16 @@ pub async fn create(
     AuthAccount(account): AuthAccount,
     ApiJson(req): ApiJson<CreateWebhook>,
 ) -> Result<(StatusCode, Json<WebhookBody>), ApiError> {
-    if !EVENTS.contains(&req.event.as_str()) {
-        return Err(ApiError::unprocessable(
-            "invalid_event",
-            format!("event: must be one of {}", EVENTS.join(", ")),
-        ));
-    }
-    let d = &s.settings.delivery;
-    check_url(&req.callback_url, d.allow_http, &d.allow_hosts).map_err(|e| {
-        ApiError::unprocessable("invalid_callback_url", format!("callbackUrl: {e}"))
-    })?;
-    super::reject_nul_str(&req.callback_url, "callbackUrl")?;
-    if let Some(description) = &req.description {
-        super::reject_nul_str(description, "description")?;
-        if description.chars().count() > MAX_DESCRIPTION {
-            return Err(ApiError::unprocessable(
-                "invalid_field",
-                format!("description: at most {MAX_DESCRIPTION} characters"),
-            ));
-        }
-    }
-    if req.rate_limit.is_some_and(|r| r == 0 || r > MAX_RATE_LIMIT) {
-        return Err(ApiError::unprocessable(
-            "invalid_field",
-            format!("rateLimit: between 1 and {MAX_RATE_LIMIT} requests per second"),
-        ));
-    }
-    let sub = subscriptions::insert(
+    let sub = dispatcher_http::commands::create_webhook(
         &s.pool,
+        &s.settings.delivery,
         account,
-        &req.event,
-        &req.callback_url,
-        req.description.as_deref(),
-        req.rate_limit.map(|r| r as i32),
+        dispatcher_http::commands::NewWebhook {
+            event: &req.event,
+            callback_url: &req.callback_url,
+            description: req.description.as_deref(),
+            rate_limit: req.rate_limit,
+        },
     )
     .await?;
     Ok((StatusCode::CREATED, Json(sub.into())))
