@@ -14,17 +14,39 @@ async fn screenshot(browser: &Client, name: &str) {
     std::fs::write(&path, png).unwrap();
 }
 
-/// Waits for `css` to match, then returns its text.
+/// Waits for `css` to match, then returns its text. Pages with work in flight refresh
+/// themselves, so an element found just before a refresh is looked up again.
 async fn text_of(browser: &Client, css: &str) -> String {
-    browser
-        .wait()
-        .at_most(PATIENCE)
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .unwrap()
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let found = browser
+            .wait()
+            .at_most(PATIENCE)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        match found.text().await {
+            Ok(text) => return text,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{css}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Clicks the element `locator` finds; looked up again if a self-refresh replaced it.
+async fn click(browser: &Client, locator: Locator<'_>) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let clicked = match browser.find(locator).await {
+            Ok(el) => el.click().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match clicked {
+            Ok(()) => return,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "click: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Reloads the page until `done` holds for the text of `css` (which may appear only later).
@@ -129,11 +151,11 @@ async fn run(
     screenshot(browser, "dispatches").await;
 
     // 3. Its page: the timeline, the document and the webhook attempt.
-    browser
-        .find(Locator::Css(&format!("a[href=\"/ui/dispatches/{id}\"]")))
-        .await?
-        .click()
-        .await?;
+    click(
+        browser,
+        Locator::Css(&format!("a[href=\"/ui/dispatches/{id}\"]")),
+    )
+    .await;
     assert_eq!(text_of(browser, "#status").await, "completed");
     assert_eq!(text_of(browser, "#document-text").await, "Hello Ada");
     reload_until(browser, "#attempts tbody", "the first attempt", |t| {
@@ -145,11 +167,7 @@ async fn run(
     screenshot(browser, "dispatch").await;
 
     // 4. Redeliver, and see the new attempt.
-    browser
-        .find(Locator::Id("redeliver"))
-        .await?
-        .click()
-        .await?;
+    click(browser, Locator::Id("redeliver")).await;
     assert!(text_of(browser, "#redelivered")
         .await
         .contains("Queued again: 1 delivery."));
@@ -173,11 +191,7 @@ async fn run(
     browser.set_window_size(1280, 900).await?;
 
     // 5. Sign out; the dashboard asks to sign in again.
-    browser
-        .find(Locator::Css("form.signout button"))
-        .await?
-        .click()
-        .await?;
+    click(browser, Locator::Css("form.signout button")).await;
     assert_eq!(
         text_of(browser, "main .notice").await,
         "You are signed out."
