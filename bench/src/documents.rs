@@ -136,21 +136,7 @@ pub async fn pdf_end_to_end(
             let mut data = data.clone();
             data["number"] = serde_json::json!(format!("INV-BENCH-{i:06}"));
             let body = serde_json::json!({"templateId": template_id, "data": data, "callbackUrl": callback});
-            async move {
-                let at = Instant::now();
-                let r = c
-                    .http
-                    .post(&c.url)
-                    .header(reqwest::header::AUTHORIZATION, c.authorization.clone())
-                    .json(&body)
-                    .send()
-                    .await?;
-                if r.status() != 202 {
-                    bail!("ingest answered {}", r.status());
-                }
-                let v: serde_json::Value = r.json().await?;
-                Ok((v["dispatchId"].as_str().context("dispatchId")?.to_owned(), at))
-            }
+            async move { c.submit_json(&body).await }
         })
         .buffer_unordered(64)
         .collect()
@@ -164,15 +150,7 @@ pub async fn pdf_end_to_end(
     let machine_cpu = machine_cpu_seconds() - machine_before;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = sampler.await;
-    let latency = {
-        let at = arrivals.at.lock().unwrap();
-        percentiles(
-            submitted
-                .iter()
-                .map(|(id, t)| at[id].saturating_duration_since(*t))
-                .collect(),
-        )
-    };
+    let latency = arrivals.submit_to_webhook(&submitted);
     let mut memory = std::mem::take(&mut *sampling.lock().unwrap());
     memory.worker_end_mib = rss_mib(worker_pid);
     memory.helpers_end_mib = children(worker_pid).into_iter().map(rss_mib).sum();

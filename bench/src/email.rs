@@ -1,8 +1,7 @@
 //! The email phase of `make bench`: html dispatches sent by the email provider to a local SMTP
 //! server (`tests/python/smtp_sink.py --quiet`, aiosmtpd), end to end.
 
-use crate::{cpu_seconds, percentiles, wait_arrivals, Arrivals, Client, Percentiles};
-use anyhow::{bail, Context};
+use crate::{cpu_seconds, wait_arrivals, Arrivals, Client, Percentiles};
 use futures::StreamExt;
 use serde::Serialize;
 use std::sync::Arc;
@@ -43,21 +42,7 @@ pub async fn email_end_to_end(
                              "subject": "Invoice {{ number }}"},
                 "callbackUrl": callback,
             });
-            async move {
-                let at = Instant::now();
-                let r = c
-                    .http
-                    .post(&c.url)
-                    .header(reqwest::header::AUTHORIZATION, c.authorization.clone())
-                    .json(&body)
-                    .send()
-                    .await?;
-                if r.status() != 202 {
-                    bail!("ingest answered {}: {}", r.status(), r.text().await.unwrap_or_default());
-                }
-                let v: serde_json::Value = r.json().await?;
-                Ok((v["dispatchId"].as_str().context("dispatchId")?.to_owned(), at))
-            }
+            async move { c.submit_json(&body).await }
         })
         .buffer_unordered(64)
         .collect()
@@ -68,15 +53,7 @@ pub async fn email_end_to_end(
     let secs = last.duration_since(start).as_secs_f64();
     let worker_cpu = cpu_seconds(worker_pid) - worker_before;
     let smtp_cpu = cpu_seconds(smtp_pid) - smtp_before;
-    let latency = {
-        let at = arrivals.at.lock().unwrap();
-        percentiles(
-            submitted
-                .iter()
-                .map(|(id, t)| at[id].saturating_duration_since(*t))
-                .collect(),
-        )
-    };
+    let latency = arrivals.submit_to_webhook(&submitted);
     Ok(EmailResult {
         dispatches: n,
         seconds_until_last_webhook: secs,

@@ -104,6 +104,19 @@ struct Arrivals {
     count: Arc<AtomicUsize>,
 }
 
+impl Arrivals {
+    /// Submission-to-first-webhook percentiles of `submitted` (id, when sent), all arrived.
+    fn submit_to_webhook(&self, submitted: &[(String, Instant)]) -> Percentiles {
+        let at = self.at.lock().unwrap();
+        percentiles(
+            submitted
+                .iter()
+                .map(|(id, t)| at[id].saturating_duration_since(*t))
+                .collect(),
+        )
+    }
+}
+
 /// The one field of a webhook the receiver needs (the rest is skipped, not built).
 #[derive(serde::Deserialize)]
 struct Hook {
@@ -187,6 +200,30 @@ impl Client {
             http,
             url,
         })
+    }
+
+    /// Submits one async dispatch given as JSON; returns its id and when it was sent.
+    async fn submit_json(&self, body: &serde_json::Value) -> anyhow::Result<(String, Instant)> {
+        let at = Instant::now();
+        let r = self
+            .http
+            .post(&self.url)
+            .header(reqwest::header::AUTHORIZATION, self.authorization.clone())
+            .json(body)
+            .send()
+            .await?;
+        if r.status() != 202 {
+            bail!(
+                "ingest answered {}: {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
+        }
+        let v: serde_json::Value = r.json().await?;
+        Ok((
+            v["dispatchId"].as_str().context("dispatchId")?.to_owned(),
+            at,
+        ))
     }
 
     /// Submits one async dispatch; returns its id.
