@@ -13,8 +13,15 @@ mkdir -p "$RUN"
 
 db="dispatcher_bench"
 prefix="dispatcher-bench"
-psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"
-psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db"
+# A fresh database with its schema and the bench account ($email, $password).
+fresh_database() {
+  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"
+  psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db"
+  "$BIN/dispatchctl" migrate >/dev/null
+  account=$("$BIN/dispatchctl" accounts create --email bench@dispatcher.local)
+  email=bench@dispatcher.local
+  password=$(printf '%s' "$account" | python3 -c 'import json, sys; print(json.load(sys.stdin)["password"])')
+}
 
 export DISPATCHER__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$db"
 export DISPATCHER__DATABASE__POOL_SIZE=24
@@ -28,11 +35,7 @@ export DISPATCHER__DELIVERY__ALLOW_HTTP=true
 export DISPATCHER__DELIVERY__ALLOW_HOSTS=127.0.0.1
 export DISPATCHER__RATE_LIMIT__REQUESTS_PER_SECOND=0
 export RUST_LOG=warn
-
-"$BIN/dispatchctl" migrate >/dev/null
-account=$("$BIN/dispatchctl" accounts create --email bench@dispatcher.local)
-email=bench@dispatcher.local
-password=$(printf '%s' "$account" | python3 -c 'import json, sys; print(json.load(sys.stdin)["password"])')
+fresh_database
 
 pids=()
 names=(ingest-api status-api dispatch-worker webhook-deliverer)
@@ -61,19 +64,65 @@ read -r -t 20 smtp_port <&"$smtp_out"
 export DISPATCHER__SMTP__URL="smtp://127.0.0.1:$smtp_port"
 export DISPATCHER__SMTP__FROM="Dispatcher bench <bench@dispatcher.local>"
 export DISPATCHER__SMTP__POOL_SIZE=16
-for n in "${names[@]}"; do
-  "$BIN/$n" >"$RUN/$n.log" 2>&1 &
-  pids+=($!)
-done
-for port in 18080 18081 19091 19092; do
-  for _ in $(seq 1 100); do
-    curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-    sleep 0.2
+svc_pids=()
+start_services() {
+  svc_pids=()
+  for n in "${names[@]}"; do
+    "$BIN/$n" >"$RUN/$n.log" 2>&1 &
+    svc_pids+=($!)
+    pids+=($!)
   done
-done
+  for port in 18080 18081 19091 19092; do
+    for _ in $(seq 1 100); do
+      curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+      sleep 0.2
+    done
+  done
+}
+stop_services() {
+  for p in "${svc_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${svc_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+run_bench() {
+  BENCH_PIDS="ingest-api=${svc_pids[0]},status-api=${svc_pids[1]},dispatch-worker=${svc_pids[2]},webhook-deliverer=${svc_pids[3]}" \
+  BENCH_SMTP_PID="$smtp_pid" \
+  BENCH_INGEST_URL=http://127.0.0.1:18080 BENCH_STATUS_URL=http://127.0.0.1:18081 BENCH_EMAIL="$email" BENCH_PASSWORD="$password" \
+  BENCH_OUT="${BENCH_OUT:-bench/results.json}" BENCH_DISPATCHCTL="$BIN/dispatchctl" \
+    "$BIN/dispatcher-bench"
+}
 
-BENCH_PIDS="ingest-api=${pids[1]},status-api=${pids[2]},dispatch-worker=${pids[3]},webhook-deliverer=${pids[4]}" \
-BENCH_SMTP_PID="$smtp_pid" \
-BENCH_INGEST_URL=http://127.0.0.1:18080 BENCH_STATUS_URL=http://127.0.0.1:18081 BENCH_EMAIL="$email" BENCH_PASSWORD="$password" \
-BENCH_OUT="${BENCH_OUT:-bench/results.json}" BENCH_DISPATCHCTL="$BIN/dispatchctl" \
-  "$BIN/dispatcher-bench"
+if [ -z "${BENCH_CLUSTER:-}" ]; then
+  start_services
+  run_bench
+  exit 0
+fi
+
+# BENCH_CLUSTER=1: the sustained end-to-end phase against the single broker on 5672, then
+# against the 3-node cluster (quorum queues replicated three times), each on a fresh database.
+cluster_was_up=1
+scripts/rabbit-cluster.sh queues >/dev/null 2>&1 || cluster_was_up=0
+scripts/rabbit-cluster.sh up
+for nodes in 1 3; do
+  if [ "$nodes" = 3 ]; then
+    fresh_database
+    export DISPATCHER__AMQP__URLS="$(scripts/rabbit-cluster.sh urls)"
+    export DISPATCHER__AMQP__PREFIX="$prefix-cluster"
+  fi
+  echo "== $nodes broker node(s)"
+  start_services
+  BENCH_MODE=e2e BENCH_OUT="$RUN/e2e-$nodes-nodes.json" run_bench
+  stop_services
+done
+if [ "$cluster_was_up" = 0 ]; then scripts/rabbit-cluster.sh down; fi
+python3 - "$RUN/e2e-1-nodes.json" "$RUN/e2e-3-nodes.json" "${BENCH_OUT:-bench/results-cluster.json}" <<'PY'
+import json, sys
+one, three = (json.load(open(p)) for p in sys.argv[1:3])
+rate = lambda r: r["end_to_end_sustained"]["dispatches_per_second"]
+cpu = lambda r: r["end_to_end_sustained"]["machine_cpu_seconds_per_1000_dispatches"]
+out = {"one_node": one, "three_nodes": three, "three_to_one_ratio": rate(three) / rate(one)}
+json.dump(out, open(sys.argv[3], "w"), indent=2)
+print(f"{'broker':<22}{'e2e dispatches/s':>18}{'machine CPU-s / 1000':>22}")
+print(f"{'1 node (5672)':<22}{rate(one):>18.0f}{cpu(one):>22.2f}")
+print(f"{'3-node cluster':<22}{rate(three):>18.0f}{cpu(three):>22.2f}")
+print(f"three nodes / one node: {out['three_to_one_ratio']:.2f}  ({sys.argv[3]})")
+PY

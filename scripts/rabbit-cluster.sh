@@ -8,6 +8,7 @@
 #   scripts/rabbit-cluster.sh stop N    stop node N (1-3) abruptly, as a crash would
 #   scripts/rabbit-cluster.sh start N   start node N again (it rejoins with its data)
 #   scripts/rabbit-cluster.sh urls      the three AMQP URLs, comma-separated
+#   scripts/rabbit-cluster.sh queues    every queue: name, the node number leading it, messages
 #
 # Node N is `dispatcher-N@localhost`, AMQP on 127.0.0.1:(5700+N), Erlang distribution on
 # 25700+N, data under $RABBIT_CLUSTER_DIR (default /tmp/dispatcher-rabbit-cluster/node-N). Quorum
@@ -117,11 +118,24 @@ case "${1:-}" in
   start)
     start_node "${2:?node number}"
     ;;
+  queues)
+    # Asked of the first node that answers, since any one of them may be down.
+    for n in "${NODES[@]}"; do
+      if handshake "$(amqp_port "$n")" &&
+        out=$(as_root timeout 20 env $(node_env "$n") "$LIB/rabbitmqctl" -n "$(node_name "$n")" \
+          -q list_queues --no-table-headers name leader messages 2>/dev/null); then
+        echo "$out" | sed -E 's/dispatcher-([0-9])@localhost/\1/'
+        exit 0
+      fi
+    done
+    echo "no cluster node answers" >&2
+    exit 1
+    ;;
   urls)
     echo "amqp://guest:guest@127.0.0.1:$(amqp_port 1)/%2f,amqp://guest:guest@127.0.0.1:$(amqp_port 2)/%2f,amqp://guest:guest@127.0.0.1:$(amqp_port 3)/%2f"
     ;;
   *)
-    echo "usage: $0 up|down|status|stop N|start N|urls" >&2
+    echo "usage: $0 up|down|status|stop N|start N|queues|urls" >&2
     exit 2
     ;;
 esac

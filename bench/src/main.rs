@@ -47,6 +47,9 @@ struct Config {
     out: String,
     /// `Some(seconds)` for `make soak`: a long run at `rate` instead of the benchmark phases.
     soak_seconds: Option<u64>,
+    /// `BENCH_MODE=e2e`: only the sustained end-to-end phase (`BENCH_CLUSTER=1` runs it against
+    /// one broker node and against three).
+    e2e_only: bool,
 }
 
 fn env(name: &str) -> anyhow::Result<String> {
@@ -94,6 +97,7 @@ fn config() -> anyhow::Result<Config> {
             ),
             _ => None,
         },
+        e2e_only: std::env::var("BENCH_MODE").as_deref() == Ok("e2e"),
     })
 }
 
@@ -641,6 +645,60 @@ async fn soak(
     Ok(())
 }
 
+/// Phase 4: `cfg.n` dispatches submitted as fast as they are accepted (128 in flight), until
+/// the last webhook: the rate, the machine's CPU per dispatch and each service's share.
+async fn end_to_end_sustained(
+    cfg: &Config,
+    client: &Arc<Client>,
+    arrivals: &Arrivals,
+    callback: &str,
+) -> anyhow::Result<(serde_json::Value, HashMap<String, ServiceUsage>)> {
+    let cpu_before: Vec<f64> = cfg.pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
+    let machine_before = machine_cpu_seconds();
+    let own_before = cpu_seconds(std::process::id());
+    let start = Instant::now();
+    let ids: Vec<anyhow::Result<String>> = futures::stream::iter(0..cfg.n)
+        .map(|i| {
+            let c = client.clone();
+            let cb = callback.to_owned();
+            async move { c.submit(i, Some(&cb)).await }
+        })
+        .buffer_unordered(128)
+        .collect()
+        .await;
+    let ids = ids.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    let submitted = start.elapsed().as_secs_f64();
+    let last = wait_arrivals(arrivals, &ids, Duration::from_secs(300)).await?;
+    let e2e_secs = last.duration_since(start).as_secs_f64();
+    let cpu_after: Vec<f64> = cfg.pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
+    let machine_cpu = machine_cpu_seconds() - machine_before;
+    let own_cpu = cpu_seconds(std::process::id()) - own_before;
+    let sustained = serde_json::json!({
+        "dispatches": cfg.n,
+        "machine_cpu_seconds_per_1000_dispatches": machine_cpu * 1000.0 / cfg.n as f64,
+        "load_generator_cpu_seconds_per_1000_dispatches": own_cpu * 1000.0 / cfg.n as f64,
+        "submit_seconds": submitted,
+        "seconds_until_last_webhook": e2e_secs,
+        "dispatches_per_second": cfg.n as f64 / e2e_secs,
+    });
+
+    let services = cfg
+        .pids
+        .iter()
+        .zip(cpu_before.iter().zip(&cpu_after))
+        .map(|((name, pid), (b, a))| {
+            (
+                name.clone(),
+                ServiceUsage {
+                    peak_rss_mib: peak_rss_mib(*pid),
+                    cpu_seconds_per_1000_dispatches: (a - b) * 1000.0 / cfg.n as f64,
+                },
+            )
+        })
+        .collect::<HashMap<_, _>>();
+    Ok((sustained, services))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg = config()?;
@@ -678,6 +736,25 @@ async fn main() -> anyhow::Result<()> {
     if let Some(seconds) = cfg.soak_seconds {
         return soak(&cfg, client, &arrivals, &callback, seconds).await;
     }
+    if cfg.e2e_only {
+        println!("end to end, {} dispatches as fast as accepted ...", cfg.n);
+        let (sustained, services) =
+            end_to_end_sustained(&cfg, &client, &arrivals, &callback).await?;
+        println!(
+            "  {:.0} dispatches/s, {:.2} machine CPU-s per 1 000",
+            sustained["dispatches_per_second"].as_f64().unwrap_or(0.0),
+            sustained["machine_cpu_seconds_per_1000_dispatches"]
+                .as_f64()
+                .unwrap_or(0.0)
+        );
+        let out = serde_json::json!({
+            "calibration": [calibration_before, calibrate()],
+            "end_to_end_sustained": sustained,
+            "services": services,
+        });
+        std::fs::write(&cfg.out, serde_json::to_string_pretty(&out)?)?;
+        return Ok(());
+    }
 
     // Latency at fixed offered rates first, on a system in steady state; then the saturating
     // closed-loop phases (which leave vacuum and broker work behind them).
@@ -712,49 +789,7 @@ async fn main() -> anyhow::Result<()> {
         "4/8 end to end, {} dispatches as fast as accepted ...",
         cfg.n
     );
-    let cpu_before: Vec<f64> = cfg.pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
-    let machine_before = machine_cpu_seconds();
-    let own_before = cpu_seconds(std::process::id());
-    let start = Instant::now();
-    let ids: Vec<anyhow::Result<String>> = futures::stream::iter(0..cfg.n)
-        .map(|i| {
-            let c = client.clone();
-            let cb = callback.clone();
-            async move { c.submit(i, Some(&cb)).await }
-        })
-        .buffer_unordered(128)
-        .collect()
-        .await;
-    let ids = ids.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
-    let submitted = start.elapsed().as_secs_f64();
-    let last = wait_arrivals(&arrivals, &ids, Duration::from_secs(300)).await?;
-    let e2e_secs = last.duration_since(start).as_secs_f64();
-    let cpu_after: Vec<f64> = cfg.pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
-    let machine_cpu = machine_cpu_seconds() - machine_before;
-    let own_cpu = cpu_seconds(std::process::id()) - own_before;
-    let sustained = serde_json::json!({
-        "dispatches": cfg.n,
-        "machine_cpu_seconds_per_1000_dispatches": machine_cpu * 1000.0 / cfg.n as f64,
-        "load_generator_cpu_seconds_per_1000_dispatches": own_cpu * 1000.0 / cfg.n as f64,
-        "submit_seconds": submitted,
-        "seconds_until_last_webhook": e2e_secs,
-        "dispatches_per_second": cfg.n as f64 / e2e_secs,
-    });
-
-    let services = cfg
-        .pids
-        .iter()
-        .zip(cpu_before.iter().zip(&cpu_after))
-        .map(|((name, pid), (b, a))| {
-            (
-                name.clone(),
-                ServiceUsage {
-                    peak_rss_mib: peak_rss_mib(*pid),
-                    cpu_seconds_per_1000_dispatches: (a - b) * 1000.0 / cfg.n as f64,
-                },
-            )
-        })
-        .collect::<HashMap<_, _>>();
+    let (sustained, services) = end_to_end_sustained(&cfg, &client, &arrivals, &callback).await?;
 
     wait_idle(&client, &cfg.status).await?;
     let pdf_n: usize = std::env::var("DISPATCHER_BENCH_PDF_N")

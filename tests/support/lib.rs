@@ -424,6 +424,7 @@ impl Drop for TestApp {
         self.cancel.cancel();
         let db = self.db_name.clone();
         let topology = dispatcher_mq::Topology::from_settings(&self.settings);
+        let amqp = self.settings.amqp.clone();
         // Drop runs inside the test's runtime; clean up from a thread with its own.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -431,7 +432,7 @@ impl Drop for TestApp {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                if let Ok(conn) = dispatcher_mq::connect(AMQP_URL, "test-cleanup").await {
+                if let Ok(conn) = dispatcher_mq::connect_any(&amqp, "test-cleanup").await {
                     if let Ok(ch) = conn.create_channel().await {
                         // The services may have declarations in flight (a short test can end
                         // while they still connect). Deleting a quorum queue whose dead-letter

@@ -24,7 +24,7 @@ pub enum SettingsError {
 }
 
 /// A value that must not appear in logs (database URLs carry passwords).
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -253,7 +253,16 @@ pub struct DatabaseSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct AmqpSettings {
+    /// One broker, or several nodes of one cluster separated by commas.
     pub url: Secret,
+    /// Several nodes of one cluster (a list, or one string separated by commas). When set it
+    /// takes the place of `url`; services connect to a live node and move to another when
+    /// theirs goes away.
+    #[serde(default, deserialize_with = "de_secret_list")]
+    pub urls: Secret,
+    /// Longest wait for a node to answer the AMQP handshake before trying the next one.
+    #[serde(deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
     #[serde(deserialize_with = "de_string")]
     pub prefix: String,
     pub prefetch: u16,
@@ -457,6 +466,22 @@ impl Settings {
                 self.amqp.prefix
             ));
         }
+        let brokers = self.amqp.addresses();
+        if brokers.is_empty() {
+            return bad("amqp.url (or amqp.urls) must name at least one broker".into());
+        }
+        if let Some(n) = brokers.iter().position(|a| {
+            let a = a.expose();
+            !(a.starts_with("amqp://") || a.starts_with("amqps://"))
+        }) {
+            return bad(format!(
+                "broker address {} of amqp.urls must start with amqp:// or amqps://",
+                n + 1
+            ));
+        }
+        if self.amqp.connect_timeout.is_zero() {
+            return bad("amqp.connect_timeout must be positive".into());
+        }
         if self.amqp.prefetch == 0 {
             return bad("amqp.prefetch must be at least 1".into());
         }
@@ -621,6 +646,29 @@ fn de_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     Ok(split_list(StringOrList::deserialize(d)?))
 }
 
+/// A list of secrets kept as one comma-separated secret, so no element reaches a log.
+fn de_secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+    Ok(Secret(split_list(StringOrList::deserialize(d)?).join(",")))
+}
+
+impl AmqpSettings {
+    /// Every broker address to try, in configured order: `urls` when set, else `url` (either
+    /// may name several nodes separated by commas).
+    pub fn addresses(&self) -> Vec<Secret> {
+        let from = if self.urls.expose().trim().is_empty() {
+            &self.url
+        } else {
+            &self.urls
+        };
+        from.expose()
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(Secret::new)
+            .collect()
+    }
+}
+
 fn de_schedule<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     split_list(StringOrList::deserialize(d)?)
         .iter()
@@ -668,6 +716,52 @@ mod tests {
         assert_eq!(s.ingest.template_cache_bytes, 64 * 1024 * 1024);
         assert_eq!(s.render.template_cache_bytes, 64 * 1024 * 1024);
         assert_eq!(s.database.ca_file, None);
+    }
+
+    #[test]
+    fn several_brokers_come_from_urls_or_a_list_in_url() {
+        let one = load(&[]).unwrap();
+        assert_eq!(
+            one.amqp.addresses(),
+            vec![Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f")]
+        );
+        assert_eq!(one.amqp.connect_timeout, Duration::from_secs(5));
+
+        let listed = load(&[(
+            "DISPATCHER__AMQP__URLS",
+            "amqp://a:b@127.0.0.1:5701/%2f, amqp://a:b@127.0.0.1:5702/%2f,amqp://a:b@127.0.0.1:5703/%2f",
+        )])
+        .unwrap();
+        let ports: Vec<String> = listed
+            .amqp
+            .addresses()
+            .iter()
+            .map(|a| {
+                a.expose()
+                    .trim_end_matches("/%2f")
+                    .rsplit(':')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(ports, vec!["5701", "5702", "5703"]);
+        // Credentials stay out of logs.
+        assert!(!format!("{:?}", listed.amqp).contains("a:b"));
+
+        let in_url = load(&[(
+            "DISPATCHER__AMQP__URL",
+            "amqp://127.0.0.1:5701/%2f,amqp://127.0.0.1:5702/%2f",
+        )])
+        .unwrap();
+        assert_eq!(in_url.amqp.addresses().len(), 2);
+
+        let err = load(&[(
+            "DISPATCHER__AMQP__URLS",
+            "amqp://127.0.0.1:5701/%2f,http://127.0.0.1:5702/",
+        )])
+        .unwrap_err();
+        assert!(err.to_string().contains("address 2"), "{err}");
     }
 
     #[test]

@@ -138,7 +138,7 @@ async fn session<H: BatchHandler>(
     cancel: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), SessionError> {
-    let conn = crate::connect(settings.amqp.url.expose(), &cfg.name).await?;
+    let conn = crate::connect_any(&settings.amqp, &cfg.name).await?;
     let ch = conn.create_channel().await?;
     topology.declare(&ch).await?;
     ch.basic_qos(settings.amqp.prefetch, BasicQosOptions::default())

@@ -118,7 +118,7 @@ pub async fn run_relay(
     let mut backoff = Backoff::default();
     while !cancel.is_cancelled() {
         let session = async {
-            let conn = crate::connect(settings.amqp.url.expose(), &name).await?;
+            let conn = crate::connect_any(&settings.amqp, &name).await?;
             let ch = conn.create_channel().await?;
             topology.declare(&ch).await?;
             let mut publishers = Vec::with_capacity(LANES);

@@ -63,8 +63,7 @@ impl Estimator {
                 }
                 if channel.is_none() {
                     if let Ok(conn) =
-                        dispatcher_mq::connect(settings.amqp.url.expose(), "ingest-api-estimator")
-                            .await
+                        dispatcher_mq::connect_any(&settings.amqp, "ingest-api-estimator").await
                     {
                         channel = conn.create_channel().await.ok().map(|c| (conn, c));
                     }
