@@ -375,6 +375,56 @@ async fn idempotency_keys_replay_or_conflict() {
 }
 
 #[tokio::test]
+async fn concurrent_repeats_of_keys_in_any_order_make_one_dispatch_each() {
+    // Several insert batches are in flight at once; repeats of the same keys land in different
+    // batches in different orders, and must neither deadlock nor write a second dispatch.
+    let app = TestApp::spawn_with(Services::ALL, &[("DISPATCHER__INGEST__WRITE_LANES", "4")]).await;
+    let acct = app.create_account("idem-many@example.com").await;
+    let keys = 20;
+    let sends: Vec<usize> = (0..10)
+        .flat_map(|round| (0..keys).map(move |k| if round % 2 == 0 { k } else { keys - 1 - k }))
+        .collect();
+    let answers = futures::future::join_all(sends.iter().map(|&k| {
+        let app = &app;
+        let acct = &acct;
+        async move {
+            let resp = app
+                .http
+                .post(format!("{}/v1/dispatches?async=true", app.ingest_url))
+                .basic_auth(&acct.email, Some(&acct.password))
+                .header("Idempotency-Key", format!("order-{k}"))
+                .json(&json!({"template": {"format": "text", "body": "x"}, "data": {"k": k}}))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body: serde_json::Value = resp.json().await.unwrap();
+            (
+                k,
+                status,
+                body["dispatchId"].as_str().unwrap_or("").to_owned(),
+            )
+        }
+    }))
+    .await;
+    let mut ids_of: std::collections::HashMap<usize, std::collections::HashSet<String>> =
+        Default::default();
+    for (k, status, id) in &answers {
+        assert_eq!(*status, 202, "key {k}");
+        ids_of.entry(*k).or_default().insert(id.clone());
+    }
+    assert_eq!(ids_of.len(), keys);
+    assert!(
+        ids_of.values().all(|ids| ids.len() == 1),
+        "every repeat of a key answers with its one dispatch"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM dispatches").await,
+        keys as i64
+    );
+}
+
+#[tokio::test]
 async fn accepted_while_the_broker_is_unreachable_then_published() {
     // The first ingest's relay points at a port where no broker listens: it must still accept.
     // Worker and deliverer run relays too (relays share the outbox), so they start only later.

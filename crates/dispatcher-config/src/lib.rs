@@ -286,6 +286,8 @@ pub struct IngestSettings {
     #[serde(deserialize_with = "de_duration")]
     pub sync_timeout: Duration,
     pub batch_max: usize,
+    /// Batch inserts in flight at once, each on its own pooled connection.
+    pub write_lanes: usize,
     pub max_body_bytes: usize,
     /// Largest body of `POST /v1/dispatches/batch` (up to 1 000 dispatch bodies).
     pub max_batch_body_bytes: usize,
@@ -490,6 +492,7 @@ impl Settings {
         }
         for (name, v) in [
             ("ingest.batch_max", self.ingest.batch_max),
+            ("ingest.write_lanes", self.ingest.write_lanes),
             ("worker.batch_max", self.worker.batch_max),
             ("worker.concurrency", self.worker.concurrency),
             ("deliverer.batch_max", self.deliverer.batch_max),

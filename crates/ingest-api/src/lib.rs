@@ -85,6 +85,7 @@ pub async fn serve(
         pool.clone(),
         outbox_wake.clone(),
         settings.ingest.batch_max,
+        settings.ingest.write_lanes,
         writer_stop.clone(),
     );
 

@@ -1,15 +1,19 @@
-//! Groups concurrent submissions into one multi-row insert.
+//! Groups concurrent submissions into multi-row inserts, several in flight at once.
 //!
 //! Each request hands its row to the writer and waits for the commit that contains it; the writer
-//! takes everything queued (up to `batch_max`) and writes it with one statement. Under load this
-//! turns thousands of single-row transactions into a few dozen larger ones, and a request is still
-//! only answered after its own row is durable.
+//! takes everything queued (up to `batch_max`) and writes it with one statement on one of
+//! `write_lanes` connections. A request never waits for a commit ahead of it while a lane is
+//! free, and a request arriving while every lane is busy joins the next batch, so batches are one
+//! row when the system is quiet and grow with the load. Under load this turns thousands of
+//! single-row transactions into a few dozen larger ones, and a request is still only answered
+//! after its own row is durable.
 
 use dispatcher_db::dispatches::{insert_batch, NewDispatch};
 use dispatcher_db::outbox::OutboxWake;
 use dispatcher_db::{DbError, Pool};
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 type Reply = oneshot::Sender<Result<bool, String>>;
@@ -32,10 +36,11 @@ impl BatchWriter {
         pool: Pool,
         wake: OutboxWake,
         batch_max: usize,
+        write_lanes: usize,
         stop: CancellationToken,
     ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(batch_max * 8);
-        let handle = tokio::spawn(run(pool, wake, rx, batch_max, stop));
+        let handle = tokio::spawn(run(pool, wake, rx, batch_max, write_lanes, stop));
         (Self { tx }, handle)
     }
 
@@ -60,46 +65,65 @@ async fn run(
     wake: OutboxWake,
     mut rx: mpsc::Receiver<Job>,
     batch_max: usize,
+    write_lanes: usize,
     stop: CancellationToken,
 ) {
-    let mut buf = Vec::with_capacity(batch_max);
+    let lanes = Arc::new(Semaphore::new(write_lanes.max(1)));
+    let mut writing = JoinSet::new();
     loop {
+        // A free lane first: while every lane is busy, submissions gather in the channel and
+        // the next batch takes them together.
+        let lane = lanes.clone().acquire_owned().await.expect("never closed");
         let first = tokio::select! {
             biased;
             m = rx.recv() => m,
             _ = stop.cancelled() => { rx.close(); rx.recv().await }
         };
-        let Some(first) = first else { return };
-        buf.push(first);
-        while buf.len() < batch_max {
+        let Some(first) = first else { break };
+        let mut batch = Vec::with_capacity(batch_max);
+        batch.push(first);
+        while batch.len() < batch_max {
             match rx.try_recv() {
-                Ok(m) => buf.push(m),
+                Ok(m) => batch.push(m),
                 Err(_) => break,
             }
         }
-        let mut rows = Vec::with_capacity(buf.len());
-        let mut traces = Vec::with_capacity(buf.len());
-        let mut replies = Vec::with_capacity(buf.len());
-        for (row, trace, reply) in buf.drain(..) {
-            rows.push(row);
-            traces.push(trace);
-            replies.push(reply);
-        }
-        metrics::histogram!("dispatcher_ingest_batch_size").record(rows.len() as f64);
-        match insert_batch(&pool, &rows, &traces).await {
-            Ok(inserted) => {
-                if !inserted.is_empty() {
-                    wake.committed();
-                }
-                for (row, reply) in rows.iter().zip(replies) {
-                    let _ = reply.send(Ok(inserted.contains(&row.id)));
-                }
+        writing.spawn(write(pool.clone(), wake.clone(), batch, lane));
+        while writing.try_join_next().is_some() {}
+    }
+    // Stopping: every accepted row still gets its commit and its answer.
+    while writing.join_next().await.is_some() {}
+}
+
+/// Writes one batch in one transaction and answers each of its requests.
+async fn write(pool: Pool, wake: OutboxWake, mut batch: Vec<Job>, _lane: OwnedSemaphorePermit) {
+    // Batches in flight together take row locks on idempotency keys in one order (rows without
+    // a key lock nothing another batch could want), so two of them never deadlock.
+    batch.sort_by(|a, b| {
+        (a.0.account_id, &a.0.idempotency_key).cmp(&(b.0.account_id, &b.0.idempotency_key))
+    });
+    let mut rows = Vec::with_capacity(batch.len());
+    let mut traces = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
+    for (row, trace, reply) in batch {
+        rows.push(row);
+        traces.push(trace);
+        replies.push(reply);
+    }
+    metrics::histogram!("dispatcher_ingest_batch_size").record(rows.len() as f64);
+    match insert_batch(&pool, &rows, &traces).await {
+        Ok(inserted) => {
+            if !inserted.is_empty() {
+                wake.committed();
             }
-            Err(e) => {
-                let msg = describe(&e);
-                for reply in replies {
-                    let _ = reply.send(Err(msg.clone()));
-                }
+            for (row, reply) in rows.iter().zip(replies) {
+                let _ = reply.send(Ok(inserted.contains(&row.id)));
+            }
+        }
+        Err(e) => {
+            let msg = describe(&e);
+            for reply in replies {
+                let _ = reply.send(Err(msg.clone()));
             }
         }
     }
