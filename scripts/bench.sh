@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-services.sh
+# Statements per dispatch come from pg_stat_statements, which Postgres loads only at start-up.
+preload=$(psql -h 127.0.0.1 -U postgres -Atc "SHOW shared_preload_libraries")
+if [[ "$preload" != *pg_stat_statements* ]]; then
+  echo "loading pg_stat_statements (restarts the local PostgreSQL once)"
+  psql -h 127.0.0.1 -U postgres -qc "ALTER SYSTEM SET shared_preload_libraries = '${preload:+$preload,}pg_stat_statements'"
+  ver=$(ls /etc/postgresql | head -n1)
+  pg_ctlcluster "$ver" main restart
+  for _ in $(seq 1 50); do pg_isready -q -h 127.0.0.1 && break; sleep 0.2; done
+fi
 # The email phase sends to a local SMTP server (aiosmtpd from the tests' virtualenv).
 make -s venv
 cargo build --release --bins -q
@@ -88,6 +97,7 @@ run_bench() {
   BENCH_SMTP_PID="$smtp_pid" \
   BENCH_INGEST_URL=http://127.0.0.1:18080 BENCH_STATUS_URL=http://127.0.0.1:18081 BENCH_EMAIL="$email" BENCH_PASSWORD="$password" \
   BENCH_OUT="${BENCH_OUT:-bench/results.json}" BENCH_DISPATCHCTL="$BIN/dispatchctl" \
+  BENCH_METRICS_URLS=http://127.0.0.1:18080,http://127.0.0.1:18081,http://127.0.0.1:19091,http://127.0.0.1:19092 \
     "$BIN/dispatcher-bench"
 }
 

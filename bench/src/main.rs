@@ -12,7 +12,13 @@
 //! 5. PDF end to end: one-page invoices with 15 line items (`examples/invoice/`), as fast as
 //!    accepted, until every webhook has arrived: PDFs/s, CPU per PDF in the worker and its PDF
 //!    helpers, and their memory sampled through the run;
-//! 6. batch ingest: `POST /v1/dispatches/batch` with 100 dispatches per request: dispatches/s.
+//! 6. batch ingest: `POST /v1/dispatches/batch` with 100 dispatches per request: dispatches/s;
+//! 7. purge under load, 8. email end to end;
+//!
+//! and, after phase 4, the closed-loop end-to-end runs at 16 and 64 clients (each client sends
+//! its next dispatch when the last was accepted) with what a dispatch costs: CPU of each service,
+//! of PostgreSQL and of RabbitMQ, Postgres transactions, statements and rows written, broker
+//! messages and ack frames (see [`cost`]).
 //!
 //! The fixed-rate phases run first, on a system in steady state; the saturating phases after.
 //!
@@ -33,6 +39,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod cost;
 mod documents;
 mod email;
 
@@ -545,6 +552,8 @@ struct Results {
     ingest_open_loop: serde_json::Value,
     end_to_end_sustained: serde_json::Value,
     end_to_end_open_loop: serde_json::Value,
+    /// Closed-loop end to end at 16 and 64 clients, with the cost of a dispatch.
+    end_to_end_closed_loop: Vec<serde_json::Value>,
     services: HashMap<String, ServiceUsage>,
     pdf_end_to_end: documents::PdfResult,
     batch_ingest: documents::BatchResult,
@@ -643,6 +652,62 @@ async fn soak(
     std::fs::write(&cfg.out, serde_json::to_string_pretty(&result)? + "\n")?;
     println!("written to {}", cfg.out);
     Ok(())
+}
+
+/// `clients` closed-loop clients (each sends its next dispatch once the last was accepted) send
+/// `cfg.n` dispatches with a callback: the accepted and the delivered rate, the ingest's and the
+/// submit-to-webhook latency, and what each dispatch cost.
+async fn closed_loop_e2e(
+    cfg: &Config,
+    client: &Arc<Client>,
+    arrivals: &Arrivals,
+    callback: &str,
+    clients: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let metrics_urls: Vec<String> = std::env::var("BENCH_METRICS_URLS")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let probe = cost::CostProbe::start(cfg.pids.clone(), metrics_urls).await;
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let per_client = futures::future::try_join_all((0..clients).map(|_| {
+        let (c, next, cb) = (client.clone(), next.clone(), callback.to_owned());
+        let n = cfg.n;
+        async move {
+            let mut sent = Vec::new();
+            let mut ingest = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let at = Instant::now();
+                let id = c.submit(sent.len(), Some(&cb)).await?;
+                ingest.push(at.elapsed());
+                sent.push((id, at));
+            }
+            anyhow::Ok((sent, ingest))
+        }
+    }))
+    .await?;
+    let accepted_secs = start.elapsed().as_secs_f64();
+    let (sent, ingest): (Vec<_>, Vec<_>) = per_client.into_iter().unzip();
+    let sent: Vec<(String, Instant)> = sent.into_iter().flatten().collect();
+    let ingest: Vec<Duration> = ingest.into_iter().flatten().collect();
+    let ids: Vec<String> = sent.iter().map(|(id, _)| id.clone()).collect();
+    let last = wait_arrivals(arrivals, &ids, Duration::from_secs(300)).await?;
+    let delivered_secs = last.duration_since(start).as_secs_f64();
+    let cost = probe.finish(ids.len()).await;
+    let result = serde_json::json!({
+        "clients": clients,
+        "dispatches": ids.len(),
+        "accepted_per_second": ids.len() as f64 / accepted_secs,
+        "delivered_per_second": ids.len() as f64 / delivered_secs,
+        "ingest_latency": percentiles(ingest),
+        "submit_to_webhook": arrivals.submit_to_webhook(&sent),
+        "cost": cost,
+    });
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(result)
 }
 
 /// Phase 4: `cfg.n` dispatches submitted as fast as they are accepted (128 in flight), until
@@ -790,6 +855,14 @@ async fn main() -> anyhow::Result<()> {
         cfg.n
     );
     let (sustained, services) = end_to_end_sustained(&cfg, &client, &arrivals, &callback).await?;
+    let mut closed = Vec::new();
+    for clients in [16, 64] {
+        wait_idle(&client, &cfg.status).await?;
+        println!(
+            "4/8 end to end, closed loop with {clients} clients, and the cost of a dispatch ..."
+        );
+        closed.push(closed_loop_e2e(&cfg, &client, &arrivals, &callback, clients).await?);
+    }
 
     wait_idle(&client, &cfg.status).await?;
     let pdf_n: usize = std::env::var("DISPATCHER_BENCH_PDF_N")
@@ -866,6 +939,7 @@ async fn main() -> anyhow::Result<()> {
         ingest_open_loop: ingest_open,
         end_to_end_sustained: sustained,
         end_to_end_open_loop: e2e_open,
+        end_to_end_closed_loop: closed,
         services,
         pdf_end_to_end: pdf,
         batch_ingest: batch,

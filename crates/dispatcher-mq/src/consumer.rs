@@ -203,6 +203,8 @@ async fn session<H: BatchHandler>(
         let last = batch.last().expect("non-empty").delivery_tag;
         ch.basic_ack(last, BasicAckOptions { multiple: true })
             .await?;
+        // One ack frame covers the whole batch: frames against messages is what batching saves.
+        metrics::counter!("dispatcher_ack_frames_total", "queue" => cfg.queue.clone()).increment(1);
         metrics::counter!("dispatcher_messages_acked_total", "queue" => cfg.queue.clone())
             .increment(batch.len() as u64);
     }
