@@ -17,3 +17,4 @@ mod storage;
 mod telemetry;
 mod ui;
 mod ui_browser;
+mod ui_pages;

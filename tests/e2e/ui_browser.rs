@@ -3,7 +3,7 @@
 //! saved as a screenshot under `<target dir>/ui-screenshots/`.
 
 use dispatcher_e2e::ui::{screenshot_dir, ChromeDriver};
-use dispatcher_e2e::{Receiver, TestApp, PATIENCE};
+use dispatcher_e2e::{PythonServer, Receiver, TestApp, PATIENCE};
 use fantoccini::{Client, Locator};
 use serde_json::json;
 use std::time::Duration;
@@ -202,5 +202,260 @@ async fn run(
     assert_eq!(text_of(browser, "main h1").await, "Sign in");
     assert!(browser.current_url().await?.path().ends_with("/ui/login"));
     screenshot(browser, "signed-out").await;
+    Ok(())
+}
+
+/// Fails when a page is wider than the window (at 390 px, nothing may need sideways scrolling),
+/// naming the elements that stick out.
+async fn assert_fits(browser: &Client, what: &str) {
+    let wide = browser
+        .execute(
+            "if (document.documentElement.scrollWidth <= window.innerWidth + 1) return []; \
+             return [...document.querySelectorAll('body *')] \
+               .filter(el => el.getBoundingClientRect().right > window.innerWidth + 1) \
+               .map(el => el.tagName + '#' + el.id + '.' + el.className);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(wide, json!([]), "{what} overflows at 390 px");
+}
+
+/// Replaces the text of a form field.
+async fn fill(browser: &Client, id: &str, text: &str) {
+    let field = browser
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("#{id}: {e}"));
+    field.clear().await.unwrap();
+    field.send_keys(text).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_turns_red_its_dead_letter_is_replayed_and_a_template_is_previewed() {
+    let app = TestApp::spawn().await;
+    // Python's http.server, answering 500 until it is told it has recovered.
+    let endpoint = PythonServer::start("flaky_receiver.py", &[]).await;
+    let acct = app.create_account("ui-browser-dlq@example.com").await;
+    let driver = ChromeDriver::start().await;
+    let browser = driver.browser(1280, 900).await;
+    let result = failing_endpoint_and_template(&app, &endpoint, &acct, &browser).await;
+    let _ = tokio::time::timeout(PATIENCE, browser.close()).await;
+    result.unwrap();
+}
+
+async fn failing_endpoint_and_template(
+    app: &TestApp,
+    endpoint: &PythonServer,
+    acct: &dispatcher_db::accounts::CreatedAccount,
+    browser: &Client,
+) -> Result<(), fantoccini::error::CmdError> {
+    let hook_url = format!("http://127.0.0.1:{}/hook", endpoint.port);
+    browser.goto(&format!("{}/ui/", app.status_url)).await?;
+    sign_in(browser, &acct.email, &acct.password).await;
+    assert_eq!(text_of(browser, "main h1").await, "Dispatches");
+
+    // 5. Subscribe the endpoint from the webhooks page.
+    click(browser, Locator::Css("nav a[href=\"/ui/webhooks\"]")).await;
+    fill(browser, "callback_url", &hook_url).await;
+    click(browser, Locator::Id("create-webhook")).await;
+    assert_eq!(text_of(browser, "#done").await, "Subscription created.");
+
+    // A dispatch's outcome goes to it; every attempt fails, and its health turns red.
+    let r = app
+        .post(
+            &app.ingest_url,
+            "/v1/dispatches?async=true",
+            acct,
+            &json!({"template": {"format": "text", "body": "Hi"}, "data": {}}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let id = r.json::<serde_json::Value>().await.unwrap()["dispatchId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let health = "#webhooks tbody tr td:nth-child(3) .badge";
+    reload_until(
+        browser,
+        health,
+        "the endpoint's health turns failing",
+        |t| t == "failing",
+    )
+    .await;
+    let badge = browser.find(Locator::Css(health)).await?;
+    assert_eq!(
+        badge.css_value("color").await?,
+        "rgba(179, 38, 30, 1)",
+        "failing is shown in red"
+    );
+    let last_error = text_of(browser, "#webhooks tbody tr td.err").await;
+    assert!(last_error.contains("500"), "{last_error}");
+    screenshot(browser, "webhooks-failing").await;
+
+    // Its attempts run out: the delivery is a dead letter, with the reason.
+    click(browser, Locator::Css("nav a[href=\"/ui/dead-letters\"]")).await;
+    reload_until(
+        browser,
+        "#dead-deliveries tbody",
+        "the delivery is dead-lettered",
+        |t| t.contains(&hook_url) && t.contains("500"),
+    )
+    .await;
+    let attempts = text_of(
+        browser,
+        &format!("#dead-deliveries tr[data-dispatch=\"{id}\"] td:nth-child(3)"),
+    )
+    .await;
+    assert_eq!(attempts, "3");
+    screenshot(browser, "dead-letters").await;
+    let failed = endpoint.lines();
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert!(failed.iter().all(|l| l.starts_with("500 ")), "{failed:?}");
+
+    // The endpoint recovers; replaying the dead letter delivers it.
+    let recovered = app
+        .http
+        .get(format!("http://127.0.0.1:{}/recover", endpoint.port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(recovered.status(), 204);
+    click(browser, Locator::Css("#dead-deliveries button.replay")).await;
+    assert_eq!(
+        text_of(browser, "#replayed").await,
+        "Replayed: 1 delivery, 0 dispatches."
+    );
+    assert_eq!(
+        text_of(browser, "#no-dead-deliveries").await,
+        "No dead-lettered deliveries."
+    );
+    browser
+        .goto(&format!("{}/ui/dispatches/{id}", app.status_url))
+        .await?;
+    reload_until(
+        browser,
+        "#deliveries tbody",
+        "the replay is delivered",
+        |t| t.contains("succeeded"),
+    )
+    .await;
+    let attempts = text_of(browser, "#attempts tbody").await;
+    assert_eq!(attempts.matches("succeeded").count(), 1, "{attempts}");
+    let lines = endpoint.lines();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(lines[3].starts_with("200 "), "{lines:?}");
+    // The webhook-id stays the same across the replay, so the receiver can deduplicate.
+    assert_eq!(lines[0][4..], lines[3][4..]);
+    screenshot(browser, "dispatch-replayed").await;
+    browser
+        .goto(&format!("{}/ui/webhooks", app.status_url))
+        .await?;
+    reload_until(browser, health, "the endpoint's health is ok again", |t| {
+        t == "ok"
+    })
+    .await;
+
+    // 6. A template, created with a live preview of the sample data.
+    click(browser, Locator::Css("nav a[href=\"/ui/templates\"]")).await;
+    click(browser, Locator::Id("new-template")).await;
+    assert_eq!(text_of(browser, "main h1").await, "New template");
+    fill(browser, "name", "Welcome <script>alert(1)</script>").await;
+    browser
+        .find(Locator::Id("format"))
+        .await?
+        .select_by_value("html")
+        .await?;
+    fill(
+        browser,
+        "body",
+        "<h1>Welcome, {{ name }}</h1><ul>{% for i in items %}<li>{{ i }}</li>{% endfor %}</ul>",
+    )
+    .await;
+    fill(
+        browser,
+        "data",
+        r#"{"name": "Grace", "items": ["one", "two"]}"#,
+    )
+    .await;
+    click(browser, Locator::Id("preview")).await;
+    browser
+        .find(Locator::Id("preview-frame"))
+        .await?
+        .enter_frame()
+        .await?;
+    let heading = text_of(browser, "h1").await;
+    let items = text_of(browser, "ul").await;
+    browser.enter_parent_frame().await?;
+    assert_eq!(heading, "Welcome, Grace");
+    assert_eq!(items, "one\ntwo");
+    screenshot(browser, "template-preview").await;
+
+    // A syntax error shows in the preview, as the API words it.
+    fill(browser, "body", "<h1>{% if %}</h1>").await;
+    click(browser, Locator::Id("preview")).await;
+    browser
+        .find(Locator::Id("preview-frame"))
+        .await?
+        .enter_frame()
+        .await?;
+    let error = text_of(browser, "#preview-error").await;
+    browser.enter_parent_frame().await?;
+    assert!(error.starts_with("template_syntax_error:"), "{error}");
+
+    fill(browser, "body", "<h1>Welcome, {{ name }}</h1>").await;
+    click(browser, Locator::Id("create-template")).await;
+    assert_eq!(text_of(browser, "#done").await, "Template created.");
+    assert_eq!(
+        text_of(browser, "#template-name").await,
+        "Welcome <script>alert(1)</script>"
+    );
+    let tid = text_of(browser, "#template-id").await;
+    let api = app
+        .get(&app.ingest_url, &format!("/v1/templates/{tid}"), acct)
+        .await;
+    assert_eq!(api.status(), 200);
+    click(browser, Locator::Css("nav a[href=\"/ui/templates\"]")).await;
+    assert_eq!(
+        text_of(
+            browser,
+            &format!("#templates tr[data-id=\"{tid}\"] td.name")
+        )
+        .await,
+        "Welcome <script>alert(1)</script>"
+    );
+    screenshot(browser, "templates").await;
+
+    // At 390 px the new pages fit, and their controls stay reachable from the keyboard.
+    browser.set_window_size(390, 844).await?;
+    for (path, name) in [
+        (format!("/ui/templates/{tid}"), "template-390px"),
+        ("/ui/dead-letters".to_owned(), "dead-letters-390px"),
+        ("/ui/webhooks".to_owned(), "webhooks-390px"),
+        ("/ui/dispatches".to_owned(), "dispatches-390px"),
+    ] {
+        browser.goto(&format!("{}{path}", app.status_url)).await?;
+        text_of(browser, "main h1").await;
+        assert_fits(browser, &path).await;
+        screenshot(browser, name).await;
+    }
+    browser.set_window_size(1280, 900).await?;
+    browser
+        .goto(&format!("{}/ui/templates/new", app.status_url))
+        .await?;
+    text_of(browser, "main h1").await;
+    let unlabelled = browser
+        .execute(
+            "const ids = []; \
+             for (const el of document.querySelectorAll('input:not([type=hidden]), select, textarea')) { \
+               const label = document.querySelector('label[for=\"' + el.id + '\"]'); \
+               if (!label && !el.getAttribute('aria-label')) ids.push(el.name); } \
+             return ids;",
+            vec![],
+        )
+        .await?;
+    assert_eq!(unlabelled, json!([]), "every field has a label");
     Ok(())
 }

@@ -207,27 +207,14 @@ async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
         }
         Command::Dlq { command } => match command {
             DlqCommand::Replay { id, all: _ } => {
-                let deliveries = dispatcher_db::deliveries::requeue(
-                    &pool,
-                    &dispatcher_db::deliveries::RequeueFilter {
-                        delivery_id: id,
-                        only_dead: true,
-                        ..Default::default()
-                    },
-                )
-                .await?;
                 let queue = dispatcher_mq::Topology::from_settings(&settings).dispatch_queue();
-                let dispatches = if id.is_some() && !deliveries.is_empty() {
-                    Vec::new()
-                } else {
-                    dispatcher_db::dead_letters::replay_dispatches(&pool, &queue, id).await?
-                };
-                if id.is_some() && deliveries.is_empty() && dispatches.is_empty() {
+                let replayed = dispatcher_db::dead_letters::replay(&pool, &queue, None, id).await?;
+                if id.is_some() && replayed == Default::default() {
                     anyhow::bail!("no dead-lettered delivery or dispatch with that id");
                 }
                 println!(
                     "{}",
-                    serde_json::json!({"replayed": deliveries, "dispatches": dispatches})
+                    serde_json::json!({"replayed": replayed.deliveries, "dispatches": replayed.dispatches})
                 );
             }
             DlqCommand::List { limit } => {

@@ -116,7 +116,8 @@ pub async fn create(
     })
 }
 
-/// Sets a new password (generated when `None`) and returns it.
+/// Sets a new password (generated when `None`) and returns it; ends the account's dashboard
+/// sessions.
 pub async fn rotate_password(
     pool: &Pool,
     email: &str,
@@ -132,9 +133,16 @@ pub async fn rotate_password(
         .await
         .expect("hashing task panicked");
     let client = pool.get().await.map_err(DbError::from)?;
+    // The account's dashboard sessions end with the password they were opened with.
     let n = client
         .execute(
-            "UPDATE accounts SET password_hash = $2, updated_at = now() WHERE email = $1",
+            "WITH upd AS (
+                 UPDATE accounts SET password_hash = $2, updated_at = now() WHERE email = $1
+                 RETURNING id
+             ), ended AS (
+                 DELETE FROM ui_sessions WHERE account_id IN (SELECT id FROM upd)
+             )
+             SELECT 1 FROM upd",
             &[&email, &hash],
         )
         .await

@@ -64,6 +64,87 @@ pub struct DeadLetter {
     pub dispatch_id: Option<Uuid>,
 }
 
+/// How an account's id appears in the JSON of its `dispatch.requested` messages: a prefilter for
+/// Postgres, which cannot parse a body that may not be JSON at all; every match is parsed and
+/// checked again before it is used.
+fn account_needle(account: Uuid) -> Vec<u8> {
+    format!("\"accountId\":\"{account}\"").into_bytes()
+}
+
+/// The dead-lettered `dispatch.requested` messages of `queue` that belong to `account`, newest
+/// first: the dispatches that no worker could process.
+pub async fn list_dispatches_for_account(
+    pool: &Pool,
+    queue: &str,
+    account: Uuid,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT id, queue, message_id, reason, created_at, body FROM dead_letters
+             WHERE queue = $1 AND position($2 in body) > 0
+             ORDER BY id DESC LIMIT $3",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[&queue, &account_needle(account), &limit])
+        .await?
+        .iter()
+        .filter_map(|r| {
+            let m = serde_json::from_slice::<DispatchRequested>(r.get(5)).ok()?;
+            (m.account_id == account).then(|| DeadLetter {
+                id: r.get(0),
+                queue: r.get(1),
+                message_id: r.get(2),
+                reason: r.get(3),
+                created_at: r.get(4),
+                dispatch_id: Some(m.dispatch_id),
+            })
+        })
+        .collect())
+}
+
+/// What [`replay`] sent again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Dead-lettered webhook deliveries started over.
+    pub deliveries: Vec<Uuid>,
+    /// Dispatches whose quarantined `dispatch.requested` message was published again.
+    pub dispatches: Vec<Uuid>,
+}
+
+/// Replays dead letters: dead webhook deliveries (a new round of attempts) and dead-lettered
+/// `dispatch.requested` messages of `dispatch_queue` ([`replay_dispatches`]). `account` limits it
+/// to one account's (the dashboard), `id` to one delivery or, if no dead delivery has that id,
+/// one dispatch. `dispatchctl dlq replay` and the dashboard both replay through here.
+pub async fn replay(
+    pool: &Pool,
+    dispatch_queue: &str,
+    account: Option<Uuid>,
+    id: Option<Uuid>,
+) -> Result<Replayed, DbError> {
+    let deliveries = crate::deliveries::requeue(
+        pool,
+        &crate::deliveries::RequeueFilter {
+            account_id: account,
+            delivery_id: id,
+            only_dead: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let dispatches = if id.is_some() && !deliveries.is_empty() {
+        Vec::new()
+    } else {
+        replay_dispatches(pool, dispatch_queue, account, id).await?
+    };
+    Ok(Replayed {
+        deliveries,
+        dispatches,
+    })
+}
+
 pub async fn list(pool: &Pool, limit: i64) -> Result<Vec<DeadLetter>, DbError> {
     let client = pool.get().await?;
     Ok(client
@@ -90,20 +171,25 @@ pub async fn list(pool: &Pool, limit: i64) -> Result<Vec<DeadLetter>, DbError> {
 /// Sends dead-lettered `dispatch.requested` messages of `queue` again: each unfinished dispatch
 /// among them is published once more through the outbox (the original message) and its
 /// processing attempts start over, and its dead letter is removed, in one statement.
-/// `dispatch_id` picks one dispatch, else every one is replayed. Returns the replayed dispatch
-/// ids; the dead letters of finished dispatches are only cleared. A body that is not a
-/// `dispatch.requested` message stays where it is, for an operator to read.
+/// `account` limits it to that account's dispatches and `dispatch_id` picks one dispatch, else
+/// every one is replayed. Returns the replayed dispatch ids; the dead letters of finished
+/// dispatches are only cleared. A body that is not a `dispatch.requested` message stays where it
+/// is, for an operator to read.
 pub async fn replay_dispatches(
     pool: &Pool,
     queue: &str,
+    account: Option<Uuid>,
     dispatch_id: Option<Uuid>,
 ) -> Result<Vec<Uuid>, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    let needle = account.map(account_needle);
     let stored = tx
         .query(
-            "SELECT id, body FROM dead_letters WHERE queue = $1 ORDER BY id FOR UPDATE",
-            &[&queue],
+            "SELECT id, body FROM dead_letters
+             WHERE queue = $1 AND ($2::bytea IS NULL OR position($2 in body) > 0)
+             ORDER BY id FOR UPDATE",
+            &[&queue, &needle],
         )
         .await?;
     let mut letters: Vec<i64> = Vec::new();
@@ -115,7 +201,9 @@ pub async fn replay_dispatches(
         let Ok(m) = serde_json::from_slice::<DispatchRequested>(body) else {
             continue;
         };
-        if dispatch_id.is_some_and(|want| want != m.dispatch_id) {
+        if dispatch_id.is_some_and(|want| want != m.dispatch_id)
+            || account.is_some_and(|want| want != m.account_id)
+        {
             continue;
         }
         letters.push(row.get(0));

@@ -441,6 +441,37 @@ pub async fn list_dead(pool: &Pool, limit: i64) -> Result<Vec<DeadDelivery>, DbE
         .collect())
 }
 
+/// An account's dead-lettered deliveries, most recently dead first, with the last error each got.
+pub async fn list_dead_for_account(
+    pool: &Pool,
+    account_id: Uuid,
+    limit: i64,
+) -> Result<Vec<DeadDelivery>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT d.id, d.account_id, d.dispatch_id, d.url, d.attempts, d.last_error, x.dead_at
+             FROM dead_deliveries x JOIN deliveries d ON d.id = x.delivery_id
+             WHERE d.account_id = $1 AND d.status = 'dead'
+             ORDER BY x.dead_at DESC, d.id DESC LIMIT $2",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[&account_id, &limit])
+        .await?
+        .iter()
+        .map(|r| DeadDelivery {
+            id: r.get(0),
+            account_id: r.get(1),
+            dispatch_id: r.get(2),
+            url: r.get(3),
+            attempts: r.get(4),
+            last_error: r.get(5),
+            updated_at: r.get(6),
+        })
+        .collect())
+}
+
 /// Each delivery of a dispatch with its state, for the status body.
 #[derive(Debug, Clone)]
 pub struct DeliveryState {

@@ -303,6 +303,58 @@ pub async fn list(
         .collect()
 }
 
+/// A metadata search: dispatches with a top-level metadata value equal to `value` (strings
+/// compare without their quotes, numbers and booleans as written), under `key` only if given.
+#[derive(Debug, Clone, Copy)]
+pub struct MetadataMatch<'a> {
+    pub key: Option<&'a str>,
+    pub value: &'a str,
+}
+
+/// [`list`] narrowed to the dispatches whose metadata matches: newest first with the same keyset
+/// cursor. It reads the account's dispatches in that order until the page is full.
+pub async fn search_metadata(
+    pool: &Pool,
+    account_id: Uuid,
+    status: Option<DispatchStatus>,
+    matching: MetadataMatch<'_>,
+    before: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<DispatchView>, DbError> {
+    let client = pool.get().await?;
+    let (ts, id) = before.unzip();
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {VIEW_COLUMNS} FROM dispatches
+             WHERE account_id = $1
+               AND ($2::text IS NULL OR status = $2)
+               AND ($3::timestamptz IS NULL OR (queued_at, id) < ($3, $4))
+               AND jsonb_typeof(metadata) = 'object'
+               AND EXISTS (SELECT 1 FROM jsonb_each_text(metadata) m
+                           WHERE m.value = $6 AND ($7::text IS NULL OR m.key = $7))
+             ORDER BY queued_at DESC, id DESC LIMIT $5"
+        ))
+        .await?;
+    let status = status.map(|s| s.as_str());
+    client
+        .query(
+            &stmt,
+            &[
+                &account_id,
+                &status,
+                &ts,
+                &id,
+                &limit,
+                &matching.value,
+                &matching.key,
+            ],
+        )
+        .await?
+        .iter()
+        .map(view_from_row)
+        .collect()
+}
+
 /// Where a dispatch's rendered document is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResultBody {

@@ -118,6 +118,34 @@ pub async fn delete(pool: &Pool, account_id: Uuid, id: Uuid) -> Result<bool, DbE
     Ok(client.execute(&stmt, &[&id, &account_id]).await? == 1)
 }
 
+/// The reason stored on a subscription its account disabled.
+pub const DISABLED_BY_ACCOUNT: &str = "disabled by the account";
+
+/// Disables (`enabled` false, with [`DISABLED_BY_ACCOUNT`] as its reason) or enables again one of
+/// the account's subscriptions: a disabled subscription matches no event. Returns false if the
+/// account has no such subscription.
+pub async fn set_enabled(
+    pool: &Pool,
+    account_id: Uuid,
+    id: Uuid,
+    enabled: bool,
+) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "UPDATE webhook_subscriptions
+             SET disabled_at = CASE WHEN $3 THEN NULL ELSE COALESCE(disabled_at, now()) END,
+                 disabled_reason = CASE WHEN $3 THEN NULL
+                                        ELSE COALESCE(disabled_reason, $4) END
+             WHERE id = $1 AND account_id = $2 AND deleted_at IS NULL",
+        )
+        .await?;
+    Ok(client
+        .execute(&stmt, &[&id, &account_id, &enabled, &DISABLED_BY_ACCOUNT])
+        .await?
+        == 1)
+}
+
 /// Active subscriptions of the given accounts for `event`: those naming it or its family
 /// (`family`, e.g. `provider.*`), and those for `*` when `wildcard` (operational events are only
 /// sent to subscriptions that name them): (account_id, webhook_id, callback_url).

@@ -9,6 +9,7 @@ pub mod documents;
 pub mod error;
 pub mod health;
 pub mod json;
+pub mod preview;
 pub mod server;
 pub mod views;
 

@@ -10,8 +10,10 @@
 //! account id in every statement, `dispatcher_http::commands`), and sign-in through the API's
 //! [`Authenticator`] with its argon2 check and failed sign-in limits.
 
+mod dead_letters;
 mod pages;
 pub mod session;
+mod templates;
 mod webhooks;
 
 use axum::body::{Body, Bytes};
@@ -24,6 +26,7 @@ use axum::Router;
 use chrono::Utc;
 use dispatcher_config::Settings;
 use dispatcher_db::{ui_sessions, Pool};
+use dispatcher_http::preview::Previewer;
 use dispatcher_http::{ApiError, Authenticator};
 use minijinja::Environment;
 use sha2::{Digest, Sha256};
@@ -50,6 +53,11 @@ pub struct UiState {
     templates: Arc<Environment<'static>>,
     /// `?v=` of the stylesheet's URL: changes whenever its content does.
     css_version: Arc<str>,
+    /// The queue whose dead-lettered messages are dispatches (`dispatch.requested`).
+    dispatch_queue: Arc<str>,
+    /// Renders template previews as `POST /v1/dispatches/validate` does; started on the first
+    /// preview, so a status API whose dashboard previews nothing runs no render helpers.
+    previews: Arc<tokio::sync::OnceCell<Previewer>>,
 }
 
 impl UiState {
@@ -62,13 +70,29 @@ impl UiState {
         let digest = Sha256::digest(CSS.as_bytes());
         let css_version: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
         Self {
-            settings,
             pool,
             auth,
             store,
+            dispatch_queue: dispatcher_mq::Topology::from_settings(&settings)
+                .dispatch_queue()
+                .into(),
+            settings,
             templates: Arc::new(templates()),
             css_version: css_version.into(),
+            previews: Arc::default(),
         }
+    }
+
+    /// The previewer, started on first use.
+    async fn previewer(&self) -> Result<&Previewer, UiError> {
+        self.previews
+            .get_or_try_init(|| async {
+                let limits = dispatcher_render::Limits::from_settings(&self.settings.render);
+                dispatcher_render::Renderer::start(limits)
+                    .map(Previewer::new)
+                    .map_err(|e| UiError(ApiError::Internal(format!("preview renderer: {e}"))))
+            })
+            .await
     }
 
     /// Renders `name` with `ctx` plus what every page needs.
@@ -95,6 +119,19 @@ fn templates() -> Environment<'static> {
         ),
         ("dispatch.html", include_str!("../templates/dispatch.html")),
         ("webhooks.html", include_str!("../templates/webhooks.html")),
+        (
+            "templates.html",
+            include_str!("../templates/templates.html"),
+        ),
+        ("template.html", include_str!("../templates/template.html")),
+        (
+            "preview_error.html",
+            include_str!("../templates/preview_error.html"),
+        ),
+        (
+            "dead_letters.html",
+            include_str!("../templates/dead_letters.html"),
+        ),
     ] {
         env.add_template(name, source)
             .unwrap_or_else(|e| panic!("dashboard template {name}: {e:#}"));
@@ -121,6 +158,17 @@ pub fn router(state: UiState) -> Router {
         .route("/ui/dispatches/{id}/redeliver", post(pages::redeliver))
         .route("/ui/webhooks", get(webhooks::list).post(webhooks::create))
         .route("/ui/webhooks/{id}/delete", post(webhooks::delete))
+        .route("/ui/webhooks/{id}/disable", post(webhooks::disable))
+        .route("/ui/webhooks/{id}/enable", post(webhooks::enable))
+        .route(
+            "/ui/templates",
+            get(templates::list).post(templates::create),
+        )
+        .route("/ui/templates/new", get(templates::new))
+        .route("/ui/templates/preview", post(templates::preview))
+        .route("/ui/templates/{id}", get(templates::show))
+        .route("/ui/dead-letters", get(dead_letters::list))
+        .route("/ui/dead-letters/replay", post(dead_letters::replay))
         .route("/ui/webhooks/secret/rotate", post(webhooks::rotate_secret))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

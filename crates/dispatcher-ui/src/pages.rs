@@ -10,8 +10,9 @@ use axum::{Extension, Form};
 use chrono::{DateTime, Utc};
 use dispatcher_core::DispatchStatus;
 use dispatcher_db::{deliveries, dispatches, ui_sessions};
+use dispatcher_http::commands::{self, RedeliverTarget};
 use dispatcher_http::views::DispatchBody;
-use dispatcher_http::{commands, cursor, ApiError};
+use dispatcher_http::{cursor, ApiError};
 use minijinja::context;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -23,7 +24,7 @@ const REFRESH_SECS: u32 = 3;
 /// Most of a text document shown inline.
 const TEXT_PREVIEW_BYTES: usize = 256 * 1024;
 
-fn when(t: DateTime<Utc>) -> String {
+pub(crate) fn when(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
@@ -127,7 +128,7 @@ pub async fn login(
                 &f.email,
                 Some("Wrong email or password."),
                 false,
-            )
+            );
         }
         Err(ApiError::RateLimited(secs)) => {
             let msg = format!("Too many attempts. Try again in {secs} s.");
@@ -196,6 +197,8 @@ pub struct ListQuery {
     cursor: String,
     #[serde(default)]
     q: String,
+    #[serde(default)]
+    key: String,
 }
 
 #[derive(Serialize)]
@@ -208,10 +211,20 @@ struct Row {
     metadata: String,
 }
 
-fn list_href(status: &str, cursor: Option<&str>) -> String {
+/// The list's filters, carried by its links.
+#[derive(Default)]
+struct Filters<'a> {
+    status: &'a str,
+    key: &'a str,
+    q: &'a str,
+}
+
+fn list_href(f: &Filters<'_>, cursor: Option<&str>) -> String {
     let mut q = url::form_urlencoded::Serializer::new(String::new());
-    if !status.is_empty() {
-        q.append_pair("status", status);
+    for (name, value) in [("status", f.status), ("key", f.key), ("q", f.q)] {
+        if !value.is_empty() {
+            q.append_pair(name, value);
+        }
     }
     if let Some(c) = cursor {
         q.append_pair("cursor", c);
@@ -224,8 +237,9 @@ fn list_href(status: &str, cursor: Option<&str>) -> String {
     }
 }
 
-/// Newest first, by status, a page at a time (the API's keyset cursor); a dispatch id in `q`
-/// opens that dispatch.
+/// Newest first, by status, a page at a time (the API's keyset cursor). `q` is a dispatch id
+/// (which opens that dispatch when the account has it) or a metadata value, looked for under
+/// `key` when one is given.
 pub async fn dispatches(
     State(s): State<UiState>,
     Extension(session): Extension<UiSession>,
@@ -237,11 +251,15 @@ pub async fn dispatches(
 
 async fn list_page(s: &UiState, session: &UiSession, q: ListQuery) -> Result<Response, UiError> {
     let search = q.q.trim();
-    let mut notice = None;
-    if !search.is_empty() {
-        match search.parse::<Uuid>() {
-            Ok(id) => return Ok(Redirect::to(&format!("/ui/dispatches/{id}")).into_response()),
-            Err(_) => notice = Some("That is not a dispatch id."),
+    let key = q.key.trim();
+    if key.is_empty() {
+        if let Ok(id) = search.parse::<Uuid>() {
+            if dispatches::get(&s.pool, session.account, id)
+                .await?
+                .is_some()
+            {
+                return Ok(Redirect::to(&format!("/ui/dispatches/{id}")).into_response());
+            }
         }
     }
     let status = match q.status.as_str() {
@@ -253,7 +271,16 @@ async fn list_page(s: &UiState, session: &UiSession, q: ListQuery) -> Result<Res
     };
     let cursor_arg = (!q.cursor.is_empty()).then_some(q.cursor.as_str());
     let (before, limit) = cursor::page(cursor_arg, None)?;
-    let rows = dispatches::list(&s.pool, session.account, status, before, limit).await?;
+    let rows = if search.is_empty() {
+        dispatches::list(&s.pool, session.account, status, before, limit).await?
+    } else {
+        let matching = dispatches::MetadataMatch {
+            key: (!key.is_empty()).then_some(key),
+            value: search,
+        };
+        dispatches::search_metadata(&s.pool, session.account, status, matching, before, limit)
+            .await?
+    };
     let next = cursor::next(&rows, limit, |d| (d.queued_at, d.id));
     let in_flight = rows.iter().any(|d| !d.status.is_terminal());
     let rows: Vec<Row> = rows
@@ -279,6 +306,11 @@ async fn list_page(s: &UiState, session: &UiSession, q: ListQuery) -> Result<Res
         .collect();
     let statuses: Vec<&str> = DispatchStatus::ALL.iter().map(|s| s.as_str()).collect();
     let status_str = status.map(|s| s.as_str()).unwrap_or("");
+    let filters = Filters {
+        status: status_str,
+        key,
+        q: search,
+    };
     let html = s.render(
         "dispatches.html",
         context! {
@@ -288,9 +320,10 @@ async fn list_page(s: &UiState, session: &UiSession, q: ListQuery) -> Result<Res
             statuses => statuses,
             status => status_str,
             q => search,
-            notice => notice,
-            newest_href => cursor_arg.map(|_| list_href(status_str, None)),
-            older_href => next.as_deref().map(|c| list_href(status_str, Some(c))),
+            key => key,
+            searching => !search.is_empty(),
+            newest_href => cursor_arg.map(|_| list_href(&filters, None)),
+            older_href => next.as_deref().map(|c| list_href(&filters, Some(c))),
             refresh => in_flight.then_some(REFRESH_SECS),
         },
     )?;
@@ -313,6 +346,7 @@ struct Step {
 
 #[derive(Serialize)]
 struct DeliveryRow {
+    id: Uuid,
     url: String,
     status: String,
     attempts: i32,
@@ -416,6 +450,7 @@ async fn dispatch_page(
             redelivered => q.redelivered,
             refresh => (!terminal || pending).then_some(REFRESH_SECS),
             deliveries => deliveries.into_iter().map(|d| DeliveryRow {
+                id: d.id,
                 url: d.url,
                 status: d.status,
                 attempts: d.attempts,
@@ -442,7 +477,7 @@ async fn dispatch_page(
 
 /// How a document of this content type is previewed: `pdf` and `html` in a frame (HTML
 /// sandboxed), `text` inline, `none` not at all.
-fn preview_kind(content_type: &str) -> &'static str {
+pub(crate) fn preview_kind(content_type: &str) -> &'static str {
     let essence = content_type
         .split(';')
         .next()
@@ -459,7 +494,7 @@ fn preview_kind(content_type: &str) -> &'static str {
 
 /// The policy a document is served under. HTML is sandboxed (no scripts, its own origin) with
 /// inline styles allowed and nothing fetched; every document may be framed by the dashboard only.
-fn document_csp(kind: &str) -> &'static str {
+pub(crate) fn document_csp(kind: &str) -> &'static str {
     match kind {
         "html" => {
             "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; \
@@ -532,9 +567,13 @@ fn extension(content_type: &str) -> &'static str {
 pub struct RedeliverForm {
     #[serde(default)]
     webhook_id: String,
+    /// One delivery of the dispatch (its row's button); empty for every delivery.
+    #[serde(default)]
+    delivery_id: String,
 }
 
-/// Sends the outcome again through the same function as `POST /v1/dispatches/{id}/redeliver`.
+/// Sends the outcome again through the same function as `POST /v1/dispatches/{id}/redeliver`:
+/// to every endpoint, or to one delivery's.
 pub async fn redeliver(
     State(s): State<UiState>,
     Extension(session): Extension<UiSession>,
@@ -543,14 +582,16 @@ pub async fn redeliver(
 ) -> Response {
     let r = async {
         let id = parse_id(&id)?;
-        let webhook = match f.webhook_id.trim() {
-            "" => None,
-            w => Some(
-                w.parse::<Uuid>()
-                    .map_err(|_| ApiError::NotFound("delivery for that webhook"))?,
-            ),
+        let parse = |v: &str, what| {
+            v.parse::<Uuid>()
+                .map_err(|_| UiError(ApiError::NotFound(what)))
         };
-        let ids = commands::redeliver(&s.pool, session.account, id, webhook).await?;
+        let target = match (f.webhook_id.trim(), f.delivery_id.trim()) {
+            ("", "") => RedeliverTarget::All,
+            (w, "") => RedeliverTarget::Webhook(parse(w, "delivery for that webhook")?),
+            (_, d) => RedeliverTarget::Delivery(parse(d, "delivery")?),
+        };
+        let ids = commands::redeliver_to(&s.pool, session.account, id, target).await?;
         Ok(Redirect::to(&format!("/ui/dispatches/{id}?redelivered={}", ids.len())).into_response())
     }
     .await;
@@ -575,10 +616,15 @@ mod tests {
 
     #[test]
     fn list_links_carry_the_filter_and_cursor() {
-        assert_eq!(list_href("", None), "/ui/dispatches");
+        assert_eq!(list_href(&Filters::default(), None), "/ui/dispatches");
+        let f = Filters {
+            status: "failed",
+            key: "",
+            q: "A&B 17",
+        };
         assert_eq!(
-            list_href("failed", Some("abc_-")),
-            "/ui/dispatches?status=failed&cursor=abc_-"
+            list_href(&f, Some("abc_-")),
+            "/ui/dispatches?status=failed&q=A%26B+17&cursor=abc_-"
         );
     }
 }

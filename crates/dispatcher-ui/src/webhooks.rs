@@ -121,6 +121,8 @@ pub async fn list(
     let done = match q.done.as_str() {
         "created" => "Subscription created.",
         "deleted" => "Subscription deleted.",
+        "disabled" => "Subscription disabled: it receives no events until it is enabled again.",
+        "enabled" => "Subscription enabled.",
         _ => "",
     };
     let extra = Extra {
@@ -208,6 +210,41 @@ pub async fn delete(
     }
     .await;
     page_result(&s, r)
+}
+
+/// Disables a subscription: it matches no event until it is enabled again.
+pub async fn disable(
+    State(s): State<UiState>,
+    Extension(session): Extension<UiSession>,
+    Path(id): Path<String>,
+) -> Response {
+    let r = set_enabled(&s, &session, &id, false).await;
+    page_result(&s, r)
+}
+
+/// Enables a subscription again (one the account disabled, or one Dispatcher disabled after its
+/// endpoint answered `410 Gone` or kept failing).
+pub async fn enable(
+    State(s): State<UiState>,
+    Extension(session): Extension<UiSession>,
+    Path(id): Path<String>,
+) -> Response {
+    let r = set_enabled(&s, &session, &id, true).await;
+    page_result(&s, r)
+}
+
+async fn set_enabled(
+    s: &UiState,
+    session: &UiSession,
+    id: &str,
+    enabled: bool,
+) -> Result<Response, UiError> {
+    let id: Uuid = id.parse().map_err(|_| ApiError::NotFound("webhook"))?;
+    if !subscriptions::set_enabled(&s.pool, session.account, id, enabled).await? {
+        return Err(UiError(ApiError::NotFound("webhook")));
+    }
+    let done = if enabled { "enabled" } else { "disabled" };
+    Ok(Redirect::to(&format!("/ui/webhooks?done={done}")).into_response())
 }
 
 /// Issues a new signing secret, as `POST /v1/webhooks/secret/rotate` does, and shows it this

@@ -34,11 +34,9 @@ pub struct AppState {
     pub waiters: Arc<waiters::Waiters>,
     pub templates: Arc<templates_cache::TemplateCache>,
     pub estimator: estimate::Estimator,
-    /// Renders documents for `POST /v1/dispatches/validate`, within `render` limits.
-    pub renderer: dispatcher_render::Renderer,
-    /// Previews rendering or waiting for a slot; bounded so previews cannot queue without limit
-    /// beside the submission path.
-    pub previews: Arc<tokio::sync::Semaphore>,
+    /// Renders documents for `POST /v1/dispatches/validate`, within `render` limits and a
+    /// bounded number of slots, so previews cannot queue without limit beside the submission path.
+    pub previews: dispatcher_http::preview::Previewer,
     /// Cancelled when shutdown starts: sync submissions stop waiting and answer their 202.
     pub draining: CancellationToken,
 }
@@ -105,8 +103,7 @@ pub async fn serve(
             settings.ingest.template_cache_bytes,
         )),
         estimator: estimate::Estimator::start(settings.clone(), pool.clone(), background.clone()),
-        previews: Arc::new(tokio::sync::Semaphore::new(renderer.slots() * 2)),
-        renderer,
+        previews: dispatcher_http::preview::Previewer::new(renderer),
         draining: cancel.clone(),
     };
     let app: Router = routes::router(state)

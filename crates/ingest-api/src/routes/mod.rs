@@ -49,38 +49,8 @@ pub fn parse_id(s: &str, what: &'static str) -> Result<uuid::Uuid, ApiError> {
     s.parse().map_err(|_| ApiError::NotFound(what))
 }
 
-/// Postgres `text` and `jsonb` cannot store U+0000; a request carrying one anywhere (in a value or
-/// a key) is answered 422 naming the field, instead of failing its write.
-pub fn reject_nul(v: &serde_json::Value) -> Result<(), ApiError> {
-    // Allocates only on the way back from a hit, so clean bodies cost one pass.
-    fn nul_path(v: &serde_json::Value) -> Option<String> {
-        match v {
-            serde_json::Value::String(s) => s.contains('\0').then(String::new),
-            serde_json::Value::Array(items) => items
-                .iter()
-                .enumerate()
-                .find_map(|(i, item)| nul_path(item).map(|rest| format!("[{i}]{rest}"))),
-            serde_json::Value::Object(map) => map.iter().find_map(|(k, item)| {
-                if k.contains('\0') {
-                    Some(format!(".{}", k.escape_debug()))
-                } else {
-                    nul_path(item).map(|rest| format!(".{k}{rest}"))
-                }
-            }),
-            _ => None,
-        }
-    }
-    match nul_path(v) {
-        None => Ok(()),
-        Some(path) => {
-            let path = path.strip_prefix('.').unwrap_or(&path);
-            reject_nul_str("\0", if path.is_empty() { "body" } else { path })
-        }
-    }
-}
-
 /// [`reject_nul`] for one string field (shared with the dashboard's writes).
-pub use dispatcher_http::commands::reject_nul_str;
+pub use dispatcher_http::commands::{reject_nul, reject_nul_str};
 
 #[cfg(test)]
 mod tests {

@@ -10,15 +10,10 @@ use dispatcher_http::error::doc::{
     BadRequest, InternalError, NotFound, PayloadTooLarge, ServiceUnavailable, TooManyRequests,
     Unauthorized, UnprocessableEntity, UnsupportedMediaType,
 };
-use dispatcher_http::{cursor, ApiError, ApiJson, ApiQuery, AuthAccount};
+use dispatcher_http::{commands, cursor, ApiError, ApiJson, ApiQuery, AuthAccount};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
-
-const MAX_NAME: usize = 200;
-const MAX_BODY: usize = 256 * 1024;
-/// Digests of template bodies known to parse (about 200 bytes each with the cache's bookkeeping).
-const VALID_BODIES: u64 = 10_000;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -59,39 +54,8 @@ impl From<Template> for TemplateBody {
     }
 }
 
-/// Clients often send the same inline template with every dispatch: the bodies that parsed are
-/// remembered (by SHA-256) instead of compiled again on every request. The keys are small and of
-/// one size, so the set is bounded by entries; the ones in use stay.
-static VALID: std::sync::LazyLock<moka::sync::Cache<[u8; 32], ()>> =
-    std::sync::LazyLock::new(|| moka::sync::Cache::new(VALID_BODIES));
-
-fn body_key(format: TemplateFormat, body: &str) -> [u8; 32] {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(format.as_str().as_bytes());
-    h.update([0]);
-    h.update(body.as_bytes());
-    h.finalize().into()
-}
-
-/// Checks a template body and reports a syntax error with its line.
-pub fn check_body(format: TemplateFormat, body: &str) -> Result<(), ApiError> {
-    super::reject_nul_str(body, "body")?;
-    if body.len() > MAX_BODY {
-        return Err(ApiError::unprocessable(
-            "template_too_large",
-            format!("template body exceeds {MAX_BODY} bytes"),
-        ));
-    }
-    let key = body_key(format, body);
-    if VALID.get(&key).is_some() {
-        return Ok(());
-    }
-    dispatcher_render::check_syntax(format, body)
-        .map_err(|e| ApiError::unprocessable("template_syntax_error", e.to_string()))?;
-    VALID.insert(key, ());
-    Ok(())
-}
+/// Checks a template body and reports a syntax error with its line (shared with the dashboard).
+pub use dispatcher_http::commands::check_template_body as check_body;
 
 /// Create a template.
 #[utoipa::path(
@@ -118,17 +82,7 @@ pub async fn create(
     AuthAccount(account): AuthAccount,
     ApiJson(req): ApiJson<CreateTemplate>,
 ) -> Result<(StatusCode, Json<TemplateBody>), ApiError> {
-    // Counted in characters before trimming, as the document's maxLength counts them.
-    super::reject_nul_str(&req.name, "name")?;
-    let name = req.name.trim();
-    if name.is_empty() || req.name.chars().count() > MAX_NAME {
-        return Err(ApiError::unprocessable(
-            "invalid_field",
-            format!("name: must be 1 to {MAX_NAME} characters, not only whitespace"),
-        ));
-    }
-    check_body(req.format, &req.body)?;
-    let t = templates::insert(&s.pool, account, name, req.format, &req.body).await?;
+    let t = commands::create_template(&s.pool, account, &req.name, req.format, &req.body).await?;
     s.templates.put(account, t.id, t.format, t.body.clone());
     Ok((StatusCode::CREATED, Json(t.into())))
 }
@@ -202,32 +156,4 @@ pub async fn list(
         data: rows.into_iter().map(Into::into).collect(),
         next_cursor,
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn remembered_bodies_stay_bounded_and_the_ones_in_use_stay() {
-        let hot = "Hello {{ name }}, the template everyone sends";
-        check_body(TemplateFormat::Text, hot).unwrap();
-        for i in 0..3 * VALID_BODIES {
-            check_body(TemplateFormat::Text, &format!("one-off {i} {{{{ x }}}}")).unwrap();
-            check_body(TemplateFormat::Text, hot).unwrap();
-            if i % 1000 == 0 {
-                VALID.run_pending_tasks();
-            }
-        }
-        VALID.run_pending_tasks();
-        assert!(
-            VALID.entry_count() <= VALID_BODIES,
-            "{}",
-            VALID.entry_count()
-        );
-        assert!(VALID.contains_key(&body_key(TemplateFormat::Text, hot)));
-        // A body that does not parse is never remembered.
-        assert!(check_body(TemplateFormat::Text, "{% if %}").is_err());
-        assert!(!VALID.contains_key(&body_key(TemplateFormat::Text, "{% if %}")));
-    }
 }

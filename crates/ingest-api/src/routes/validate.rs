@@ -11,11 +11,6 @@ use dispatcher_http::error::doc::{
     UnprocessableEntity, UnsupportedMediaType,
 };
 use dispatcher_http::{ApiError, ApiJson, AuthAccount};
-use std::sync::Arc;
-use std::time::Duration;
-
-/// Longest a preview waits for a render slot before it is answered 503.
-const PREVIEW_WAIT: Duration = Duration::from_secs(2);
 
 /// A document's raw bytes (a PDF).
 pub(crate) struct Binary;
@@ -74,17 +69,7 @@ pub async fn validate(
     ApiJson(raw): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let p = prepare(&s, account, raw).await?;
-    // One preview rendering and one waiting per render slot; past that, answer 503 at once
-    // rather than queue: a preview can hold a slot for the whole render.timeout.
-    let _permit = tokio::time::timeout(PREVIEW_WAIT, s.previews.acquire())
-        .await
-        .map_err(|_| ApiError::Unavailable("every render slot is busy with previews".into()))?
-        .expect("the semaphore is never closed");
     let (format, body, data) = p.into_template_and_data();
-    let doc = s
-        .renderer
-        .render(format, Arc::from(body), Arc::new(data))
-        .await
-        .map_err(|e| ApiError::unprocessable("template_render_error", e.message))?;
+    let doc = s.previews.render(format, body, data).await?;
     Ok(([(header::CONTENT_TYPE, doc.content_type)], doc.bytes).into_response())
 }
