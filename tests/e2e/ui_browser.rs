@@ -190,7 +190,50 @@ async fn run(
     screenshot(browser, "dispatch-390px").await;
     browser.set_window_size(1280, 900).await?;
 
-    // 5. Sign out; the dashboard asks to sign in again.
+    // A form posted without its CSRF token is refused and changes nothing.
+    browser
+        .goto(&format!("{}/ui/dispatches/{id}", app.status_url))
+        .await?;
+    browser
+        .execute(
+            "document.querySelectorAll('input[name=csrf]').forEach(e => e.remove()); return null;",
+            vec![],
+        )
+        .await?;
+    click(browser, Locator::Id("redeliver")).await;
+    assert_eq!(text_of(browser, "main h1").await, "Forbidden");
+    assert!(text_of(browser, "main .error")
+        .await
+        .contains("did not come from this dashboard"));
+    screenshot(browser, "csrf-refused").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.requests().len(), 2, "the refused redeliver sent nothing");
+
+    // Another account's dispatch is not found.
+    let other = app.create_account("ui-browser-other@example.com").await;
+    let r = app
+        .post(
+            &app.ingest_url,
+            "/v1/dispatches?async=true",
+            &other,
+            &json!({"template": {"format": "text", "body": "theirs"}, "data": {}}),
+        )
+        .await;
+    let theirs = r.json::<serde_json::Value>().await.unwrap()["dispatchId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    browser
+        .goto(&format!("{}/ui/dispatches/{theirs}", app.status_url))
+        .await?;
+    assert_eq!(text_of(browser, "main h1").await, "Not found");
+    screenshot(browser, "other-accounts-dispatch").await;
+
+    // 5. Sign out; the dashboard asks to sign in again, and the old cookie opens nothing.
+    let old_cookie = browser.get_named_cookie("dispatcher_ui").await?;
+    browser
+        .goto(&format!("{}/ui/dispatches", app.status_url))
+        .await?;
     click(browser, Locator::Css("form.signout button")).await;
     assert_eq!(
         text_of(browser, "main .notice").await,
@@ -202,6 +245,11 @@ async fn run(
     assert_eq!(text_of(browser, "main h1").await, "Sign in");
     assert!(browser.current_url().await?.path().ends_with("/ui/login"));
     screenshot(browser, "signed-out").await;
+    browser.add_cookie(old_cookie).await?;
+    browser
+        .goto(&format!("{}/ui/dispatches/{id}", app.status_url))
+        .await?;
+    assert_eq!(text_of(browser, "main h1").await, "Sign in");
     Ok(())
 }
 
