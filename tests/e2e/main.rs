@@ -1,6 +1,7 @@
 //! End-to-end tests: real services, real Postgres and RabbitMQ, a local receiver.
 
 mod api;
+mod backpressure;
 mod compat;
 mod deploy_files;
 mod documents;

@@ -288,6 +288,9 @@ pub struct IngestSettings {
     pub batch_max: usize,
     /// Batch inserts in flight at once, each on its own pooled connection.
     pub write_lanes: usize,
+    /// Accepted messages waiting (work queues plus unpublished outbox rows) past which new
+    /// submissions get `429 overloaded` with `Retry-After`; 0 turns the limit off.
+    pub max_backlog: u64,
     pub max_body_bytes: usize,
     /// Largest body of `POST /v1/dispatches/batch` (up to 1 000 dispatch bodies).
     pub max_batch_body_bytes: usize,

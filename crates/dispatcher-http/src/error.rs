@@ -27,6 +27,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("rate limit exceeded; retry after {0} s")]
     RateLimited(u64),
+    #[error("the system is working through a backlog of accepted dispatches; retry after {0} s")]
+    Overloaded(u64),
     #[error("service temporarily unavailable")]
     Unavailable(String),
     #[error("internal error")]
@@ -54,7 +56,10 @@ impl ApiError {
     pub fn item_error(&self) -> Option<ErrorBody> {
         let (status, code) = self.status_and_code();
         (status.is_client_error()
-            && !matches!(self, ApiError::Unauthorized | ApiError::RateLimited(_)))
+            && !matches!(
+                self,
+                ApiError::Unauthorized | ApiError::RateLimited(_) | ApiError::Overloaded(_)
+            ))
         .then(|| ErrorBody {
             error: ErrorDetail {
                 code: code.to_owned(),
@@ -76,6 +81,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
@@ -136,7 +142,7 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static("Basic realm=\"dispatcher\", charset=\"UTF-8\""),
             );
         }
-        if let ApiError::RateLimited(secs) = self {
+        if let ApiError::RateLimited(secs) | ApiError::Overloaded(secs) = self {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
@@ -253,7 +259,7 @@ pub mod doc {
         /// 422.
         UnprocessableEntity => "The body is well-formed JSON but a field is missing, of the wrong type, unknown or refused (`invalid_field` and more specific codes); the message names the field.";
         /// 429.
-        TooManyRequests => "The account's rate limit is exceeded (`rate_limited`).",
+        TooManyRequests => "The account's rate limit is exceeded (`rate_limited`), or the system is working through a backlog of accepted dispatches beyond `ingest.max_backlog` (`overloaded`).",
             ("Retry-After", "Seconds to wait before retrying.", Some("^[0-9]+$"));
         /// 500.
         InternalError => "An unexpected server error (`internal_error`); the body carries no internals.";

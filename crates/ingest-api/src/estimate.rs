@@ -4,8 +4,8 @@
 //!
 //! - typical processing time: the median `completed_at - queued_at` of the most recent finished
 //!   dispatches (a primary-key range scan: ids are UUIDv7, so ordered by time);
-//! - work ahead: ready messages in the `dispatch.requested` queue (a passive declare) plus
-//!   unpublished outbox rows;
+//! - work ahead: ready messages in the `dispatch.requested` and webhook event queues (passive
+//!   declares) plus unpublished outbox rows;
 //! - drain rate: how many of the most recent dispatches (a primary-key range scan) finished in
 //!   the last few seconds, i.e. what all workers together finish right now.
 
@@ -38,19 +38,50 @@ pub fn compute(median_latency: Option<Duration>, backlog: u64, drain_per_sec: f6
     base + Duration::from_secs_f64((backlog as f64 / rate).min(86_400.0))
 }
 
+/// Past `ingest.max_backlog` accepted messages waiting, submissions are refused with `429
+/// overloaded` and a `Retry-After` of the time the backlog needs to drain to the limit (1 to 60
+/// s): when delivery cannot keep pace with ingest, clients wait instead of the backlog growing
+/// without bound. Pure, like [`compute`].
+pub fn push_back(backlog: u64, max_backlog: u64, drain_per_sec: f64) -> Option<u64> {
+    if max_backlog == 0 || backlog <= max_backlog {
+        return None;
+    }
+    let rate = drain_per_sec.max(10.0);
+    Some((((backlog - max_backlog) as f64 / rate).ceil() as u64).clamp(1, 60))
+}
+
+#[derive(Clone, Copy)]
+struct Snapshot {
+    estimate: Duration,
+    backlog: u64,
+    drain_per_sec: f64,
+}
+
 #[derive(Clone)]
 pub struct Estimator {
-    current: Arc<RwLock<Duration>>,
+    current: Arc<RwLock<Snapshot>>,
+    max_backlog: u64,
 }
 
 impl Estimator {
     pub fn current(&self) -> Duration {
-        *self.current.read().expect("estimate")
+        self.current.read().expect("estimate").estimate
+    }
+
+    /// `Some(seconds to wait)` while the backlog is past `ingest.max_backlog`.
+    pub fn overloaded(&self) -> Option<u64> {
+        let s = *self.current.read().expect("estimate");
+        push_back(s.backlog, self.max_backlog, s.drain_per_sec)
     }
 
     pub fn start(settings: Arc<Settings>, pool: Pool, cancel: CancellationToken) -> Self {
         let me = Self {
-            current: Arc::new(RwLock::new(DEFAULT_LATENCY)),
+            current: Arc::new(RwLock::new(Snapshot {
+                estimate: DEFAULT_LATENCY,
+                backlog: 0,
+                drain_per_sec: 0.0,
+            })),
+            max_backlog: settings.ingest.max_backlog,
         };
         let current = me.current.clone();
         tokio::spawn(async move {
@@ -68,21 +99,29 @@ impl Estimator {
                         channel = conn.create_channel().await.ok().map(|c| (conn, c));
                     }
                 }
-                let depth = match &channel {
-                    Some((_, ch)) => match Topology::depth(ch, &topology.dispatch_queue()).await {
-                        Ok(d) => d as u64,
-                        Err(_) => {
-                            channel = None;
-                            0
+                let mut depth = 0;
+                if let Some((_, ch)) = &channel {
+                    for queue in [topology.dispatch_queue(), topology.webhook_events_queue()] {
+                        match Topology::depth(ch, &queue).await {
+                            Ok(d) => depth += d as u64,
+                            Err(_) => {
+                                channel = None;
+                                break;
+                            }
                         }
-                    },
-                    None => 0,
-                };
+                    }
+                }
                 let Ok(sample) = sample(&pool).await else {
                     continue;
                 };
-                let estimate = compute(sample.median, depth + sample.unsent, sample.drain_per_sec);
-                *current.write().expect("estimate") = estimate;
+                let backlog = depth + sample.unsent;
+                let estimate = compute(sample.median, backlog, sample.drain_per_sec);
+                *current.write().expect("estimate") = Snapshot {
+                    estimate,
+                    backlog,
+                    drain_per_sec: sample.drain_per_sec,
+                };
+                metrics::gauge!("dispatcher_ingest_backlog").set(backlog as f64);
                 metrics::gauge!("dispatcher_estimated_completion_seconds")
                     .set(estimate.as_secs_f64());
             }
@@ -129,6 +168,18 @@ async fn sample(pool: &Pool) -> Result<Sample, dispatcher_db::DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backlog_past_the_limit_asks_clients_to_wait_until_it_drains() {
+        assert_eq!(push_back(500, 1_000, 100.0), None);
+        assert_eq!(push_back(1_000, 1_000, 100.0), None);
+        assert_eq!(push_back(1_500, 1_000, 100.0), Some(5));
+        // At least a second, at most a minute, and a stalled drain counts as 10/s.
+        assert_eq!(push_back(1_001, 1_000, 5_000.0), Some(1));
+        assert_eq!(push_back(1_000_000, 1_000, 0.0), Some(60));
+        // 0 turns the limit off.
+        assert_eq!(push_back(u64::MAX, 0, 0.0), None);
+    }
 
     #[test]
     fn an_idle_cluster_estimates_its_typical_latency() {

@@ -103,6 +103,9 @@ pub async fn submit_batch(
             return replay(hit, &request_hash);
         }
     }
+    if let Some(wait) = s.estimator.overloaded() {
+        return Err(ApiError::Overloaded(wait));
+    }
     let req: BatchRequest = serde_path_to_error::deserialize(raw).map_err(|e| {
         ApiError::unprocessable("invalid_field", format!("{}: {}", e.path(), e.inner()))
     })?;

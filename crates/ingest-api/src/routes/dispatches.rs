@@ -286,6 +286,10 @@ pub async fn submit(
         }
     }
 
+    // Replays above add no work; new work waits while delivery works through a backlog.
+    if let Some(wait) = s.estimator.overloaded() {
+        return Err(ApiError::Overloaded(wait));
+    }
     let prepared = prepare(&s, account, raw).await?;
     let (row, accepted) = prepared.into_row(
         &s,
