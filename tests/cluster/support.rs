@@ -68,6 +68,20 @@ pub struct Submitted {
     pub first_error: Option<String>,
 }
 
+impl Submitted {
+    /// Every one of `n` submissions was answered 202 (the ingest needs neither the broker nor
+    /// another replica to accept).
+    pub fn assert_all_accepted(&self, n: usize) {
+        assert!(
+            self.refused.is_empty(),
+            "refused: {:?}, first error: {:?}",
+            self.refused,
+            self.first_error
+        );
+        assert_eq!(self.accepted.len(), n);
+    }
+}
+
 /// Submits `n` async dispatches at `rate` per second, round robin over `ingests`, each with
 /// `callback`; a request is answered or abandoned within 30 s. At most `MAX_IN_FLIGHT` wait for
 /// their answers: a slower system is offered less, not more connections.

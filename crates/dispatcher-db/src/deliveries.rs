@@ -418,6 +418,20 @@ pub struct DeadDelivery {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A dead delivery from a row of `id, account_id, dispatch_id, url, attempts, last_error` and
+/// the time it last changed.
+fn dead_delivery(r: &tokio_postgres::Row) -> DeadDelivery {
+    DeadDelivery {
+        id: r.get(0),
+        account_id: r.get(1),
+        dispatch_id: r.get(2),
+        url: r.get(3),
+        attempts: r.get(4),
+        last_error: r.get(5),
+        updated_at: r.get(6),
+    }
+}
+
 pub async fn list_dead(pool: &Pool, limit: i64) -> Result<Vec<DeadDelivery>, DbError> {
     let client = pool.get().await?;
     Ok(client
@@ -429,15 +443,7 @@ pub async fn list_dead(pool: &Pool, limit: i64) -> Result<Vec<DeadDelivery>, DbE
         )
         .await?
         .iter()
-        .map(|r| DeadDelivery {
-            id: r.get(0),
-            account_id: r.get(1),
-            dispatch_id: r.get(2),
-            url: r.get(3),
-            attempts: r.get(4),
-            last_error: r.get(5),
-            updated_at: r.get(6),
-        })
+        .map(dead_delivery)
         .collect())
 }
 
@@ -460,15 +466,7 @@ pub async fn list_dead_for_account(
         .query(&stmt, &[&account_id, &limit])
         .await?
         .iter()
-        .map(|r| DeadDelivery {
-            id: r.get(0),
-            account_id: r.get(1),
-            dispatch_id: r.get(2),
-            url: r.get(3),
-            attempts: r.get(4),
-            last_error: r.get(5),
-            updated_at: r.get(6),
-        })
+        .map(dead_delivery)
         .collect())
 }
 
