@@ -190,6 +190,30 @@ async fn the_primary_dies_within_limit() {
     // Dispatches delivered that no 202 announced: answered 503 (or not at all) although their
     // commit reached the standby; a client retrying with its Idempotency-Key gets them back.
     let unannounced = delivered_ids.difference(&accepted).count();
+    // The other paths came back on the promoted node too: a sync submission (woken by its
+    // dispatch's NOTIFY through a LISTEN connection made anew) and status-api's pool.
+    let sync_started = Instant::now();
+    let sync = app
+        .post(
+            &app.ingest_url,
+            "/v1/dispatches",
+            &who,
+            &serde_json::json!({"template": {"format": "text", "body": "after"}, "data": {}}),
+        )
+        .await;
+    assert_eq!(sync.status(), 200, "sync submission after the failover");
+    let sync: serde_json::Value = sync.json().await.unwrap();
+    assert_eq!(sync["status"], "completed", "{sync}");
+    let sync_took = sync_started.elapsed();
+    let status = app
+        .get(
+            &app.status_url,
+            &format!("/v1/dispatches/{}", sync["dispatchId"].as_str().unwrap()),
+            &who,
+        )
+        .await;
+    assert_eq!(status.status(), 200, "status-api after the failover");
+
     let standby_in_recovery = pg_pair::query_text(
         pg_pair::STANDBY_PORT,
         "postgres",
@@ -204,7 +228,8 @@ async fn the_primary_dies_within_limit() {
          503 window: {:.2}s (first 503 sent to last 503 answered); \
          first 202 after the kill: {}; 202s sent after promotion: {accepted_after_promotion}\n  \
          delivered: {} dispatches ({} requests, {} distinct webhook-ids), lost: {}, \
-         duplicates (same webhook-id): {duplicates}, delivered without a 202: {unannounced}",
+         duplicates (same webhook-id): {duplicates}, delivered without a 202: {unannounced}\n  \
+         a sync submission afterwards: completed in {:.2}s",
         submitted_in.as_secs_f64(),
         answered_in.as_secs_f64(),
         (promoted - stopped).as_secs_f64(),
@@ -224,6 +249,7 @@ async fn the_primary_dies_within_limit() {
         delivered.len(),
         per_webhook_id.len(),
         lost.len(),
+        sync_took.as_secs_f64(),
     );
 
     assert_eq!(standby_in_recovery, "false", "the standby was not promoted");
