@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SERVICES := ingest-api status-api dispatch-worker webhook-deliverer
 
-.PHONY: all build run stop test bench soak fmt lint services clean venv
+.PHONY: all build run stop test test-cluster bench soak fmt lint services clean venv
 
 # The tests' Python virtualenv (Standard Webhooks libraries, JSON Schema and Kubernetes manifest
 # validators). Recreated only when tests/python/requirements.txt or constraints.txt change.
@@ -38,6 +38,18 @@ test: services venv
 	  DISPATCHER_TEST_PYTHON=$(TEST_PYTHON) $(CARGO) test --workspace --no-fail-fast; \
 	fi
 
+# The fault tests against clustered engines on this machine (tests/cluster/): a Postgres primary
+# with a synchronous standby and a 3-node RabbitMQ cluster, started for the run and removed after
+# it, whatever the outcome. Prints how long each step took.
+test-cluster: services venv
+	$(CARGO) build --workspace --bins
+	@set -e; t0=$$(date +%s); \
+	trap 'scripts/pg-replica.sh down >/dev/null 2>&1 || true; scripts/rabbit-cluster.sh down >/dev/null 2>&1 || true' EXIT; \
+	scripts/pg-replica.sh up; scripts/rabbit-cluster.sh up; t1=$$(date +%s); \
+	echo "test-cluster: engines up in $$((t1 - t0))s"; \
+	DISPATCHER_TEST_PYTHON=$(TEST_PYTHON) $(CARGO) test -p dispatcher-e2e --test cluster -- --test-threads=1; \
+	t2=$$(date +%s); echo "test-cluster: tests took $$((t2 - t1))s, $$((t2 - t0))s in all"
+
 venv: $(VENV_STAMP)
 
 $(VENV_STAMP): tests/python/requirements.txt tests/python/constraints.txt
@@ -65,6 +77,8 @@ fmt:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@# tests/cluster is `test = false`, which --all-targets leaves out.
+	$(CARGO) clippy -p dispatcher-e2e --test cluster -- -D warnings
 
 clean: stop
 	rm -rf .run

@@ -93,6 +93,52 @@ async fn kubernetes_manifests_validate_against_recent_kubernetes() {
     }
 }
 
+/// The production engines (`k8s/engines/`): the operators' custom resources against the CRD
+/// schemas vendored beside them, the rest against Kubernetes, all strictly.
+#[tokio::test]
+async fn engine_manifests_validate_against_their_operators_crds() {
+    test_python();
+    let dir = workspace_root().join("k8s/engines");
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let schemas = dir.join("schemas").to_string_lossy().into_owned();
+    let script = python_script("check_deploy.py");
+    let mut args = vec![script.as_str(), "k8s", dir_arg.as_str(), "--crds", &schemas];
+    args.extend(KUBERNETES_VERSIONS);
+    let out = run_python(&args, b"").await;
+    let report = report(&out, "validation of k8s/engines/");
+
+    let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
+        .collect();
+    let checked = report["checked"].as_array().unwrap();
+    for file in &on_disk {
+        assert!(
+            checked.iter().any(|c| c["file"] == *file),
+            "{file} was not checked: {report}"
+        );
+    }
+    for (kind, schema) in [
+        ("Cluster", "postgresql.cnpg.io_v1_cluster.json"),
+        (
+            "RabbitmqCluster",
+            "rabbitmq.com_v1beta1_rabbitmqcluster.json",
+        ),
+    ] {
+        assert!(
+            checked
+                .iter()
+                .any(|c| c["kind"] == kind && c["validator"] == "crd" && c["schema"] == schema),
+            "no {kind} validated against {schema}: {report}"
+        );
+    }
+    assert!(
+        checked.iter().any(|c| c["kind"] == "Kustomization"),
+        "no Kustomization in k8s/engines: {report}"
+    );
+}
+
 /// Whether the Docker Compose plugin works on this machine.
 async fn docker_compose_works() -> bool {
     tokio::process::Command::new("docker")

@@ -1,12 +1,19 @@
 """Checks the deployment files. Used by the end-to-end tests (tests/e2e/deploy_files.rs).
 
     check_deploy.py k8s DIR VERSION...      every *.yaml in DIR
+    check_deploy.py k8s DIR --crds SCHEMAS VERSION...
+                                             the same, custom resources included
     check_deploy.py compose FILE SERVICE...  a docker-compose file, without Docker
 
 `k8s`: each document of each manifest is validated with `kubernetes-validate` in strict mode
 (unknown fields are errors) against each Kubernetes VERSION. A document whose kind has no schema
 is an error, not a warning, with one exception: the kustomize `Kustomization`, which is not a
 Kubernetes API object and is checked here instead (it must list exactly the other manifests).
+With `--crds SCHEMAS`, a custom resource is validated against the openAPIV3 schema of its CRD
+vendored in SCHEMAS (JSON files `{group, version, kind, openAPIV3Schema}`), as strictly: every
+object schema that lists its properties and neither sets `additionalProperties` nor
+`x-kubernetes-preserve-unknown-fields` refuses fields it does not list, as the API server's
+pruning would drop them. CEL rules (`x-kubernetes-validations`) are not evaluated.
 
 `compose`: the file must parse (merge keys and anchors included), define every SERVICE, give each
 service an image or a build, and refer in `depends_on` only to services it defines.
@@ -18,6 +25,7 @@ import json
 import pathlib
 import sys
 
+import jsonschema
 import yaml
 from kubernetes_validate import utils as kv
 
@@ -41,7 +49,46 @@ def check_kustomization(path, doc, manifests):
     return problems
 
 
-def k8s(directory, versions):
+def strict(schema):
+    """The CRD schema with unknown fields refused wherever the API server would prune them."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) for k, v in schema.items()}
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+def load_crds(directory):
+    """{(apiVersion, kind): (validator, source file)} of the vendored CRD schemas."""
+    crds = {}
+    for path in sorted(pathlib.Path(directory).glob("*.json")):
+        crd = json.loads(path.read_text(encoding="utf-8"))
+        schema = strict(crd["openAPIV3Schema"])
+        api_version = "%s/%s" % (crd["group"], crd["version"])
+        validator = jsonschema.Draft7Validator(schema)
+        crds[(api_version, crd["kind"])] = (validator, path.name)
+    return crds
+
+
+def check_custom(what, doc, crd):
+    validator, source = crd
+    problems = []
+    for e in sorted(validator.iter_errors(doc), key=lambda e: list(e.path)):
+        where = ".".join(str(p) for p in e.path) or "(root)"
+        problems.append("%s against %s at %s: %s" % (what, source, where, e.message))
+    if not (doc.get("metadata") or {}).get("name"):
+        problems.append("%s: metadata.name is missing" % what)
+    return problems
+
+
+def k8s(directory, versions, crds=None):
     directory = pathlib.Path(directory)
     manifests = sorted(p.name for p in directory.glob("*.yaml")) + sorted(
         p.name for p in directory.glob("*.yml")
@@ -64,6 +111,11 @@ def k8s(directory, versions):
             if kind == "Kustomization" and doc.get("apiVersion") == KUSTOMIZE_API:
                 problems += check_kustomization(path, doc, manifests)
                 checked.append({"file": name, "kind": kind, "validator": "kustomization"})
+                continue
+            crd = (crds or {}).get((doc.get("apiVersion"), kind))
+            if crd is not None:
+                problems += check_custom(what, doc, crd)
+                checked.append({"file": name, "kind": kind, "validator": "crd", "schema": crd[1]})
                 continue
             for version in versions:
                 try:
@@ -105,7 +157,9 @@ def compose(path, required):
 
 
 def main(argv):
-    if len(argv) >= 3 and argv[0] == "k8s":
+    if len(argv) >= 5 and argv[0] == "k8s" and argv[2] == "--crds":
+        report = k8s(argv[1], argv[4:], load_crds(argv[3]))
+    elif len(argv) >= 3 and argv[0] == "k8s":
         report = k8s(argv[1], argv[2:])
     elif len(argv) >= 2 and argv[0] == "compose":
         report = compose(argv[1], argv[2:])

@@ -165,6 +165,28 @@ impl Receiver {
     }
 }
 
+/// The Postgres a test's database is created on: `admin` to create and drop it, `url` (with
+/// `{db}` for the database's name) for the services and the test's own direct queries.
+#[derive(Clone, Debug)]
+pub struct PgServer {
+    pub admin: String,
+    pub url: String,
+}
+
+impl PgServer {
+    /// The local server on 5432.
+    pub fn local() -> Self {
+        Self {
+            admin: PG_ADMIN.into(),
+            url: "postgres://postgres@127.0.0.1:5432/{db}".into(),
+        }
+    }
+
+    pub fn url_of(&self, db: &str) -> String {
+        self.url.replace("{db}", db)
+    }
+}
+
 /// Which services a test runs.
 #[derive(Clone, Copy)]
 pub struct Services {
@@ -186,6 +208,8 @@ impl Services {
 /// One isolated Dispatcher: its own database and AMQP prefix.
 pub struct TestApp {
     pub db_name: String,
+    /// Where `db_name` lives.
+    pub pg: PgServer,
     pub prefix: String,
     pub env: HashMap<String, String>,
     pub settings: Settings,
@@ -213,12 +237,17 @@ impl TestApp {
 
     /// Starts the chosen services; `overrides` are extra `DISPATCHER__*` variables.
     pub async fn spawn_with(services: Services, overrides: &[(&str, &str)]) -> Self {
+        Self::spawn_on(PgServer::local(), services, overrides).await
+    }
+
+    /// As [`Self::spawn_with`], with the test's database on `pg`.
+    pub async fn spawn_on(pg: PgServer, services: Services, overrides: &[(&str, &str)]) -> Self {
         let id = Uuid::new_v4().simple().to_string();
         let db_name = format!("dispatcher_test_{id}");
         let prefix = format!("t{}", &id[..16]);
-        let (admin, conn) = tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls)
+        let (admin, conn) = tokio_postgres::connect(&pg.admin, tokio_postgres::NoTls)
             .await
-            .expect("local Postgres on 127.0.0.1:5432");
+            .unwrap_or_else(|e| panic!("Postgres at {}: {e}", pg.admin));
         tokio::spawn(conn);
         admin
             .batch_execute(&format!("CREATE DATABASE {db_name}"))
@@ -228,10 +257,7 @@ impl TestApp {
         let status_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let status_addr = status_listener.local_addr().unwrap();
         let mut env: HashMap<String, String> = [
-            (
-                "DISPATCHER__DATABASE__URL",
-                format!("postgres://postgres@127.0.0.1:5432/{db_name}"),
-            ),
+            ("DISPATCHER__DATABASE__URL", pg.url_of(&db_name)),
             ("DISPATCHER__DATABASE__POOL_SIZE", "8".into()),
             ("DISPATCHER__AMQP__URL", AMQP_URL.into()),
             ("DISPATCHER__AMQP__PREFIX", prefix.clone()),
@@ -261,6 +287,7 @@ impl TestApp {
         let cancel = CancellationToken::new();
         let mut app = TestApp {
             db_name,
+            pg,
             prefix,
             env,
             settings: settings.clone(),
@@ -423,6 +450,7 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.cancel.cancel();
         let db = self.db_name.clone();
+        let pg_admin = self.pg.admin.clone();
         let topology = dispatcher_mq::Topology::from_settings(&self.settings);
         let amqp = self.settings.amqp.clone();
         // Drop runs inside the test's runtime; clean up from a thread with its own.
@@ -445,7 +473,7 @@ impl Drop for TestApp {
                     let _ = conn.close(200, "bye".into()).await;
                 }
                 if let Ok((admin, conn)) =
-                    tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await
+                    tokio_postgres::connect(&pg_admin, tokio_postgres::NoTls).await
                 {
                     tokio::spawn(conn);
                     let _ = admin
@@ -661,12 +689,10 @@ impl TestApp {
 
     /// One row of a direct query on the test database.
     async fn query_one(&self, sql: &str) -> tokio_postgres::Row {
-        let (client, conn) = tokio_postgres::connect(
-            &format!("postgres://postgres@127.0.0.1:5432/{}", self.db_name),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .unwrap();
+        let (client, conn) =
+            tokio_postgres::connect(&self.pg.url_of(&self.db_name), tokio_postgres::NoTls)
+                .await
+                .unwrap();
         tokio::spawn(conn);
         client.query_one(sql, &[]).await.unwrap()
     }

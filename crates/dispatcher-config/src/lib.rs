@@ -234,7 +234,15 @@ pub struct RateLimitSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct DatabaseSettings {
+    /// The primary. Several hosts may be listed
+    /// (`postgresql://u@db1:5432,db2:5432/dispatcher?target_session_attrs=read-write`): each
+    /// connection goes to the first that answers and, with `read-write`, accepts writes, so
+    /// after a failover new connections find the promoted standby.
     pub url: Secret,
+    /// An optional replica for reads that may lag a little (status-api's lists, and the status
+    /// of dispatches the replica already shows finished). `None`: every read goes to `url`.
+    #[serde(default, deserialize_with = "de_opt_secret")]
+    pub read_url: Option<Secret>,
     pub pool_size: usize,
     pub migrate: bool,
     #[serde(deserialize_with = "de_duration")]
@@ -621,6 +629,11 @@ fn de_opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Er
     Ok((!s.is_empty()).then(|| PathBuf::from(s)))
 }
 
+fn de_opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    let s = Scalar::deserialize(d)?.into_string();
+    Ok((!s.trim().is_empty()).then(|| Secret::new(s)))
+}
+
 /// Durations in humantime's syntax: `250ms`, `5s`, `2m`, `1h`, `1d`, also `1h 30m` or `1.5s`.
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = Scalar::deserialize(d)?.into_string();
@@ -722,6 +735,7 @@ mod tests {
         assert_eq!(s.ingest.template_cache_bytes, 64 * 1024 * 1024);
         assert_eq!(s.render.template_cache_bytes, 64 * 1024 * 1024);
         assert_eq!(s.database.ca_file, None);
+        assert!(s.database.read_url.is_none());
     }
 
     #[test]
@@ -792,9 +806,17 @@ mod tests {
             ("DISPATCHER__INGEST__TEMPLATE_CACHE_BYTES", "1048576"),
             ("DISPATCHER__RENDER__TEMPLATE_CACHE_BYTES", "2097152"),
             ("DISPATCHER__DATABASE__CA_FILE", "/etc/dispatcher/db-ca.pem"),
+            (
+                "DISPATCHER__DATABASE__READ_URL",
+                "postgres://x@127.0.0.1:5443/db",
+            ),
         ])
         .unwrap();
         assert_eq!(s.database.url.expose(), "postgres://x@127.0.0.1/db");
+        assert_eq!(
+            s.database.read_url.as_ref().map(Secret::expose),
+            Some("postgres://x@127.0.0.1:5443/db")
+        );
         assert_eq!(
             s.database.ca_file.as_deref(),
             Some(std::path::Path::new("/etc/dispatcher/db-ca.pem"))

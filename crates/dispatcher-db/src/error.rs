@@ -48,7 +48,10 @@ impl DbError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             DbError::Pool(_) | DbError::Build(_) => true,
-            DbError::Postgres(e) => e.is_closed() || e.code().is_none(),
+            DbError::Postgres(e) => match e.code() {
+                None => true,
+                Some(code) => e.is_closed() || is_unavailable_code(code.code()),
+            },
             DbError::Corrupt(_) => false,
         }
     }
@@ -69,9 +72,31 @@ impl DbError {
     }
 }
 
+/// SQLSTATEs of a server that cannot serve this session now but another (or a later) one can:
+/// a connection failure (class 08), the server shutting down or starting (57P01 admin shutdown,
+/// 57P02 crash shutdown, 57P03 cannot connect now), too many connections (53300), and a write
+/// reaching a server that is read-only (25006: a standby, or a primary being demoted). A
+/// failover shows them all; each is answered 503 and retried, not taken for a bad request.
+fn is_unavailable_code(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "25006")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failover_s_errors_are_unavailability() {
+        for code in [
+            "08006", "08001", "57P01", "57P02", "57P03", "53300", "25006",
+        ] {
+            assert!(is_unavailable_code(code), "{code}");
+        }
+        // Errors of the statement itself stay what they are.
+        for code in ["23505", "22P02", "42P01", "40001", "57014"] {
+            assert!(!is_unavailable_code(code), "{code}");
+        }
+    }
 
     #[derive(Debug, Error)]
     #[error("outer: {0}")]

@@ -155,6 +155,21 @@ fn build_pool(
         .map_err(|e| DbError::Build(e.to_string()))
 }
 
+/// A pool on `database.read_url`, the replica for reads that may lag; `None` when it is not
+/// set. Same sizes, timeouts and TLS settings as the primary's pool; never migrates.
+pub fn connect_read_pool(settings: &DatabaseSettings) -> Result<Option<Pool>, DbError> {
+    let Some(read_url) = &settings.read_url else {
+        return Ok(None);
+    };
+    let replica = DatabaseSettings {
+        url: read_url.clone(),
+        read_url: None,
+        migrate: false,
+        ..settings.clone()
+    };
+    connect_pool(&replica).map(Some)
+}
+
 /// The pool a service runs on; applies pending migrations first when `database.migrate` is set.
 pub async fn start(settings: &DatabaseSettings) -> Result<Pool, DbError> {
     let pool = connect_pool(settings)?;
@@ -184,6 +199,101 @@ pub async fn ping(pool: &Pool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dispatcher_config::Secret;
+    use tokio_postgres::config::{Host, TargetSessionAttrs};
+
+    fn settings(url: &str) -> DatabaseSettings {
+        DatabaseSettings {
+            url: Secret::new(url),
+            read_url: None,
+            pool_size: 4,
+            migrate: false,
+            connect_timeout: Duration::from_secs(3),
+            acquire_timeout: Duration::from_secs(3),
+            statement_timeout: Duration::from_secs(30),
+            ca_file: None,
+        }
+    }
+
+    fn hosts(cfg: &tokio_postgres::Config) -> Vec<(String, u16)> {
+        cfg.get_hosts()
+            .iter()
+            .zip(cfg.get_ports())
+            .map(|(h, p)| match h {
+                Host::Tcp(h) => (h.clone(), *p),
+                Host::Unix(p2) => (p2.display().to_string(), *p),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_multi_host_url_keeps_every_host_in_order_and_asks_for_the_writable_one() {
+        let url = "postgresql://postgres@127.0.0.1:5442,127.0.0.1:5443/dispatcher\
+                   ?target_session_attrs=read-write";
+        let (cfg, _) = pg_config_with(&settings(url), "-c a=b").unwrap();
+        assert_eq!(
+            hosts(&cfg),
+            vec![("127.0.0.1".into(), 5442), ("127.0.0.1".into(), 5443)]
+        );
+        assert_eq!(
+            cfg.get_target_session_attrs(),
+            TargetSessionAttrs::ReadWrite
+        );
+        assert_eq!(cfg.get_dbname(), Some("dispatcher"));
+        assert_eq!(cfg.get_user(), Some("postgres"));
+        assert_eq!(cfg.get_options(), Some("-c a=b"));
+    }
+
+    #[test]
+    fn a_verifying_sslmode_keeps_a_multi_host_url_whole() {
+        let url = "postgresql://u:p%40ss@db1.internal:5432,db2.internal:5433/d\
+                   ?sslmode=verify-full&target_session_attrs=read-write";
+        let (translated, check) = tls::translate_sslmode(url);
+        assert_eq!(check, tls::CertCheck::Full);
+        assert_eq!(
+            translated,
+            "postgresql://u:p%40ss@db1.internal:5432,db2.internal:5433/d\
+             ?sslmode=require&target_session_attrs=read-write"
+        );
+        let (cfg, _) = pg_config_with(&settings(url), "").unwrap();
+        assert_eq!(
+            hosts(&cfg),
+            vec![("db1.internal".into(), 5432), ("db2.internal".into(), 5433)]
+        );
+        assert_eq!(cfg.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+        assert_eq!(cfg.get_password(), Some(&b"p@ss"[..]));
+        assert_eq!(
+            cfg.get_target_session_attrs(),
+            TargetSessionAttrs::ReadWrite
+        );
+    }
+
+    #[test]
+    fn a_key_value_string_with_several_hosts_works_too() {
+        let s = "host=10.0.0.1,10.0.0.2 port=5432,5433 dbname=d user=u \
+                 target_session_attrs=read-write sslmode=verify-ca";
+        let (cfg, _) = pg_config_with(&settings(s), "").unwrap();
+        assert_eq!(
+            hosts(&cfg),
+            vec![("10.0.0.1".into(), 5432), ("10.0.0.2".into(), 5433)]
+        );
+        assert_eq!(
+            cfg.get_target_session_attrs(),
+            TargetSessionAttrs::ReadWrite
+        );
+    }
+
+    #[test]
+    fn the_read_pool_exists_only_with_a_read_url() {
+        assert!(connect_read_pool(&settings("postgres://u@h/d"))
+            .unwrap()
+            .is_none());
+        let mut s = settings("postgres://u@h1,h2/d?target_session_attrs=read-write");
+        s.read_url = Some(Secret::new("postgres://u@h2:5443/d"));
+        s.migrate = true;
+        let pool = connect_read_pool(&s).unwrap().expect("a read pool");
+        assert_eq!(pool.status().max_size, 4);
+    }
 
     #[test]
     fn statements_are_replanned_often_while_young_then_every_five_minutes() {

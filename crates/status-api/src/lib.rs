@@ -2,6 +2,7 @@
 //! and the browser dashboard at `/ui/`.
 
 pub mod openapi;
+mod reads;
 mod routes;
 
 use axum::extract::FromRef;
@@ -18,7 +19,10 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub struct AppState {
     pub settings: Arc<Settings>,
+    /// The primary: writes, and every read the API promises fresh.
     pub pool: Pool,
+    /// `database.read_url`'s replica, for the reads [`reads`] lists.
+    pub replica: Option<Pool>,
     pub auth: Arc<Authenticator>,
     /// Where documents are kept when not in Postgres (`storage.url`).
     pub store: Option<dispatcher_storage::Store>,
@@ -43,6 +47,7 @@ pub async fn serve(
     let settings = Arc::new(settings);
     let store = dispatcher_storage::Store::open(&settings.storage)?;
     let pool = dispatcher_db::pool::start(&settings.database).await?;
+    let replica = dispatcher_db::pool::connect_read_pool(&settings.database)?;
     // The status API reads Postgres only; its readiness has no broker part.
     let readiness = Readiness::default();
     let auth = Authenticator::new(pool.clone(), settings.rate_limit.clone());
@@ -51,6 +56,7 @@ pub async fn serve(
     let state = AppState {
         settings: settings.clone(),
         pool: pool.clone(),
+        replica,
         auth: auth.clone(),
         store: store.clone(),
     };

@@ -110,10 +110,13 @@ async fn get_one(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<DispatchWithDeliveries>, ApiError> {
     let id = parse_id(id)?;
-    let view = dispatches::get(&s.pool, account, id)
+    // From the replica only when it already shows the dispatch finished (see `reads`); the
+    // deliveries come from the same database as the dispatch.
+    let (view, pool) = s
+        .dispatch(account, id)
         .await?
         .ok_or(ApiError::NotFound("dispatch"))?;
-    let deliveries = deliveries::states_for_dispatch(&s.pool, account, id)
+    let deliveries = deliveries::states_for_dispatch(&pool, account, id)
         .await?
         .into_iter()
         .map(|d| DeliveryBody {
@@ -257,7 +260,11 @@ async fn list(
         })
         .transpose()?;
     let (before, limit) = cursor::page(q.cursor.as_deref(), q.limit)?;
-    let rows = dispatches::list(&s.pool, account, status, before, limit).await?;
+    let rows = s
+        .lagging_read(|pool| async move {
+            dispatches::list(&pool, account, status, before, limit).await
+        })
+        .await?;
     let next_cursor = cursor::next(&rows, limit, |d| (d.queued_at, d.id));
     let base = s.settings.public_base();
     Ok(Json(DispatchList {
@@ -383,10 +390,11 @@ async fn attempts(
 ) -> Result<Json<AttemptList>, ApiError> {
     let id = parse_id(id)?;
     // 404 for a dispatch that is not this account's, even if it has no attempts yet.
-    dispatches::get(&s.pool, account, id)
+    let (_, pool) = s
+        .dispatch(account, id)
         .await?
         .ok_or(ApiError::NotFound("dispatch"))?;
-    let rows = deliveries::list_attempts(&s.pool, account, id).await?;
+    let rows = deliveries::list_attempts(&pool, account, id).await?;
     Ok(Json(AttemptList {
         data: rows
             .into_iter()
