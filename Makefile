@@ -47,7 +47,7 @@ test-cluster: services venv
 	trap 'scripts/pg-replica.sh down >/dev/null 2>&1 || true; scripts/rabbit-cluster.sh down >/dev/null 2>&1 || true' EXIT; \
 	scripts/pg-replica.sh up; scripts/rabbit-cluster.sh up; t1=$$(date +%s); \
 	echo "test-cluster: engines up in $$((t1 - t0))s"; \
-	DISPATCHER_TEST_PYTHON=$(TEST_PYTHON) $(CARGO) test -p dispatcher-e2e --test cluster -- --test-threads=1; \
+	DISPATCHER_TEST_PYTHON=$(TEST_PYTHON) $(CARGO) test -p dispatcher-e2e --test cluster -- --test-threads=1 --nocapture; \
 	t2=$$(date +%s); echo "test-cluster: tests took $$((t2 - t1))s, $$((t2 - t0))s in all"
 
 venv: $(VENV_STAMP)

@@ -6,6 +6,9 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The tests here look at this process's helper children, so they start renderers one at a time.
+static ONE_RENDERER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn limits() -> Limits {
     Limits {
         threads: 1,
@@ -32,6 +35,7 @@ async fn pdf(r: &Renderer, body: &str) -> Result<Vec<u8>, String> {
 
 #[tokio::test]
 async fn a_render_past_its_time_limit_is_killed_and_the_slot_recovers() {
+    let _one = ONE_RENDERER_AT_A_TIME.lock().await;
     let r = Renderer::start(limits()).unwrap();
     let before = pdf(&r, "Receipt #data.n").await.unwrap();
     assert!(before.starts_with(b"%PDF-"));
@@ -47,6 +51,7 @@ async fn a_render_past_its_time_limit_is_killed_and_the_slot_recovers() {
 
 #[tokio::test]
 async fn a_document_larger_than_the_memory_cap_fails_and_the_slot_recovers() {
+    let _one = ONE_RENDERER_AT_A_TIME.lock().await;
     let r = Renderer::start(Limits {
         max_memory_bytes: 256 * 1024 * 1024,
         timeout: Duration::from_secs(120),
@@ -63,6 +68,7 @@ async fn a_document_larger_than_the_memory_cap_fails_and_the_slot_recovers() {
 
 #[tokio::test]
 async fn typst_errors_come_back_from_the_helper_with_their_position() {
+    let _one = ONE_RENDERER_AT_A_TIME.lock().await;
     let r = Renderer::start(limits()).unwrap();
     let err = pdf(&r, "a\nb\n#data.missing").await.unwrap_err();
     assert!(err.contains("missing") && err.contains("line 3"), "{err}");
@@ -83,7 +89,8 @@ async fn a_missing_helper_is_a_clear_error_at_start() {
     assert!(e.message.contains("does not exist"), "{}", e.message);
 }
 
-/// This process's children: the slot's helper.
+/// This process's live children (a helper of an earlier test may linger as a zombie until it is
+/// reaped): the slot's helper.
 fn helpers() -> Vec<u32> {
     std::fs::read_dir(format!("/proc/{}/task", std::process::id()))
         .unwrap()
@@ -94,11 +101,18 @@ fn helpers() -> Vec<u32> {
                 .filter_map(|p| p.parse().ok())
                 .collect::<Vec<u32>>()
         })
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+                st.rsplit_once(") ")
+                    .is_some_and(|(_, r)| !r.starts_with('Z'))
+            })
+        })
         .collect()
 }
 
 #[tokio::test]
 async fn a_helper_that_died_while_idle_is_replaced_without_failing_the_next_render() {
+    let _one = ONE_RENDERER_AT_A_TIME.lock().await;
     let r = Renderer::start(limits()).unwrap();
     let first = pdf(&r, "Receipt #data.n").await.unwrap();
     let pids = helpers();
