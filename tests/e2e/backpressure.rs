@@ -1,8 +1,10 @@
 //! When delivery cannot keep pace, the ingest pushes back: past `ingest.max_backlog` accepted
 //! messages waiting, new submissions get `429 overloaded` with `Retry-After`, replays are still
-//! answered, and once the backlog drains submissions are accepted again.
+//! answered, and once the backlog drains submissions are accepted again. Well before that, while
+//! the work waiting would take longer than `ingest.pace_target` to drain, submissions are
+//! answered later (paced) instead of the queue growing.
 
-use dispatcher_e2e::{Services, TestApp, PATIENCE};
+use dispatcher_e2e::{Receiver, Services, TestApp, PATIENCE};
 use serde_json::json;
 use std::time::Duration;
 
@@ -95,4 +97,97 @@ async fn a_backlog_past_the_limit_is_answered_429_until_it_drains() {
             .await;
         assert_eq!(done["status"], "completed");
     }
+}
+
+/// An `http` provider that takes `delay` to answer each document: a slow worker.
+async fn slow_provider(delay: Duration) -> String {
+    use axum::{routing::post, Router};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/provider", listener.local_addr().unwrap());
+    let app = Router::new().route(
+        "/provider",
+        post(move || async move { tokio::time::sleep(delay).await }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test]
+async fn submissions_wait_their_turn_while_the_workers_fall_behind_and_nothing_is_lost() {
+    // A worker that finishes one dispatch at a time, each taking 50 ms at its provider: far
+    // slower than ingest accepts, so requests pile up in the dispatch queue.
+    let pace_max_wait = Duration::from_millis(400);
+    let app = TestApp::spawn_with(
+        Services::ALL,
+        &[
+            ("DISPATCHER__INGEST__PACE_TARGET", "1ms"),
+            ("DISPATCHER__INGEST__PACE_MAX_WAIT", "400ms"),
+            ("DISPATCHER__AMQP__PREFETCH", "4"),
+            ("DISPATCHER__WORKER__CONCURRENCY", "1"),
+        ],
+    )
+    .await;
+    let provider = slow_provider(Duration::from_millis(50)).await;
+    let rx = Receiver::start().await;
+    let acct = app.create_account("paced@example.com").await;
+    let paced_count = || async {
+        let metrics = app
+            .http
+            .get(format!("{}/metrics", app.ingest_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("dispatcher_ingest_paced_total "))
+            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+    };
+    let mut ids = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let paced = loop {
+        let started = tokio::time::Instant::now();
+        let r = app
+            .post(
+                &app.ingest_url,
+                "/v1/dispatches?async=true",
+                &acct,
+                &json!({"template": {"format": "text", "body": "x"}, "data": {},
+                        "provider": {"type": "http", "url": provider},
+                        "callbackUrl": rx.url()}),
+            )
+            .await;
+        let took = started.elapsed();
+        // Held back, never refused: the backlog is far below ingest.max_backlog.
+        assert_eq!(r.status(), 202);
+        ids.push(
+            r.json::<serde_json::Value>().await.unwrap()["dispatchId"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+        // Held for the longest wait, and counted as paced (not slow for another reason).
+        if took >= pace_max_wait && paced_count().await > 0.0 {
+            break took;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} submissions behind a growing queue and none was paced",
+            ids.len()
+        );
+    };
+    println!("submission {} was held {paced:?}", ids.len());
+
+    // The worker catches up: every accepted dispatch's webhook arrives.
+    let hooks = rx.wait_for(ids.len()).await;
+    let mut seen: Vec<String> = hooks
+        .iter()
+        .map(|h| h.json()["data"]["dispatchId"].as_str().unwrap().to_owned())
+        .collect();
+    seen.sort();
+    seen.dedup();
+    ids.sort();
+    assert_eq!(seen, ids);
 }

@@ -299,6 +299,13 @@ pub struct IngestSettings {
     /// Accepted messages waiting (work queues plus unpublished outbox rows) past which new
     /// submissions get `429 overloaded` with `Retry-After`; 0 turns the limit off.
     pub max_backlog: u64,
+    /// The wait in line, at the current drain rate, past which a new submission is answered
+    /// later (paced) rather than added to a growing queue; 0 turns pacing off.
+    #[serde(deserialize_with = "de_duration")]
+    pub pace_target: Duration,
+    /// Longest a submission is held back by pacing before it is accepted all the same.
+    #[serde(deserialize_with = "de_duration")]
+    pub pace_max_wait: Duration,
     pub max_body_bytes: usize,
     /// Largest body of `POST /v1/dispatches/batch` (up to 1 000 dispatch bodies).
     pub max_batch_body_bytes: usize,

@@ -233,6 +233,14 @@ impl Topology {
 
     /// Messages ready in a queue (a passive declare), for estimates and tests.
     pub async fn depth(ch: &Channel, queue: &str) -> Result<u32, lapin::Error> {
+        Ok(Self::depth_and_consumers(ch, queue).await?.0)
+    }
+
+    /// Ready messages in `queue` and the consumers it has.
+    pub async fn depth_and_consumers(
+        ch: &Channel,
+        queue: &str,
+    ) -> Result<(u32, u32), lapin::Error> {
         let q = ch
             .queue_declare(
                 queue.into(),
@@ -243,7 +251,7 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        Ok(q.message_count())
+        Ok((q.message_count(), q.consumer_count()))
     }
 }
 

@@ -9,14 +9,29 @@
 //! - drain rate: how many of the most recent dispatches (a primary-key range scan) finished in
 //!   the last few seconds, i.e. what all workers together finish right now.
 
+//!
+//! The same figures pace submissions: the queue depths are sampled every [`DEPTH_REFRESH`], and
+//! while the work waiting would take longer than `ingest.pace_target` to drain, a new submission
+//! waits its turn (up to `ingest.pace_max_wait`) before it is written. Clients in a closed loop
+//! then go at the pace of delivery, and a dispatch's wait in line stays near the target instead
+//! of the queue growing for as long as ingest outruns the workers.
+
 use dispatcher_config::Settings;
 use dispatcher_db::Pool;
 use dispatcher_mq::Topology;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 const REFRESH: Duration = Duration::from_secs(2);
+/// How often the queue depths are read (two passive declares), for pacing.
+const DEPTH_REFRESH: Duration = Duration::from_millis(50);
+/// Work waiting below which nothing is paced, whatever the rate: a batch's worth, so consumers
+/// keep taking whole batches.
+const PACE_FLOOR: u64 = 32;
+/// How often a paced submission looks again.
+const PACE_STEP: Duration = Duration::from_millis(5);
 /// Used until the first sample, and as the floor: nothing is faster than one round trip.
 const DEFAULT_LATENCY: Duration = Duration::from_millis(500);
 
@@ -50,6 +65,18 @@ pub fn push_back(backlog: u64, max_backlog: u64, drain_per_sec: f64) -> Option<u
     Some((((backlog - max_backlog) as f64 / rate).ceil() as u64).clamp(1, 60))
 }
 
+/// Whether a new submission should wait its turn: the work waiting (`backlog`) would take
+/// longer than `target` to drain at `drain_per_sec`. Never while nothing is finishing (a stalled
+/// pipeline is `ingest.max_backlog`'s business: waiting would not help), nor below
+/// [`PACE_FLOOR`]. A zero target turns pacing off. Pure, like [`compute`].
+pub fn pace(backlog: u64, drain_per_sec: f64, target: Duration) -> bool {
+    if target.is_zero() || drain_per_sec <= 0.0 {
+        return false;
+    }
+    let allowed = (drain_per_sec * target.as_secs_f64()) as u64;
+    backlog > allowed.max(PACE_FLOOR)
+}
+
 #[derive(Clone, Copy)]
 struct Snapshot {
     estimate: Duration,
@@ -60,7 +87,12 @@ struct Snapshot {
 #[derive(Clone)]
 pub struct Estimator {
     current: Arc<RwLock<Snapshot>>,
+    /// Ready messages in the work queues that have consumers, refreshed every
+    /// [`DEPTH_REFRESH`].
+    queued: Arc<AtomicU64>,
     max_backlog: u64,
+    pace_target: Duration,
+    pace_max_wait: Duration,
 }
 
 impl Estimator {
@@ -74,6 +106,25 @@ impl Estimator {
         push_back(s.backlog, self.max_backlog, s.drain_per_sec)
     }
 
+    /// Holds a new submission back while the work waiting is past `ingest.pace_target` at the
+    /// current drain rate, for at most `ingest.pace_max_wait`.
+    pub async fn wait_turn(&self) {
+        let started = tokio::time::Instant::now();
+        let over = || {
+            let drain = self.current.read().expect("estimate").drain_per_sec;
+            pace(self.queued.load(Ordering::Relaxed), drain, self.pace_target)
+        };
+        if !over() {
+            return;
+        }
+        while over() && started.elapsed() < self.pace_max_wait {
+            tokio::time::sleep(PACE_STEP).await;
+        }
+        metrics::counter!("dispatcher_ingest_paced_total").increment(1);
+        metrics::histogram!("dispatcher_ingest_pace_seconds")
+            .record(started.elapsed().as_secs_f64());
+    }
+
     pub fn start(settings: Arc<Settings>, pool: Pool, cancel: CancellationToken) -> Self {
         let me = Self {
             current: Arc::new(RwLock::new(Snapshot {
@@ -81,16 +132,27 @@ impl Estimator {
                 backlog: 0,
                 drain_per_sec: 0.0,
             })),
+            queued: Arc::new(AtomicU64::new(0)),
             max_backlog: settings.ingest.max_backlog,
+            pace_target: settings.ingest.pace_target,
+            pace_max_wait: settings.ingest.pace_max_wait,
         };
         let current = me.current.clone();
+        let queued = me.queued.clone();
+        // Without pacing the depths are only needed with each full sample.
+        let depth_every = if settings.ingest.pace_target.is_zero() {
+            REFRESH
+        } else {
+            DEPTH_REFRESH
+        };
         tokio::spawn(async move {
             let topology = Topology::from_settings(&settings);
             let mut channel = None;
+            let mut next_sample = tokio::time::Instant::now() + REFRESH;
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(REFRESH) => {}
+                    _ = tokio::time::sleep(depth_every) => {}
                 }
                 if channel.is_none() {
                     if let Ok(conn) =
@@ -99,11 +161,18 @@ impl Estimator {
                         channel = conn.create_channel().await.ok().map(|c| (conn, c));
                     }
                 }
-                let mut depth = 0;
+                let (mut depth, mut consumed) = (0, 0);
                 if let Some((_, ch)) = &channel {
                     for queue in [topology.dispatch_queue(), topology.webhook_events_queue()] {
-                        match Topology::depth(ch, &queue).await {
-                            Ok(d) => depth += d as u64,
+                        match Topology::depth_and_consumers(ch, &queue).await {
+                            Ok((d, consumers)) => {
+                                depth += d as u64;
+                                // A queue nobody consumes does not drain however long new
+                                // work waits: it is not paced for.
+                                if consumers > 0 {
+                                    consumed += d as u64;
+                                }
+                            }
                             Err(_) => {
                                 channel = None;
                                 break;
@@ -111,6 +180,11 @@ impl Estimator {
                         }
                     }
                 }
+                queued.store(consumed, Ordering::Relaxed);
+                if tokio::time::Instant::now() < next_sample {
+                    continue;
+                }
+                next_sample = tokio::time::Instant::now() + REFRESH;
                 let Ok(sample) = sample(&pool).await else {
                     continue;
                 };
@@ -168,6 +242,21 @@ async fn sample(pool: &Pool) -> Result<Sample, dispatcher_db::DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn submissions_wait_their_turn_only_behind_more_than_the_target_of_work() {
+        let target = Duration::from_millis(25);
+        // 1 000/s for 25 ms is 25 messages, under the floor: a batch's worth is never paced.
+        assert!(!pace(PACE_FLOOR, 1_000.0, target));
+        assert!(pace(PACE_FLOOR + 1, 1_000.0, target));
+        // 4 000/s for 25 ms is 100 messages.
+        assert!(!pace(100, 4_000.0, target));
+        assert!(pace(101, 4_000.0, target));
+        // Nothing finishing (a stopped worker): waiting would not help.
+        assert!(!pace(1_000_000, 0.0, target));
+        // A zero target turns pacing off.
+        assert!(!pace(1_000_000, 1_000.0, Duration::ZERO));
+    }
 
     #[test]
     fn a_backlog_past_the_limit_asks_clients_to_wait_until_it_drains() {

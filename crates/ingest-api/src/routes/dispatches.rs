@@ -290,6 +290,8 @@ pub async fn submit(
     if let Some(wait) = s.estimator.overloaded() {
         return Err(ApiError::Overloaded(wait));
     }
+    // Behind more work than `ingest.pace_target`, new work waits its turn.
+    s.estimator.wait_turn().await;
     let prepared = prepare(&s, account, raw).await?;
     let (row, accepted) = prepared.into_row(
         &s,
