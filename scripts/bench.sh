@@ -101,6 +101,78 @@ run_bench() {
     "$BIN/dispatcher-bench"
 }
 
+if [ -n "${BENCH_BASELINE:-}" ]; then
+  # BENCH_BASELINE=<commit>: the closed-loop phases (16 and 64 clients) against that commit's
+  # services and against this tree's, alternately, BENCH_ROUNDS times (default 2), each on a
+  # fresh database; this tree's load generator drives both. Prints the medians and the ratio.
+  base_rev=$(git rev-parse --short "$BENCH_BASELINE")
+  base_bin="$RUN/baseline-$base_rev"
+  if [ ! -x "$base_bin/ingest-api" ]; then
+    echo "building $base_rev's services (once; kept in $base_bin)"
+    rm -rf "$RUN/baseline-src"
+    git worktree prune
+    git worktree add -q --detach "$RUN/baseline-src" "$base_rev"
+    (cd "$RUN/baseline-src" && cargo build --release --bins -q)
+    mkdir -p "$base_bin"
+    for n in "${names[@]}"; do cp "$BIN/$n" "$base_bin/"; done
+    git worktree remove --force "$RUN/baseline-src"
+    # The shared target directory holds the baseline's build now, newer than this tree's
+    # sources: make them newer again, or cargo would take the baseline's artifacts as fresh.
+    git ls-files -z '*.rs' '*.sql' '*.toml' '*.html' | xargs -0 touch
+    cargo build --release --bins -q
+  fi
+  current_bin="$BIN"
+  for round in $(seq 1 "${BENCH_ROUNDS:-2}"); do
+    for build in baseline current; do
+      fresh_database
+      drop_queues
+      if [ "$build" = baseline ]; then BIN="$base_bin"; else BIN="$current_bin"; fi
+      echo "== round $round: $build"
+      start_services
+      BIN="$current_bin" BENCH_MODE=closed BENCH_OUT="$RUN/closed-$build-$round.json" run_bench >"$RUN/closed-$build-$round.log"
+      stop_services
+    done
+  done
+  BIN="$current_bin"
+  python3 - "$RUN" "${BENCH_ROUNDS:-2}" "$base_rev" "$(git rev-parse --short HEAD)" "${BENCH_OUT:-bench/results-baseline.json}" <<'PY'
+import json, statistics, sys
+run, rounds, base_rev, head, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+runs = {b: [json.load(open(f"{run}/closed-{b}-{r}.json")) for r in range(1, rounds + 1)]
+        for b in ("baseline", "current")}
+def med(build, clients, f):
+    return statistics.median(f(next(p for p in r["end_to_end_closed_loop"] if p["clients"] == clients))
+                             for r in runs[build])
+fields = [
+    ("delivered/s", lambda p: p["delivered_per_second"]),
+    ("accepted/s", lambda p: p["accepted_per_second"]),
+    ("ingest p50 ms", lambda p: p["ingest_latency"]["p50_ms"]),
+    ("submit→webhook p50 ms", lambda p: p["submit_to_webhook"]["p50_ms"]),
+    ("machine CPU-ms/dispatch", lambda p: p["cost"]["cpu_ms_per_dispatch"]["machine"]),
+    ("Postgres CPU-ms/dispatch", lambda p: p["cost"]["cpu_ms_per_dispatch"]["postgres"]),
+    ("PG rows written/dispatch",
+     lambda p: sum(p["cost"]["postgres_rows_written_per_dispatch_by_table"].values())),
+]
+summary = {"baseline": base_rev, "current": head, "rounds": rounds, "clients": {}}
+print(f"{'':<26}" + "".join(f"{c:>28}" for c in ("16 clients", "64 clients")))
+print(f"{'':<26}" + f"{base_rev + ' / ' + head:>28}" * 2)
+for name, f in fields:
+    cells = []
+    for clients in (16, 64):
+        b, c = med("baseline", clients, f), med("current", clients, f)
+        summary["clients"].setdefault(str(clients), {})[name] = {"baseline": b, "current": c}
+        cells.append(f"{b:>12.2f} /{c:>10.2f}" + f"{'':>5}")
+    print(f"{name:<26}" + "".join(f"{x:>28}" for x in cells))
+for clients in (16, 64):
+    d = summary["clients"][str(clients)]["delivered/s"]
+    d["ratio"] = d["current"] / d["baseline"]
+    print(f"e2e rate at {clients} clients, current / baseline: {d['ratio']:.2f}")
+summary["runs"] = runs
+json.dump(summary, open(out, "w"), indent=2)
+print(f"written to {out}")
+PY
+  exit 0
+fi
+
 if [ -z "${BENCH_CLUSTER:-}" ]; then
   start_services
   run_bench

@@ -57,6 +57,9 @@ struct Config {
     /// `BENCH_MODE=e2e`: only the sustained end-to-end phase (`BENCH_CLUSTER=1` runs it against
     /// one broker node and against three).
     e2e_only: bool,
+    /// `BENCH_MODE=closed`: only the closed-loop end-to-end phases at 16 and 64 clients
+    /// (`BENCH_BASELINE=<commit>` runs them against that commit's services and this tree's).
+    closed_only: bool,
 }
 
 fn env(name: &str) -> anyhow::Result<String> {
@@ -105,6 +108,7 @@ fn config() -> anyhow::Result<Config> {
             _ => None,
         },
         e2e_only: std::env::var("BENCH_MODE").as_deref() == Ok("e2e"),
+        closed_only: std::env::var("BENCH_MODE").as_deref() == Ok("closed"),
     })
 }
 
@@ -816,6 +820,21 @@ async fn main() -> anyhow::Result<()> {
             "calibration": [calibration_before, calibrate()],
             "end_to_end_sustained": sustained,
             "services": services,
+        });
+        std::fs::write(&cfg.out, serde_json::to_string_pretty(&out)?)?;
+        return Ok(());
+    }
+
+    if cfg.closed_only {
+        let mut closed = Vec::new();
+        for clients in [16, 64] {
+            wait_idle(&client, &cfg.status).await?;
+            println!("end to end, closed loop with {clients} clients ...");
+            closed.push(closed_loop_e2e(&cfg, &client, &arrivals, &callback, clients).await?);
+        }
+        let out = serde_json::json!({
+            "calibration": [calibration_before, calibrate()],
+            "end_to_end_closed_loop": closed,
         });
         std::fs::write(&cfg.out, serde_json::to_string_pretty(&out)?)?;
         return Ok(());

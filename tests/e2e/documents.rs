@@ -2,7 +2,7 @@
 //! against the real services.
 
 use dispatcher_db::accounts::CreatedAccount;
-use dispatcher_e2e::{workspace_root, Receiver, Services, TestApp, AMQP_URL, PATIENCE};
+use dispatcher_e2e::{queue_state, workspace_root, Receiver, Services, TestApp, PATIENCE};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -503,26 +503,8 @@ async fn validate_stores_queues_and_sends_nothing() {
     assert_eq!((status, code.as_str()), (422, "invalid_callback_url"));
 
     let queue_depth = || async {
-        let conn = dispatcher_mq::connect(AMQP_URL, "validate-check")
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        let q = ch
-            .queue_declare(
-                dispatcher_mq::Topology::from_settings(&app.settings)
-                    .dispatch_queue()
-                    .into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await
-            .unwrap();
-        let n = q.message_count();
-        let _ = conn.close(200, "done".into()).await;
-        n
+        let queue = dispatcher_mq::Topology::from_settings(&app.settings).dispatch_queue();
+        queue_state(&queue).await.0
     };
     // Nothing was stored (the batch is one transaction), so there is nothing a relay could
     // publish.

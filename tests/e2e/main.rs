@@ -19,3 +19,4 @@ mod telemetry;
 mod ui;
 mod ui_browser;
 mod ui_pages;
+mod write_path;

@@ -7,7 +7,7 @@
 
 use dispatcher_db::accounts::CreatedAccount;
 use dispatcher_e2e::{
-    overrides, workspace_root, S3Server, ServiceProcess, Services, TestApp, PATIENCE,
+    overrides, workspace_root, Receiver, S3Server, ServiceProcess, Services, TestApp, PATIENCE,
 };
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -284,8 +284,8 @@ async fn a_worker_killed_between_upload_and_commit_leaves_the_dispatch_to_comple
     app.wait_equal("SELECT count(*) FROM outbox", 0).await;
 
     // ... and nothing can commit an outcome now: a completion writes its outcome event to the
-    // outbox in the same statement, and this lock holds every write to the outbox back. The claim
-    // (an update of the dispatch alone) still goes through.
+    // outbox in the same statement, and this lock holds every write to the outbox back. (A
+    // `store` dispatch's first delivery is only read before that statement, never claimed.)
     let (lock, conn) = tokio_postgres::connect(
         &format!("postgres://postgres@127.0.0.1:5432/{}", app.db_name),
         tokio_postgres::NoTls,
@@ -342,7 +342,7 @@ async fn a_worker_killed_between_upload_and_commit_leaves_the_dispatch_to_comple
             "SELECT status || ' ' || COALESCE(result_key, '-') FROM dispatches WHERE id = '{id}'"
         ))
         .await,
-        "processing -"
+        "queued -"
     );
     assert!(s3.object(&key).await.is_some());
     lock.batch_execute("ROLLBACK").await.unwrap();
@@ -362,8 +362,8 @@ async fn a_worker_killed_between_upload_and_commit_leaves_the_dispatch_to_comple
             "SELECT processing_attempts::int8 FROM dispatches WHERE id = '{id}'"
         ))
         .await,
-        2,
-        "taken up by the killed worker, then by the new one"
+        1,
+        "read by the killed worker, then claimed (a redelivery counts) by the new one"
     );
     assert_eq!(columns(&app, &id).await, (true, key.clone()));
     let (ct, _, got) = result(&app, &acct, &id).await;
@@ -381,8 +381,12 @@ async fn a_store_that_refuses_writes_holds_the_dispatch_back_until_it_accepts_th
     settings.push(("DISPATCHER__WORKER__MAX_PROCESSING_ATTEMPTS", "2".into()));
     let app = TestApp::spawn_with(Services::ALL, &overrides(&settings)).await;
     let acct = app.create_account("s3-refused@example.com").await;
-    let request =
-        json!({"template": {"format": "text", "body": "held back {{ n }}"}, "data": {"n": 7}});
+    // An `http` provider: its dispatches are claimed (counted) before they run.
+    let provider = Receiver::start().await;
+    let request = json!({"template": {"format": "text", "body": "held back {{ n }}"},
+                         "data": {"n": 7},
+                         "provider": {"type": "http",
+                                      "url": provider.url().replace("/hook", "/provider")}});
     let resp = app
         .post(
             &app.ingest_url,

@@ -584,6 +584,20 @@ impl Proxy {
 }
 
 /// Path of a workspace binary next to the test executable (`make test` builds them first).
+/// Ready messages and consumers of a queue on the local broker (a passive declare: the queue
+/// must exist).
+pub async fn queue_state(queue: &str) -> (u32, u32) {
+    let conn = dispatcher_mq::connect(AMQP_URL, "test-queue-probe")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let state = dispatcher_mq::Topology::depth_and_consumers(&ch, queue)
+        .await
+        .unwrap();
+    let _ = conn.close(200, "done".into()).await;
+    state
+}
+
 pub fn bin_path(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/e2e-<hash> -> target/<profile>/<name>

@@ -10,7 +10,9 @@ use dispatcher_core::{
     ProviderEventMessage, ProviderEventType, TemplateFormat, WebhookData, WebhookPayload,
 };
 use dispatcher_db::dead_letters::{self, NewDeadLetter};
-use dispatcher_db::dispatches::{self, Claimed, Finished, OwnProviderEvent, Requeued};
+use dispatcher_db::dispatches::{
+    self, ClaimRequest, Claimed, Finished, OwnProviderEvent, Requeued,
+};
 use dispatcher_db::outbox::OutboxWake;
 use dispatcher_db::pool::AsyncCommitPool;
 use dispatcher_db::Pool;
@@ -112,6 +114,7 @@ impl WorkerHandler {
 
     /// Renders and hands one dispatch to its provider; never fails, the outcome says what happened.
     async fn run_one(&self, mut d: Claimed, queued_at: DateTime<Utc>) -> Settled {
+        let started_at = Utc::now();
         // Nothing after rendering reads the template: hand it over. The data stays shared, for
         // an email's subject.
         let data = Arc::new(std::mem::take(&mut d.data));
@@ -210,6 +213,8 @@ impl WorkerHandler {
         Settled::Finished(Box::new(Finished {
             id: d.id,
             status,
+            provider_attempts: d.provider_attempts,
+            started_at,
             completed_at,
             result,
             result_key: None,
@@ -398,15 +403,24 @@ fn own_event(
 
 impl BatchHandler for WorkerHandler {
     async fn handle(&self, batch: &[Incoming]) -> Result<(), HandlerError> {
-        let mut requests = Vec::with_capacity(batch.len());
+        let mut requests: Vec<ClaimRequest> = Vec::with_capacity(batch.len());
         let mut messages: HashMap<Uuid, (&Incoming, DispatchRequested)> = HashMap::new();
         let mut quarantine = Vec::new();
         for m in batch {
             match serde_json::from_slice::<DispatchRequested>(&m.data) {
                 Ok(msg) => {
-                    let request = (msg.dispatch_id, msg.provider_attempts);
-                    if !requests.contains(&request) {
-                        requests.push(request);
+                    let (id, tries) = (msg.dispatch_id, msg.provider_attempts);
+                    match requests
+                        .iter_mut()
+                        .find(|r| r.id == id && r.provider_attempts == tries)
+                    {
+                        // The same message twice in a batch is a first delivery only if both are.
+                        Some(r) => r.first_delivery &= !m.redelivered,
+                        None => requests.push(ClaimRequest {
+                            id,
+                            provider_attempts: tries,
+                            first_delivery: !m.redelivered,
+                        }),
                     }
                     messages.insert(msg.dispatch_id, (m, msg));
                 }

@@ -2,14 +2,16 @@
 //!
 //! ```text
 //! queued ◄─► processing ──► completed
-//!    │            │
-//!    └────────────┴───────► failed
+//!  │  │            │            ▲
+//!  │  └────────────┼────────────┘
+//!  └───────────────┴──────► failed
 //! ```
 //! `processing → processing` is allowed: a worker that died mid-dispatch leaves the row in
 //! `processing`, and the redelivered message must be able to pick it up again. `processing →
 //! queued` puts a dispatch back in line after a transient provider failure (its retry waits in a
-//! broker delay queue). Finished states are
-//! final, which is what makes a redelivered `dispatch.requested` harmless.
+//! broker delay queue). `queued → completed` is a dispatch rendered and stored in one write, with
+//! no `processing` step in between (the worker's quick path for the `store` provider). Finished
+//! states are final, which is what makes a redelivered `dispatch.requested` harmless.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -60,7 +62,7 @@ impl DispatchStatus {
         match to {
             DispatchStatus::Queued => &[DispatchStatus::Processing],
             DispatchStatus::Processing => &[DispatchStatus::Queued, DispatchStatus::Processing],
-            DispatchStatus::Completed => &[DispatchStatus::Processing],
+            DispatchStatus::Completed => &[DispatchStatus::Queued, DispatchStatus::Processing],
             DispatchStatus::Failed => &[DispatchStatus::Queued, DispatchStatus::Processing],
         }
     }
@@ -132,7 +134,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_retry_returns_to_queued_and_completion_needs_processing() {
+    fn only_a_retry_returns_to_queued() {
         for from in DispatchStatus::ALL {
             assert_eq!(
                 from.can_transition(Queued),
@@ -140,7 +142,16 @@ mod tests {
                 "{from} -> queued"
             );
         }
-        assert!(!Queued.can_transition(Completed));
+    }
+
+    #[test]
+    fn a_dispatch_read_but_not_claimed_finishes_straight_from_queued() {
+        assert!(Queued.can_transition(Completed));
+        // One guard serves both outcomes when a batch is settled.
+        assert_eq!(
+            DispatchStatus::sources_of(Completed),
+            DispatchStatus::sources_of(Failed)
+        );
     }
 
     #[test]

@@ -18,12 +18,29 @@ pub struct NewDelivery {
     pub traceparent: Option<String>,
 }
 
+impl NewDelivery {
+    /// Why Postgres would refuse this row, if it would: text holding a NUL character. Such a
+    /// delivery is refused before its webhook is sent, not after.
+    pub fn unstorable(&self) -> Option<String> {
+        [
+            ("url", Some(self.url.as_str())),
+            ("msg_id", Some(self.msg_id.as_str())),
+            ("event_type", Some(self.event_type.as_str())),
+            ("traceparent", self.traceparent.as_deref()),
+        ]
+        .into_iter()
+        .find(|(_, v)| v.is_some_and(|v| v.contains('\0')))
+        .map(|(field, _)| format!("delivery {}: its {field} holds a NUL character", self.id))
+    }
+}
+
 /// A delivery as the deliverer needs it to make an attempt.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub id: Uuid,
     pub account_id: Uuid,
     pub dispatch_id: Uuid,
+    pub event_id: Uuid,
     pub webhook_id: Option<Uuid>,
     pub url: String,
     pub msg_id: String,
@@ -34,16 +51,58 @@ pub struct Delivery {
     pub event_type: String,
     /// The subscription's requests-per-second limit, if it set one.
     pub rate_limit: Option<i32>,
+    /// Whether its row exists. A new event's delivery is written with its first attempt (or its
+    /// hold), not before it: one row write where an insert and then an update took two.
+    pub stored: bool,
 }
 
-const DELIVERY_COLUMNS: &str = "id, account_id, dispatch_id, webhook_id, url, msg_id, payload, \
-                                status, attempts, traceparent, event_type";
+impl Delivery {
+    /// The first attempt of a delivery not written yet.
+    pub fn unstored(n: NewDelivery, rate_limit: Option<i32>) -> Self {
+        Delivery {
+            id: n.id,
+            account_id: n.account_id,
+            dispatch_id: n.dispatch_id,
+            event_id: n.event_id,
+            webhook_id: n.webhook_id,
+            url: n.url,
+            msg_id: n.msg_id,
+            payload: n.payload,
+            status: "pending".to_owned(),
+            attempts: 0,
+            traceparent: n.traceparent,
+            event_type: n.event_type,
+            rate_limit,
+            stored: false,
+        }
+    }
+
+    /// The row to write with this delivery's first attempt or hold, if it does not exist yet.
+    pub fn row_to_insert(&self) -> Option<NewDelivery> {
+        (!self.stored).then(|| NewDelivery {
+            id: self.id,
+            account_id: self.account_id,
+            dispatch_id: self.dispatch_id,
+            event_id: self.event_id,
+            webhook_id: self.webhook_id,
+            url: self.url.clone(),
+            msg_id: self.msg_id.clone(),
+            event_type: self.event_type.clone(),
+            payload: self.payload.clone(),
+            traceparent: self.traceparent.clone(),
+        })
+    }
+}
+
+const DELIVERY_COLUMNS: &str = "id, account_id, dispatch_id, event_id, webhook_id, url, msg_id, \
+                                payload, status, attempts, traceparent, event_type";
 
 fn delivery_from_row(r: &tokio_postgres::Row) -> Delivery {
     Delivery {
         id: r.get("id"),
         account_id: r.get("account_id"),
         dispatch_id: r.get("dispatch_id"),
+        event_id: r.get("event_id"),
         webhook_id: r.get("webhook_id"),
         url: r.get("url"),
         msg_id: r.get("msg_id"),
@@ -53,68 +112,12 @@ fn delivery_from_row(r: &tokio_postgres::Row) -> Delivery {
         traceparent: r.get("traceparent"),
         event_type: r.get("event_type"),
         rate_limit: r.get("rate_limit"),
+        stored: true,
     }
 }
 
-/// Creates the deliveries that do not exist yet and returns every one of them in its current
-/// state, so a redelivered event sees what was already done.
-pub async fn upsert_batch(pool: &Pool, rows: &[NewDelivery]) -> Result<Vec<Delivery>, DbError> {
-    let client = pool.get().await?;
-    let stmt = client
-        .prepare_cached(&format!(
-            "WITH input AS (
-                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[],
-                                      $6::text[], $7::text[], $8::text[], $9::bytea[], $10::text[])
-                 AS t(id, account_id, dispatch_id, event_id, webhook_id, url, msg_id, event_type,
-                      payload, traceparent)
-             ), ins AS (
-                 INSERT INTO deliveries (id, account_id, dispatch_id, event_id, webhook_id, url,
-                                         msg_id, event_type, payload, traceparent)
-                 SELECT * FROM input
-                 ON CONFLICT (id) DO NOTHING
-                 RETURNING {DELIVERY_COLUMNS}
-             )
-             SELECT x.*, s.rate_limit FROM (
-                 SELECT {DELIVERY_COLUMNS} FROM ins
-                 UNION ALL
-                 SELECT {cols} FROM deliveries d JOIN input i USING (id)
-             ) x LEFT JOIN webhook_subscriptions s ON s.id = x.webhook_id",
-            cols = "d.id, d.account_id, d.dispatch_id, d.webhook_id, d.url, d.msg_id, d.payload, \
-                    d.status, d.attempts, d.traceparent, d.event_type"
-        ))
-        .await?;
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let accounts: Vec<Uuid> = rows.iter().map(|r| r.account_id).collect();
-    let dispatches: Vec<Uuid> = rows.iter().map(|r| r.dispatch_id).collect();
-    let events: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
-    let webhooks: Vec<Option<Uuid>> = rows.iter().map(|r| r.webhook_id).collect();
-    let urls: Vec<&str> = rows.iter().map(|r| r.url.as_str()).collect();
-    let msg_ids: Vec<&str> = rows.iter().map(|r| r.msg_id.as_str()).collect();
-    let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
-    let payloads: Vec<&[u8]> = rows.iter().map(|r| r.payload.as_slice()).collect();
-    let traces: Vec<Option<&str>> = rows.iter().map(|r| r.traceparent.as_deref()).collect();
-    Ok(client
-        .query(
-            &stmt,
-            &[
-                &ids,
-                &accounts,
-                &dispatches,
-                &events,
-                &webhooks,
-                &urls,
-                &msg_ids,
-                &types,
-                &payloads,
-                &traces,
-            ],
-        )
-        .await?
-        .iter()
-        .map(delivery_from_row)
-        .collect())
-}
-
+/// The stored deliveries among `ids`, in their current state (a redelivered event sees what was
+/// already done).
 pub async fn get_many(pool: &Pool, ids: &[Uuid]) -> Result<Vec<Delivery>, DbError> {
     let client = pool.get().await?;
     let stmt = client
@@ -153,6 +156,8 @@ pub struct AttemptRecord {
     pub retry: Option<RetryMessage>,
     /// The subscription to disable with this attempt (its endpoint answered `410 Gone`).
     pub disable_webhook: Option<Uuid>,
+    /// The delivery's row, written with this attempt (its first) when it does not exist yet.
+    pub insert: Option<NewDelivery>,
 }
 
 #[derive(Debug, Clone)]
@@ -174,13 +179,15 @@ pub struct Recorded {
 /// The reason stored on a subscription disabled by a `410 Gone`.
 pub const GONE_REASON: &str = "the endpoint answered 410 Gone";
 
-/// Records attempts, advances their deliveries, enqueues scheduled retries and disables the
-/// subscriptions whose endpoint answered `410 Gone`, in one statement of the caller's
-/// transaction. A delivery only moves if it is still `pending` at the attempt number the worker
-/// saw, so a duplicate message cannot record a second outcome for the same attempt.
+/// Records attempts, advances their deliveries (writing those that do not exist yet with their
+/// first attempt), enqueues scheduled retries and disables the subscriptions whose endpoint
+/// answered `410 Gone`, in one statement of the caller's transaction. A delivery only moves if it
+/// is still `pending` at the attempt number the worker saw, so a duplicate message cannot record
+/// a second outcome for the same attempt: a delivery another process wrote in the meantime is
+/// updated only if it has not been attempted.
 pub async fn record_attempts(
     tx: &deadpool_postgres::Transaction<'_>,
-    rows: &[AttemptRecord],
+    rows: &[&AttemptRecord],
 ) -> Result<Recorded, DbError> {
     let client = tx;
     let stmt = client
@@ -189,17 +196,37 @@ pub async fn record_attempts(
                  SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int4[],
                                       $6::text[], $7::int4[], $8::text[], $9::int4[],
                                       $10::timestamptz[], $11::timestamptz[], $12::text[],
-                                      $13::uuid[], $14::text[], $15::bytea[], $16::uuid[])
+                                      $13::uuid[], $14::text[], $15::bytea[], $16::uuid[],
+                                      $18::bool[], $19::uuid[], $20::uuid[], $21::text[],
+                                      $22::text[], $23::text[], $24::bytea[], $25::text[])
                  AS t(id, delivery_id, dispatch_id, account_id, attempt, status, response_status,
                       error, duration_ms, attempted_at, next_attempt_at, new_status,
-                      retry_id, retry_key, retry_payload, disable_webhook)
-             ), upd AS (
+                      retry_id, retry_key, retry_payload, disable_webhook, is_new, event_id,
+                      webhook_id, url, msg_id, event_type, payload, traceparent)
+             ), stored AS (
                  UPDATE deliveries d
                  SET status = i.new_status, attempts = i.attempt, next_attempt_at = i.next_attempt_at,
                      last_error = i.error, updated_at = now()
                  FROM input i
-                 WHERE d.id = i.delivery_id AND d.status = 'pending' AND d.attempts = i.attempt - 1
+                 WHERE d.id = i.delivery_id AND NOT i.is_new
+                   AND d.status = 'pending' AND d.attempts = i.attempt - 1
                  RETURNING d.id, d.generation
+             ), created AS (
+                 INSERT INTO deliveries AS d (id, account_id, dispatch_id, event_id, webhook_id,
+                                              url, msg_id, event_type, payload, traceparent,
+                                              status, attempts, next_attempt_at, last_error)
+                 SELECT i.delivery_id, i.account_id, i.dispatch_id, i.event_id, i.webhook_id,
+                        i.url, i.msg_id, i.event_type, i.payload, i.traceparent, i.new_status,
+                        i.attempt, i.next_attempt_at, i.error
+                 FROM input i WHERE i.is_new
+                 ON CONFLICT (id) DO UPDATE
+                 SET status = excluded.status, attempts = excluded.attempts,
+                     next_attempt_at = excluded.next_attempt_at, last_error = excluded.last_error,
+                     updated_at = now()
+                 WHERE d.status = 'pending' AND d.attempts = excluded.attempts - 1
+                 RETURNING d.id, d.generation
+             ), upd AS (
+                 SELECT id, generation FROM stored UNION ALL SELECT id, generation FROM created
              ), att AS (
                  INSERT INTO delivery_attempts (id, delivery_id, dispatch_id, account_id, attempt,
                                                 generation, status, response_status, error,
@@ -256,6 +283,26 @@ pub async fn record_attempts(
         .map(|r| r.retry.as_ref().map(|m| m.payload.as_slice()))
         .collect();
     let disable: Vec<Option<Uuid>> = rows.iter().map(|r| r.disable_webhook).collect();
+    let new = |f: fn(&NewDelivery) -> Option<&str>| -> Vec<Option<&str>> {
+        rows.iter().map(|r| r.insert.as_ref().and_then(f)).collect()
+    };
+    let is_new: Vec<bool> = rows.iter().map(|r| r.insert.is_some()).collect();
+    let event_ids: Vec<Option<Uuid>> = rows
+        .iter()
+        .map(|r| r.insert.as_ref().map(|n| n.event_id))
+        .collect();
+    let webhook_ids: Vec<Option<Uuid>> = rows
+        .iter()
+        .map(|r| r.insert.as_ref().and_then(|n| n.webhook_id))
+        .collect();
+    let urls = new(|n| Some(&n.url));
+    let msg_ids = new(|n| Some(&n.msg_id));
+    let event_types = new(|n| Some(&n.event_type));
+    let payloads: Vec<Option<&[u8]>> = rows
+        .iter()
+        .map(|r| r.insert.as_ref().map(|n| n.payload.as_slice()))
+        .collect();
+    let traces = new(|n| n.traceparent.as_deref());
     let out = client
         .query(
             &stmt,
@@ -277,6 +324,14 @@ pub async fn record_attempts(
                 &retry_payloads,
                 &disable,
                 &GONE_REASON,
+                &is_new,
+                &event_ids,
+                &webhook_ids,
+                &urls,
+                &msg_ids,
+                &event_types,
+                &payloads,
+                &traces,
             ],
         )
         .await?;
@@ -508,12 +563,20 @@ pub async fn states_for_dispatch(
         .collect())
 }
 
-/// Holds deliveries back without attempting them (their endpoint's circuit is open): each gets its
-/// `next_attempt_at` and a task for the same attempt number through the outbox, in one statement.
-pub async fn hold_batch(
-    pool: &Pool,
-    rows: &[(Uuid, DateTime<Utc>, RetryMessage)],
-) -> Result<(), DbError> {
+/// A delivery held back without an attempt, until `next_attempt_at`, when `retry` brings it back.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub id: Uuid,
+    pub next_attempt_at: DateTime<Utc>,
+    pub retry: RetryMessage,
+    /// The delivery's row, written with the hold when it does not exist yet.
+    pub insert: Option<NewDelivery>,
+}
+
+/// Holds deliveries back without attempting them (their endpoint's circuit is open, or their
+/// subscription's rate is spent): each gets its `next_attempt_at` and a task for the same attempt
+/// number through the outbox, in one statement. A delivery not written yet is written `pending`.
+pub async fn hold_batch(pool: &Pool, rows: &[Held]) -> Result<(), DbError> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -521,24 +584,71 @@ pub async fn hold_batch(
     let stmt = client
         .prepare_cached(
             "WITH input AS (
-                 SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::uuid[], $4::text[], $5::bytea[])
-                 AS t(id, next_attempt_at, message_id, routing_key, payload)
-             ), upd AS (
+                 SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::uuid[], $4::text[],
+                                      $5::bytea[], $6::bool[], $7::uuid[], $8::uuid[], $9::uuid[],
+                                      $10::uuid[], $11::text[], $12::text[], $13::text[],
+                                      $14::bytea[], $15::text[])
+                 AS t(id, next_attempt_at, message_id, routing_key, task, is_new, account_id,
+                      dispatch_id, event_id, webhook_id, url, msg_id, event_type, payload,
+                      traceparent)
+             ), stored AS (
                  UPDATE deliveries d SET next_attempt_at = i.next_attempt_at, updated_at = now()
-                 FROM input i WHERE d.id = i.id AND d.status = 'pending'
+                 FROM input i WHERE d.id = i.id AND NOT i.is_new AND d.status = 'pending'
+                 RETURNING d.id
+             ), created AS (
+                 INSERT INTO deliveries AS d (id, account_id, dispatch_id, event_id, webhook_id,
+                                              url, msg_id, event_type, payload, traceparent,
+                                              next_attempt_at)
+                 SELECT i.id, i.account_id, i.dispatch_id, i.event_id, i.webhook_id, i.url,
+                        i.msg_id, i.event_type, i.payload, i.traceparent, i.next_attempt_at
+                 FROM input i WHERE i.is_new
+                 ON CONFLICT (id) DO UPDATE
+                 SET next_attempt_at = excluded.next_attempt_at, updated_at = now()
+                 WHERE d.status = 'pending'
                  RETURNING d.id
              )
              INSERT INTO outbox (message_id, routing_key, payload)
-             SELECT i.message_id, i.routing_key, i.payload FROM input i JOIN upd USING (id)",
+             SELECT i.message_id, i.routing_key, i.task
+             FROM input i JOIN (SELECT id FROM stored UNION ALL SELECT id FROM created) h USING (id)",
         )
         .await?;
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
-    let at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.1).collect();
-    let msg_ids: Vec<Uuid> = rows.iter().map(|r| r.2.message_id).collect();
-    let keys: Vec<&str> = rows.iter().map(|r| r.2.routing_key.as_str()).collect();
-    let payloads: Vec<&[u8]> = rows.iter().map(|r| r.2.payload.as_slice()).collect();
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.next_attempt_at).collect();
+    let msg_ids: Vec<Uuid> = rows.iter().map(|r| r.retry.message_id).collect();
+    let keys: Vec<&str> = rows.iter().map(|r| r.retry.routing_key.as_str()).collect();
+    let tasks: Vec<&[u8]> = rows.iter().map(|r| r.retry.payload.as_slice()).collect();
+    let is_new: Vec<bool> = rows.iter().map(|r| r.insert.is_some()).collect();
+    let uuid = |f: fn(&NewDelivery) -> Option<Uuid>| -> Vec<Option<Uuid>> {
+        rows.iter().map(|r| r.insert.as_ref().and_then(f)).collect()
+    };
+    let text = |f: fn(&NewDelivery) -> Option<&str>| -> Vec<Option<&str>> {
+        rows.iter().map(|r| r.insert.as_ref().and_then(f)).collect()
+    };
+    let payloads: Vec<Option<&[u8]>> = rows
+        .iter()
+        .map(|r| r.insert.as_ref().map(|n| n.payload.as_slice()))
+        .collect();
     client
-        .execute(&stmt, &[&ids, &at, &msg_ids, &keys, &payloads])
+        .execute(
+            &stmt,
+            &[
+                &ids,
+                &at,
+                &msg_ids,
+                &keys,
+                &tasks,
+                &is_new,
+                &uuid(|n| Some(n.account_id)),
+                &uuid(|n| Some(n.dispatch_id)),
+                &uuid(|n| Some(n.event_id)),
+                &uuid(|n| n.webhook_id),
+                &text(|n| Some(&n.url)),
+                &text(|n| Some(&n.msg_id)),
+                &text(|n| Some(&n.event_type)),
+                &payloads,
+                &text(|n| n.traceparent.as_deref()),
+            ],
+        )
         .await?;
     Ok(())
 }

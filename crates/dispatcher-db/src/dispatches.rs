@@ -417,7 +417,8 @@ pub async fn result_content_type(
         .and_then(|r| r.get(0)))
 }
 
-/// A dispatch a worker has claimed (`processing`), with everything needed to run it.
+/// A dispatch a worker has taken up (`processing`, or still `queued` on the quick path of
+/// [`claim`]), with everything needed to run it.
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub id: Uuid,
@@ -442,20 +443,34 @@ pub struct Claim {
     pub exhausted: Vec<Uuid>,
 }
 
-/// Moves the given dispatches to `processing` where that is legal (`queued`, or `processing` left
-/// by a worker that died) and fewer than `max_attempts` processing attempts were started, and
-/// returns them. Finished dispatches are in neither list: their redelivered messages are simply
-/// acknowledged.
+/// One `dispatch.requested` message to act on: its dispatch, the provider-try count it carries,
+/// and whether the broker delivers it for the first time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimRequest {
+    pub id: Uuid,
+    pub provider_attempts: i32,
+    pub first_delivery: bool,
+}
+
+/// Takes up the given dispatches, in one statement, and returns them.
 ///
-/// The claim commits without waiting for the WAL flush (an `AsyncCommitPool`, so it is one
-/// statement): if it is lost in a crash the dispatch is simply still `queued` when its message is
-/// redelivered. The finishing statement, which must not be lost once the message is
-/// acknowledged, commits synchronously.
-/// Each request is a dispatch id with the provider-try count its message carries: a message whose
-/// count is not the dispatch's any more (its retry was scheduled since) claims nothing.
+/// A dispatch for the `store` provider whose message arrives for the first time is only read: its
+/// outcome is written by [`settle`] straight from `queued` (claim and finish in one write), since
+/// rendering it has no effect outside this database. Every other one moves to `processing` where
+/// that is legal (`queued`, or `processing` left by a worker that died) and fewer than
+/// `max_attempts` processing attempts were started: a provider call takes time and has effects,
+/// and a redelivered message means a worker may have died on this dispatch, which must count
+/// towards quarantine. Finished dispatches are in neither list: their redelivered messages are
+/// simply acknowledged.
+///
+/// The statement commits without waiting for the WAL flush (an `AsyncCommitPool`): if a claim is
+/// lost in a crash the dispatch is simply still `queued` when its message is redelivered. The
+/// finishing statement, which must not be lost once the message is acknowledged, commits
+/// synchronously. A message whose provider-try count is not the dispatch's any more (its retry
+/// was scheduled since) takes up nothing.
 pub async fn claim(
     pool: &AsyncCommitPool,
-    requests: &[(Uuid, i32)],
+    requests: &[ClaimRequest],
     max_attempts: i32,
 ) -> Result<Claim, DbError> {
     let client = pool.get().await?;
@@ -463,11 +478,19 @@ pub async fn claim(
         .iter()
         .map(|s| s.as_str())
         .collect();
-    // Both parts read the snapshot from before the update, so they are disjoint.
+    // The three parts read the snapshot from before the update, so they are disjoint.
     let stmt = client
         .prepare_cached(
             "WITH m AS (
-                 SELECT * FROM unnest($1::uuid[], $4::int[]) AS t(id, provider_attempts)
+                 SELECT * FROM unnest($1::uuid[], $4::int[], $5::bool[])
+                 AS t(id, provider_attempts, first_delivery)
+             ), quick AS (
+                 SELECT d.id, d.account_id, d.template_format, d.template_body, d.data,
+                        d.provider, d.callback_url, d.metadata, d.provider_attempts
+                 FROM dispatches d JOIN m USING (id)
+                 WHERE m.first_delivery AND d.provider_attempts = m.provider_attempts
+                   AND d.status = 'queued' AND d.provider->>'type' = 'store'
+                   AND d.processing_attempts < $3
              ), upd AS (
                  UPDATE dispatches d
                  SET status = 'processing', started_at = COALESCE(started_at, now()),
@@ -475,6 +498,7 @@ pub async fn claim(
                  FROM m
                  WHERE d.id = m.id AND d.provider_attempts = m.provider_attempts
                    AND d.status = ANY($2) AND d.processing_attempts < $3
+                   AND d.id NOT IN (SELECT id FROM quick)
                  RETURNING d.id, d.account_id, d.template_format, d.template_body, d.data,
                            d.provider, d.callback_url, d.metadata, d.provider_attempts
              )
@@ -482,16 +506,21 @@ pub async fn claim(
                     callback_url, metadata, provider_attempts, false AS exhausted
              FROM upd
              UNION ALL
+             SELECT id, account_id, template_format, template_body, data, provider,
+                    callback_url, metadata, provider_attempts, false
+             FROM quick
+             UNION ALL
              SELECT d.id, d.account_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true
              FROM dispatches d JOIN m USING (id)
              WHERE d.provider_attempts = m.provider_attempts
                AND d.status = ANY($2) AND d.processing_attempts >= $3",
         )
         .await?;
-    let ids: Vec<Uuid> = requests.iter().map(|r| r.0).collect();
-    let tries: Vec<i32> = requests.iter().map(|r| r.1).collect();
+    let ids: Vec<Uuid> = requests.iter().map(|r| r.id).collect();
+    let tries: Vec<i32> = requests.iter().map(|r| r.provider_attempts).collect();
+    let first: Vec<bool> = requests.iter().map(|r| r.first_delivery).collect();
     let rows = client
-        .query(&stmt, &[&ids, &sources, &max_attempts, &tries])
+        .query(&stmt, &[&ids, &sources, &max_attempts, &tries, &first])
         .await?;
     let mut out = Claim::default();
     for r in &rows {
@@ -535,6 +564,11 @@ pub async fn unclaim(pool: &AsyncCommitPool, ids: &[Uuid]) -> Result<u64, DbErro
 pub struct Finished {
     pub id: Uuid,
     pub status: DispatchStatus,
+    /// The provider-try count the dispatch was taken up with: the outcome is written only while
+    /// the dispatch still has it.
+    pub provider_attempts: i32,
+    /// When this worker began on it (kept if an earlier claim recorded one).
+    pub started_at: DateTime<Utc>,
     pub completed_at: DateTime<Utc>,
     /// The document, to be kept in the `result` column.
     pub result: Option<Vec<u8>>,
@@ -578,8 +612,9 @@ pub struct Requeued {
 }
 
 /// Records a batch's outcomes (with their outbox events) and its retries in one transaction. Only
-/// dispatches still `processing` change, so a duplicate worker cannot finish a dispatch twice,
-/// emit two outcome events or schedule two retries.
+/// unfinished dispatches at the provider-try count they were taken up with change (`processing`,
+/// or `queued` for those [`claim`] only read), so a duplicate worker cannot finish a dispatch
+/// twice, emit two outcome events or schedule two retries.
 pub async fn settle(
     pool: &Pool,
     finished: &[Finished],
@@ -611,17 +646,20 @@ async fn finish_rows(
                                       $5::text[], $6::jsonb[], $7::uuid[], $8::text[], $9::bytea[],
                                       $10::text[], $11::text[], $12::text[], $13::text[],
                                       $14::text[], $15::bytea[], $16::uuid[], $17::bytea[],
-                                      $18::text[])
+                                      $18::text[], $19::int4[], $20::timestamptz[])
                  AS t(id, status, completed_at, result, content_type, error, event_id, routing_key,
                       event, traceparent, provider_reply, pe_provider, pe_event_id, pe_type,
-                      pe_body, pe_message_id, pe_message, result_key)
+                      pe_body, pe_message_id, pe_message, result_key, provider_attempts,
+                      started_at)
              ), upd AS (
                  UPDATE dispatches d
-                 SET status = i.status, completed_at = i.completed_at, result = i.result,
+                 SET status = i.status, started_at = COALESCE(d.started_at, i.started_at),
+                     completed_at = i.completed_at, result = i.result,
                      result_key = i.result_key, result_content_type = i.content_type,
                      error = i.error, provider_reply = i.provider_reply
                  FROM input i
-                 WHERE d.id = i.id AND d.status = 'processing'
+                 WHERE d.id = i.id AND d.status = ANY($21::text[])
+                   AND d.provider_attempts = i.provider_attempts
                  RETURNING d.id
              ), pe AS (
                  INSERT INTO provider_events (provider, event_id, dispatch_id, type, occurred_at, body)
@@ -655,6 +693,13 @@ async fn finish_rows(
     let traces: Vec<Option<&str>> = rows.iter().map(|r| r.traceparent.as_deref()).collect();
     let replies: Vec<Option<&str>> = rows.iter().map(|r| r.provider_reply.as_deref()).collect();
     let result_keys: Vec<Option<&str>> = rows.iter().map(|r| r.result_key.as_deref()).collect();
+    let tries: Vec<i32> = rows.iter().map(|r| r.provider_attempts).collect();
+    let started: Vec<DateTime<Utc>> = rows.iter().map(|r| r.started_at).collect();
+    // Completed and failed have the same sources (checked in the tests below).
+    let sources: Vec<&str> = DispatchStatus::sources_of(DispatchStatus::Completed)
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
     let pe = |f: fn(&OwnProviderEvent) -> Option<&str>| -> Vec<Option<&str>> {
         rows.iter()
             .map(|r| r.provider_event.as_ref().and_then(f))
@@ -697,6 +742,9 @@ async fn finish_rows(
                 &pe_message_ids,
                 &pe_messages,
                 &result_keys,
+                &tries,
+                &started,
+                &sources,
             ],
         )
         .await?;

@@ -148,18 +148,18 @@ pub async fn set_enabled(
 
 /// Active subscriptions of the given accounts for `event`: those naming it or its family
 /// (`family`, e.g. `provider.*`), and those for `*` when `wildcard` (operational events are only
-/// sent to subscriptions that name them): (account_id, webhook_id, callback_url).
+/// sent to subscriptions that name them): (account_id, webhook_id, callback_url, rate_limit).
 pub async fn matching(
     pool: &Pool,
     account_ids: &[Uuid],
     event: &str,
     family: &str,
     wildcard: bool,
-) -> Result<Vec<(Uuid, Uuid, String)>, DbError> {
+) -> Result<Vec<(Uuid, Uuid, String, Option<i32>)>, DbError> {
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
-            "SELECT account_id, id, callback_url FROM webhook_subscriptions
+            "SELECT account_id, id, callback_url, rate_limit FROM webhook_subscriptions
              WHERE account_id = ANY($1) AND deleted_at IS NULL AND disabled_at IS NULL
                AND (event = $2 OR event = $3 OR ($4 AND event = '*'))",
         )
@@ -168,7 +168,7 @@ pub async fn matching(
         .query(&stmt, &[&account_ids, &event, &family, &wildcard])
         .await?
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect())
 }
 

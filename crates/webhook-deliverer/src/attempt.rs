@@ -7,7 +7,7 @@ use dispatcher_core::retry::{next_step, AttemptOutcome, NextStep};
 use dispatcher_core::signing::{signature_header, WebhookSecret};
 use dispatcher_core::DeliveryTask;
 use dispatcher_core::EventType;
-use dispatcher_db::deliveries::{self, AttemptRecord, Delivery, RetryMessage};
+use dispatcher_db::deliveries::{self, AttemptRecord, Delivery, Held, RetryMessage};
 use dispatcher_db::outbox::OutboxWake;
 use dispatcher_db::{accounts, endpoint_health, outbox, subscriptions, DbError, Pool};
 use dispatcher_mq::Topology;
@@ -99,15 +99,16 @@ impl Deliverer {
                     delivery_id: d.id,
                     attempt: (d.attempts + 1) as u32,
                 };
-                (
-                    d.id,
-                    Utc::now() + chrono::Duration::milliseconds(ms as i64),
-                    RetryMessage {
+                Held {
+                    id: d.id,
+                    next_attempt_at: Utc::now() + chrono::Duration::milliseconds(ms as i64),
+                    retry: RetryMessage {
                         message_id: Uuid::now_v7(),
                         routing_key: Topology::delay_key(ms),
                         payload: serde_json::to_vec(&task).expect("task serializes"),
                     },
-                )
+                    insert: d.row_to_insert(),
+                }
             })
             .collect();
         metrics::counter!("dispatcher_deliveries_held_total").increment(rows.len() as u64);
@@ -180,7 +181,7 @@ impl Deliverer {
     /// Records the attempts, folds them into their endpoints' health and writes the operational
     /// events the changes call for, in one transaction. Returns whether it wrote outbox rows.
     async fn record(&self, made: Vec<Made>) -> Result<bool, DbError> {
-        let records: Vec<AttemptRecord> = made.iter().map(|m| m.record.clone()).collect();
+        let records: Vec<&AttemptRecord> = made.iter().map(|m| &m.record).collect();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let recorded = deliveries::record_attempts(&tx, &records).await?;
@@ -296,7 +297,9 @@ impl Deliverer {
         } else if new_status == "dead" || new_status == "failed" {
             metrics::counter!("dispatcher_deliveries_total", "outcome" => new_status).increment(1);
         }
+        let insert = d.row_to_insert();
         let record = AttemptRecord {
+            insert,
             id: Uuid::now_v7(),
             delivery_id: d.id,
             dispatch_id: d.dispatch_id,

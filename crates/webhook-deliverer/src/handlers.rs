@@ -4,7 +4,7 @@ use crate::attempt::Deliverer;
 use dispatcher_core::event::{delivery_id, webhook_message_id};
 use dispatcher_core::{DeliveryTask, EventType, OutcomeEvent};
 use dispatcher_db::dead_letters::{self, NewDeadLetter};
-use dispatcher_db::deliveries::{self, NewDelivery};
+use dispatcher_db::deliveries::{self, Delivery, NewDelivery};
 use dispatcher_db::subscriptions;
 use dispatcher_mq::{BatchHandler, HandlerError, Incoming};
 use std::collections::HashMap;
@@ -61,8 +61,8 @@ impl BatchHandler for EventHandler {
         }
         // Where each event goes: its dispatch's own callback URL (carried in the event) and the
         // account's matching subscriptions (one query per event type in the batch).
-        let mut subscribed: HashMap<(uuid::Uuid, &'static str), Vec<(uuid::Uuid, String)>> =
-            HashMap::new();
+        type Target = (Option<uuid::Uuid>, String, Option<i32>);
+        let mut subscribed: HashMap<(uuid::Uuid, &'static str), Vec<Target>> = HashMap::new();
         let types: std::collections::BTreeSet<&'static str> = events
             .iter()
             .map(|(e, _)| e.payload.event_type.as_str())
@@ -78,7 +78,7 @@ impl BatchHandler for EventHandler {
             if accounts.is_empty() {
                 continue;
             }
-            for (account, webhook, url) in subscriptions::matching(
+            for (account, webhook, url, rate_limit) in subscriptions::matching(
                 &self.deliverer.pool,
                 &accounts,
                 event_type.as_str(),
@@ -91,53 +91,68 @@ impl BatchHandler for EventHandler {
                 subscribed
                     .entry((account, event_type.as_str()))
                     .or_default()
-                    .push((webhook, url));
+                    .push((Some(webhook), url, rate_limit));
             }
         }
-        let mut targets: HashMap<uuid::Uuid, Vec<(Option<uuid::Uuid>, String)>> = HashMap::new();
-        for (e, _) in &events {
-            let list = targets.entry(e.event_id).or_default();
-            if let Some(url) = &e.callback_url {
-                list.push((None, url.clone()));
-            }
-            let key = (e.account_id, e.payload.event_type.as_str());
-            for (webhook, url) in subscribed.get(&key).into_iter().flatten() {
-                list.push((Some(*webhook), url.clone()));
-            }
-        }
-        let mut rows = Vec::new();
+        let mut rows: Vec<(NewDelivery, Option<i32>)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (e, traceparent) in &events {
             let payload = serde_json::to_vec(&e.payload).expect("payload serializes");
-            for (webhook, url) in targets.get(&e.event_id).into_iter().flatten() {
+            let own = e.callback_url.clone().map(|url| (None, url, None));
+            let key = (e.account_id, e.payload.event_type.as_str());
+            let subs = subscribed.get(&key).into_iter().flatten().cloned();
+            for (webhook, url, rate_limit) in own.into_iter().chain(subs) {
                 // The endpoint key: the subscription for subscribed deliveries, else the URL.
                 let endpoint = webhook
                     .map(|w| format!("webhook:{w}"))
                     .unwrap_or_else(|| url.clone());
-                rows.push(NewDelivery {
-                    id: delivery_id(e.event_id, &endpoint),
-                    account_id: e.account_id,
-                    dispatch_id: e.dispatch_id,
-                    event_id: e.event_id,
-                    webhook_id: *webhook,
-                    url: url.clone(),
-                    msg_id: webhook_message_id(e.event_id, &endpoint),
-                    event_type: e.payload.event_type.as_str().to_owned(),
-                    payload: payload.clone(),
-                    traceparent: traceparent.clone(),
-                });
+                let id = delivery_id(e.event_id, &endpoint);
+                // The same event twice in one batch is delivered once.
+                if !seen.insert(id) {
+                    continue;
+                }
+                rows.push((
+                    NewDelivery {
+                        id,
+                        account_id: e.account_id,
+                        dispatch_id: e.dispatch_id,
+                        event_id: e.event_id,
+                        webhook_id: webhook,
+                        url,
+                        msg_id: webhook_message_id(e.event_id, &endpoint),
+                        event_type: e.payload.event_type.as_str().to_owned(),
+                        payload: payload.clone(),
+                        traceparent: traceparent.clone(),
+                    },
+                    rate_limit,
+                ));
             }
         }
         if rows.is_empty() {
             return Ok(());
         }
-        let current = deliveries::upsert_batch(&self.deliverer.pool, &rows)
-            .await
-            .map_err(HandlerError::from)?;
-        // Only never-attempted deliveries are attempted here; a delivery with attempts already
-        // has its retry scheduled (the same commit wrote it), or is finished.
-        let todo = current
+        // Refused as the database would refuse it, before anything is sent: the batch is then
+        // handled message by message and the culprit quarantined.
+        if let Some(reason) = rows.iter().find_map(|(n, _)| n.unstorable()) {
+            return Err(HandlerError::Rejected(reason));
+        }
+        // A delivery is written with its first attempt. One that exists already came from an
+        // earlier copy of this event: only one never attempted is attempted here; one with
+        // attempts has its retry scheduled (the same commit wrote it), or is finished.
+        let ids: Vec<uuid::Uuid> = rows.iter().map(|(n, _)| n.id).collect();
+        let mut stored: HashMap<uuid::Uuid, Delivery> =
+            deliveries::get_many(&self.deliverer.pool, &ids)
+                .await
+                .map_err(HandlerError::from)?
+                .into_iter()
+                .map(|d| (d.id, d))
+                .collect();
+        let todo = rows
             .into_iter()
-            .filter(|d| d.status == "pending" && d.attempts == 0)
+            .filter_map(|(n, rate_limit)| match stored.remove(&n.id) {
+                None => Some(Delivery::unstored(n, rate_limit)),
+                Some(d) => (d.status == "pending" && d.attempts == 0).then_some(d),
+            })
             .collect();
         self.deliverer
             .attempt_all(todo)

@@ -1,0 +1,171 @@
+//! The writes a dispatch costs, counted row by row with triggers: a `store` dispatch whose message
+//! arrives for the first time is read and then finished in one write (no `processing` step), its
+//! webhook delivery is written once, with its first attempt, and copies of its message change
+//! nothing.
+
+use dispatcher_core::DispatchRequested;
+use dispatcher_e2e::{queue_state, Receiver, Services, TestApp, AMQP_URL, PATIENCE};
+use lapin::options::BasicPublishOptions;
+use lapin::BasicProperties;
+use serde_json::{json, Value};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Every row version written to `dispatches`, `deliveries` and `outbox` from now on, in
+/// `write_log`.
+const WRITE_LOG: &str = "
+    CREATE TABLE write_log (tbl text, op text, id text, status text, routing_key text);
+    CREATE FUNCTION log_write() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_TABLE_NAME = 'outbox' THEN
+            INSERT INTO write_log VALUES (TG_TABLE_NAME, TG_OP, NEW.message_id::text, NULL,
+                                          NEW.routing_key);
+        ELSE
+            INSERT INTO write_log VALUES (TG_TABLE_NAME, TG_OP, NEW.id::text, NEW.status, NULL);
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER dispatches_log AFTER INSERT OR UPDATE ON dispatches
+        FOR EACH ROW EXECUTE FUNCTION log_write();
+    CREATE TRIGGER deliveries_log AFTER INSERT OR UPDATE ON deliveries
+        FOR EACH ROW EXECUTE FUNCTION log_write();
+    CREATE TRIGGER outbox_log AFTER INSERT ON outbox
+        FOR EACH ROW EXECUTE FUNCTION log_write();";
+
+#[tokio::test]
+async fn a_store_dispatch_is_finished_in_one_write_and_copies_of_its_message_change_nothing() {
+    let mut app = TestApp::spawn_with(
+        Services {
+            worker: false,
+            ..Services::ALL
+        },
+        &[],
+    )
+    .await;
+    let c = app.pool.get().await.unwrap();
+    c.batch_execute(WRITE_LOG).await.unwrap();
+    let rx = Receiver::start().await;
+    let acct = app.create_account("write-path@example.com").await;
+    let resp = app
+        .post(
+            &app.ingest_url,
+            "/v1/dispatches?async=true",
+            &acct,
+            &json!({"template": {"format": "text", "body": "hello {{ who }}"},
+                    "data": {"who": "world"}, "callbackUrl": rx.url()}),
+        )
+        .await;
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    let id = body["dispatchId"].as_str().unwrap().to_owned();
+    // Its message is in the queue (relayed by ingest); three copies join it, each a first
+    // delivery as far as the broker knows (as after a relay that published twice).
+    app.wait_equal("SELECT count(*) FROM outbox", 0).await;
+    let queue = dispatcher_mq::Topology::from_settings(&app.settings).dispatch_queue();
+    let copy = DispatchRequested {
+        message_id: Uuid::now_v7(),
+        dispatch_id: id.parse().unwrap(),
+        account_id: acct.account_id,
+        queued_at: body["queuedAt"].as_str().unwrap().parse().unwrap(),
+        provider_attempts: 0,
+    };
+    let conn = dispatcher_mq::connect(AMQP_URL, "write-path-copies")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    for i in 0..3 {
+        ch.basic_publish(
+            "".into(),
+            queue.clone().into(),
+            BasicPublishOptions::default(),
+            &serde_json::to_vec(&copy).unwrap(),
+            BasicProperties::default()
+                .with_message_id(format!("copy-{i}").into())
+                .with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let _ = conn.close(200, "done".into()).await;
+    assert_eq!(queue_state(&queue).await, (4, 0));
+
+    // A worker takes all four, then stops: what it had not acknowledged would be back in the
+    // queue, so an empty queue means every copy was handled.
+    let worker = app.child_token();
+    app.start_worker(worker.clone());
+    let hooks = rx.wait_for(1).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while queue_state(&queue).await.0 > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "copies not taken");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.cancel();
+    while queue_state(&queue).await.1 > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "worker did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        queue_state(&queue).await.0,
+        0,
+        "every copy was acknowledged"
+    );
+    app.wait_equal("SELECT count(*) FROM outbox", 0).await;
+    app.wait_equal("SELECT count(*) FROM delivery_attempts", 1)
+        .await;
+
+    // The dispatch: inserted queued, then one update straight to completed.
+    let log = |tbl: &'static str| {
+        let c = &c;
+        async move {
+            c.query(
+                "SELECT op || ' ' || COALESCE(status, routing_key) FROM write_log
+                 WHERE tbl = $1 ORDER BY ctid",
+                &[&tbl],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        log("dispatches").await,
+        ["INSERT queued", "UPDATE completed"]
+    );
+    let row = c
+        .query_one(
+            "SELECT processing_attempts, started_at IS NOT NULL AND started_at <= completed_at
+             FROM dispatches WHERE id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 0, "never claimed");
+    assert!(row.get::<_, bool>(1), "started before it completed");
+    // One request and one outcome event, whatever the copies did.
+    assert_eq!(
+        log("outbox").await,
+        ["INSERT dispatch.requested", "INSERT dispatch.completed"]
+    );
+    // The delivery: one row version, written with its (successful) first attempt.
+    assert_eq!(log("deliveries").await, ["INSERT succeeded"]);
+    let d = c
+        .query_one("SELECT attempts, status FROM deliveries", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (d.get::<_, i32>(0), d.get::<_, String>(1)),
+        (1, "succeeded".into())
+    );
+
+    let status = app.wait_finished(&acct, &id).await;
+    assert_eq!(status["status"], "completed", "{status}");
+    assert_eq!(rx.requests().len(), 1, "one webhook");
+    assert_eq!(hooks[0].json()["data"]["dispatchId"], id.as_str());
+}
