@@ -114,7 +114,8 @@ if [ -n "${BENCH_BASELINE:-}" ]; then
     git worktree add -q --detach "$RUN/baseline-src" "$base_rev"
     (cd "$RUN/baseline-src" && cargo build --release --bins -q)
     mkdir -p "$base_bin"
-    for n in "${names[@]}"; do cp "$BIN/$n" "$base_bin/"; done
+    # The services and the PDF helper the worker starts from its own directory.
+    for n in "${names[@]}" dispatch-render; do cp "$BIN/$n" "$base_bin/"; done
     git worktree remove --force "$RUN/baseline-src"
     # The shared target directory holds the baseline's build now, newer than this tree's
     # sources: make them newer again, or cargo would take the baseline's artifacts as fresh.
@@ -124,9 +125,10 @@ if [ -n "${BENCH_BASELINE:-}" ]; then
   current_bin="$BIN"
   for round in $(seq 1 "${BENCH_ROUNDS:-2}"); do
     for build in baseline current; do
+      BIN="$current_bin"
       fresh_database
       drop_queues
-      if [ "$build" = baseline ]; then BIN="$base_bin"; else BIN="$current_bin"; fi
+      if [ "$build" = baseline ]; then BIN="$base_bin"; fi
       echo "== round $round: $build"
       start_services
       BIN="$current_bin" BENCH_MODE=closed BENCH_OUT="$RUN/closed-$build-$round.json" run_bench >"$RUN/closed-$build-$round.log"

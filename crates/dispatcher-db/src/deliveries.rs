@@ -181,15 +181,15 @@ pub const GONE_REASON: &str = "the endpoint answered 410 Gone";
 
 /// Records attempts, advances their deliveries (writing those that do not exist yet with their
 /// first attempt), enqueues scheduled retries and disables the subscriptions whose endpoint
-/// answered `410 Gone`, in one statement of the caller's transaction. A delivery only moves if it
+/// answered `410 Gone`, in one statement (of the caller's transaction, if it has one). A delivery
+/// only moves if it
 /// is still `pending` at the attempt number the worker saw, so a duplicate message cannot record
 /// a second outcome for the same attempt: a delivery another process wrote in the meantime is
 /// updated only if it has not been attempted.
 pub async fn record_attempts(
-    tx: &deadpool_postgres::Transaction<'_>,
+    client: &impl deadpool_postgres::GenericClient,
     rows: &[&AttemptRecord],
 ) -> Result<Recorded, DbError> {
-    let client = tx;
     let stmt = client
         .prepare_cached(
             "WITH input AS (

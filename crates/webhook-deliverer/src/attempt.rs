@@ -182,7 +182,17 @@ impl Deliverer {
     /// events the changes call for, in one transaction. Returns whether it wrote outbox rows.
     async fn record(&self, made: Vec<Made>) -> Result<bool, DbError> {
         let records: Vec<&AttemptRecord> = made.iter().map(|m| &m.record).collect();
+        let retries = records.iter().any(|r| r.retry.is_some());
         let mut client = self.pool.get().await?;
+        // Attempts to no subscription (no endpoint health to fold) that exhaust no delivery (no
+        // operational event) write nothing beside themselves: one statement, no transaction.
+        if made
+            .iter()
+            .all(|m| m.webhook_id.is_none() && m.record.new_status != "dead")
+        {
+            deliveries::record_attempts(&client, &records).await?;
+            return Ok(retries);
+        }
         let tx = client.transaction().await?;
         let recorded = deliveries::record_attempts(&tx, &records).await?;
         let mut events = operational::exhausted(&made, &recorded);
@@ -235,7 +245,7 @@ impl Deliverer {
             metrics::counter!("dispatcher_operational_events_total", "type" => e.payload.event_type.as_str())
                 .increment(1);
         }
-        Ok(!messages.is_empty() || records.iter().any(|r| r.retry.is_some()))
+        Ok(!messages.is_empty() || retries)
     }
 
     fn health_policy(&self) -> health::Policy {
