@@ -57,7 +57,8 @@ fi
 if rabbit_port_open && ! rabbit_handshake; then
   # Listening but not answering: restart the broker this script manages.
   echo "RabbitMQ accepts connections but does not answer the AMQP handshake; restarting it"
-  as_root rabbitmqctl -q stop >/dev/null 2>&1 || true
+  # Bounded: a broker out of file descriptors does not answer rabbitmqctl either.
+  as_root timeout 30 rabbitmqctl -q stop >/dev/null 2>&1 || true
   for _ in $(seq 1 30); do rabbit_port_open || break; sleep 1; done
   if rabbit_port_open; then as_root pkill -f beam.smp || true; sleep 2; fi
 fi

@@ -147,22 +147,39 @@ impl Estimator {
         };
         tokio::spawn(async move {
             let topology = Topology::from_settings(&settings);
-            let mut channel = None;
+            // One connection for the life of the estimator, closed when it stops. After a
+            // failure (broker down, a queue not declared yet: that closes the channel) it tries
+            // again every REFRESH, not every tick, so a missing queue costs no connection churn.
+            let mut conn: Option<lapin::Connection> = None;
+            let mut channel: Option<lapin::Channel> = None;
+            let mut retry_at = tokio::time::Instant::now();
             let mut next_sample = tokio::time::Instant::now() + REFRESH;
             loop {
                 tokio::select! {
-                    _ = cancel.cancelled() => return,
+                    _ = cancel.cancelled() => {
+                        if let Some(c) = conn.take() {
+                            let _ = c.close(200, "shutdown".into()).await;
+                        }
+                        return;
+                    }
                     _ = tokio::time::sleep(depth_every) => {}
                 }
-                if channel.is_none() {
-                    if let Ok(conn) =
-                        dispatcher_mq::connect_any(&settings.amqp, "ingest-api-estimator").await
-                    {
-                        channel = conn.create_channel().await.ok().map(|c| (conn, c));
+                if conn.as_ref().is_some_and(|c| !c.status().connected()) {
+                    (conn, channel) = (None, None);
+                }
+                if channel.is_none() && tokio::time::Instant::now() >= retry_at {
+                    retry_at = tokio::time::Instant::now() + REFRESH;
+                    if conn.is_none() {
+                        conn = dispatcher_mq::connect_any(&settings.amqp, "ingest-api-estimator")
+                            .await
+                            .ok();
+                    }
+                    if let Some(c) = &conn {
+                        channel = c.create_channel().await.ok();
                     }
                 }
                 let (mut depth, mut consumed) = (0, 0);
-                if let Some((_, ch)) = &channel {
+                if let Some(ch) = &channel {
                     for queue in [topology.dispatch_queue(), topology.webhook_events_queue()] {
                         match Topology::depth_and_consumers(ch, &queue).await {
                             Ok((d, consumers)) => {
