@@ -34,6 +34,48 @@ impl NewDelivery {
     }
 }
 
+/// The columns of deliveries to write with an attempt or a hold, one entry per statement row
+/// (`None` where the row exists already), for the statements' `unnest`.
+struct InsertColumns<'a> {
+    is_new: Vec<bool>,
+    account_ids: Vec<Option<Uuid>>,
+    dispatch_ids: Vec<Option<Uuid>>,
+    event_ids: Vec<Option<Uuid>>,
+    webhook_ids: Vec<Option<Uuid>>,
+    urls: Vec<Option<&'a str>>,
+    msg_ids: Vec<Option<&'a str>>,
+    event_types: Vec<Option<&'a str>>,
+    payloads: Vec<Option<&'a [u8]>>,
+    traceparents: Vec<Option<&'a str>>,
+}
+
+impl<'a> InsertColumns<'a> {
+    fn of(rows: impl Iterator<Item = Option<&'a NewDelivery>>) -> Self {
+        let rows: Vec<Option<&'a NewDelivery>> = rows.collect();
+        let uuid = |f: fn(&NewDelivery) -> Option<Uuid>| -> Vec<Option<Uuid>> {
+            rows.iter().map(|r| r.and_then(f)).collect()
+        };
+        let text = |f: fn(&'a NewDelivery) -> Option<&'a str>| -> Vec<Option<&'a str>> {
+            rows.iter().map(|r| r.and_then(f)).collect()
+        };
+        InsertColumns {
+            is_new: rows.iter().map(Option::is_some).collect(),
+            account_ids: uuid(|n| Some(n.account_id)),
+            dispatch_ids: uuid(|n| Some(n.dispatch_id)),
+            event_ids: uuid(|n| Some(n.event_id)),
+            webhook_ids: uuid(|n| n.webhook_id),
+            urls: text(|n| Some(&n.url)),
+            msg_ids: text(|n| Some(&n.msg_id)),
+            event_types: text(|n| Some(&n.event_type)),
+            payloads: rows
+                .iter()
+                .map(|r| r.map(|n| n.payload.as_slice()))
+                .collect(),
+            traceparents: text(|n| n.traceparent.as_deref()),
+        }
+    }
+}
+
 /// A delivery as the deliverer needs it to make an attempt.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -283,26 +325,7 @@ pub async fn record_attempts(
         .map(|r| r.retry.as_ref().map(|m| m.payload.as_slice()))
         .collect();
     let disable: Vec<Option<Uuid>> = rows.iter().map(|r| r.disable_webhook).collect();
-    let new = |f: fn(&NewDelivery) -> Option<&str>| -> Vec<Option<&str>> {
-        rows.iter().map(|r| r.insert.as_ref().and_then(f)).collect()
-    };
-    let is_new: Vec<bool> = rows.iter().map(|r| r.insert.is_some()).collect();
-    let event_ids: Vec<Option<Uuid>> = rows
-        .iter()
-        .map(|r| r.insert.as_ref().map(|n| n.event_id))
-        .collect();
-    let webhook_ids: Vec<Option<Uuid>> = rows
-        .iter()
-        .map(|r| r.insert.as_ref().and_then(|n| n.webhook_id))
-        .collect();
-    let urls = new(|n| Some(&n.url));
-    let msg_ids = new(|n| Some(&n.msg_id));
-    let event_types = new(|n| Some(&n.event_type));
-    let payloads: Vec<Option<&[u8]>> = rows
-        .iter()
-        .map(|r| r.insert.as_ref().map(|n| n.payload.as_slice()))
-        .collect();
-    let traces = new(|n| n.traceparent.as_deref());
+    let new = InsertColumns::of(rows.iter().map(|r| r.insert.as_ref()));
     let out = client
         .query(
             &stmt,
@@ -324,14 +347,14 @@ pub async fn record_attempts(
                 &retry_payloads,
                 &disable,
                 &GONE_REASON,
-                &is_new,
-                &event_ids,
-                &webhook_ids,
-                &urls,
-                &msg_ids,
-                &event_types,
-                &payloads,
-                &traces,
+                &new.is_new,
+                &new.event_ids,
+                &new.webhook_ids,
+                &new.urls,
+                &new.msg_ids,
+                &new.event_types,
+                &new.payloads,
+                &new.traceparents,
             ],
         )
         .await?;
@@ -617,17 +640,7 @@ pub async fn hold_batch(pool: &Pool, rows: &[Held]) -> Result<(), DbError> {
     let msg_ids: Vec<Uuid> = rows.iter().map(|r| r.retry.message_id).collect();
     let keys: Vec<&str> = rows.iter().map(|r| r.retry.routing_key.as_str()).collect();
     let tasks: Vec<&[u8]> = rows.iter().map(|r| r.retry.payload.as_slice()).collect();
-    let is_new: Vec<bool> = rows.iter().map(|r| r.insert.is_some()).collect();
-    let uuid = |f: fn(&NewDelivery) -> Option<Uuid>| -> Vec<Option<Uuid>> {
-        rows.iter().map(|r| r.insert.as_ref().and_then(f)).collect()
-    };
-    let text = |f: fn(&NewDelivery) -> Option<&str>| -> Vec<Option<&str>> {
-        rows.iter().map(|r| r.insert.as_ref().and_then(f)).collect()
-    };
-    let payloads: Vec<Option<&[u8]>> = rows
-        .iter()
-        .map(|r| r.insert.as_ref().map(|n| n.payload.as_slice()))
-        .collect();
+    let new = InsertColumns::of(rows.iter().map(|r| r.insert.as_ref()));
     client
         .execute(
             &stmt,
@@ -637,16 +650,16 @@ pub async fn hold_batch(pool: &Pool, rows: &[Held]) -> Result<(), DbError> {
                 &msg_ids,
                 &keys,
                 &tasks,
-                &is_new,
-                &uuid(|n| Some(n.account_id)),
-                &uuid(|n| Some(n.dispatch_id)),
-                &uuid(|n| Some(n.event_id)),
-                &uuid(|n| n.webhook_id),
-                &text(|n| Some(&n.url)),
-                &text(|n| Some(&n.msg_id)),
-                &text(|n| Some(&n.event_type)),
-                &payloads,
-                &text(|n| n.traceparent.as_deref()),
+                &new.is_new,
+                &new.account_ids,
+                &new.dispatch_ids,
+                &new.event_ids,
+                &new.webhook_ids,
+                &new.urls,
+                &new.msg_ids,
+                &new.event_types,
+                &new.payloads,
+                &new.traceparents,
             ],
         )
         .await?;
