@@ -17,6 +17,10 @@ fi
 make -s venv
 cargo build --release --bins -q
 BIN="${CARGO_TARGET_DIR:-target}/release"
+# The PDF helper as the image ships it: whole-program optimised (see Cargo.toml's release-lto).
+cargo build --profile release-lto -p dispatcher-render --bin dispatch-render -q
+export DISPATCHER__RENDER__HELPER
+DISPATCHER__RENDER__HELPER="$(cd "${CARGO_TARGET_DIR:-target}/release-lto" && pwd)/dispatch-render"
 RUN=.run/bench
 mkdir -p "$RUN"
 

@@ -60,6 +60,8 @@ struct Config {
     /// `BENCH_MODE=closed`: only the closed-loop end-to-end phases at 16 and 64 clients
     /// (`BENCH_BASELINE=<commit>` runs them against that commit's services and this tree's).
     closed_only: bool,
+    /// `BENCH_MODE=documents`: only the PDF and batch-ingest phases (5 and 6).
+    documents_only: bool,
 }
 
 fn env(name: &str) -> anyhow::Result<String> {
@@ -109,6 +111,7 @@ fn config() -> anyhow::Result<Config> {
         },
         e2e_only: std::env::var("BENCH_MODE").as_deref() == Ok("e2e"),
         closed_only: std::env::var("BENCH_MODE").as_deref() == Ok("closed"),
+        documents_only: std::env::var("BENCH_MODE").as_deref() == Ok("documents"),
     })
 }
 
@@ -840,6 +843,26 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    if cfg.documents_only {
+        let (_, pdf, batch) = document_phases(&cfg, &client, &arrivals, &callback).await?;
+        println!(
+            "  {:.0} PDFs/s, {:.2} CPU-ms per PDF in the worker and its helpers ({:.2} in the \
+             helpers), {:.2} for the machine; batch ingest {:.0} dispatches/s",
+            pdf.pdfs_per_second,
+            pdf.worker_cpu_ms_per_pdf,
+            pdf.helpers_cpu_ms_per_pdf,
+            pdf.machine_cpu_ms_per_pdf,
+            batch.dispatches_per_second
+        );
+        let out = serde_json::json!({
+            "calibration": [calibration_before, calibrate()],
+            "pdf_end_to_end": pdf,
+            "batch_ingest": batch,
+        });
+        std::fs::write(&cfg.out, serde_json::to_string_pretty(&out)?)?;
+        return Ok(());
+    }
+
     // Latency at fixed offered rates first, on a system in steady state; then the saturating
     // closed-loop phases (which leave vacuum and broker work behind them).
     println!("1/8 end to end, open loop at {} dispatches/s ...", cfg.rate);
@@ -883,46 +906,7 @@ async fn main() -> anyhow::Result<()> {
         closed.push(closed_loop_e2e(&cfg, &client, &arrivals, &callback, clients).await?);
     }
 
-    wait_idle(&client, &cfg.status).await?;
-    let pdf_n: usize = std::env::var("DISPATCHER_BENCH_PDF_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3_000);
-    println!("5/8 PDF invoices end to end, {pdf_n} as fast as accepted ...");
-    let worker_pid = cfg
-        .pids
-        .iter()
-        .find(|(n, _)| n == "dispatch-worker")
-        .map(|(_, p)| *p)
-        .context("BENCH_PIDS names no dispatch-worker")?;
-    let (template_id, invoice) = documents::invoice_template(&client, &cfg.ingest).await?;
-    // Warm the PDF helpers (fonts, first compilation) outside the measurement.
-    documents::pdf_end_to_end(
-        client.clone(),
-        &arrivals,
-        &callback,
-        &template_id,
-        &invoice,
-        worker_pid,
-        50,
-        machine_cpu_seconds,
-    )
-    .await?;
-    let pdf = documents::pdf_end_to_end(
-        client.clone(),
-        &arrivals,
-        &callback,
-        &template_id,
-        &invoice,
-        worker_pid,
-        pdf_n,
-        machine_cpu_seconds,
-    )
-    .await?;
-
-    wait_idle(&client, &cfg.status).await?;
-    println!("6/8 batch ingest, 100 dispatches per request ...");
-    let batch = documents::batch_ingest(&client, &cfg.ingest, 300, 100, 4).await?;
+    let (worker_pid, pdf, batch) = document_phases(&cfg, &client, &arrivals, &callback).await?;
 
     wait_idle(&client, &cfg.status).await?;
     println!("7/8 retention: a purge of everything above while ingest runs ...");
@@ -972,6 +956,49 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&cfg.out, serde_json::to_string_pretty(&results)? + "\n")?;
     println!("\nwritten to {}", cfg.out);
     Ok(())
+}
+
+/// Phases 5 and 6: PDF invoices end to end (`DISPATCHER_BENCH_PDF_N`, default 3 000), then batch
+/// ingest. Returns the worker's pid with their results.
+async fn document_phases(
+    cfg: &Config,
+    client: &Arc<Client>,
+    arrivals: &Arrivals,
+    callback: &str,
+) -> anyhow::Result<(u32, documents::PdfResult, documents::BatchResult)> {
+    wait_idle(client, &cfg.status).await?;
+    let pdf_n: usize = std::env::var("DISPATCHER_BENCH_PDF_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3_000);
+    println!("5/8 PDF invoices end to end, {pdf_n} as fast as accepted ...");
+    let worker_pid = cfg
+        .pids
+        .iter()
+        .find(|(n, _)| n == "dispatch-worker")
+        .map(|(_, p)| *p)
+        .context("BENCH_PIDS names no dispatch-worker")?;
+    let (template_id, invoice) = documents::invoice_template(client, &cfg.ingest).await?;
+    let pdfs = |n| {
+        documents::pdf_end_to_end(
+            client.clone(),
+            arrivals,
+            callback,
+            &template_id,
+            &invoice,
+            worker_pid,
+            n,
+            machine_cpu_seconds,
+        )
+    };
+    // Warm the PDF helpers (fonts, first compilation) outside the measurement.
+    pdfs(50).await?;
+    let pdf = pdfs(pdf_n).await?;
+
+    wait_idle(client, &cfg.status).await?;
+    println!("6/8 batch ingest, 100 dispatches per request ...");
+    let batch = documents::batch_ingest(client, &cfg.ingest, 300, 100, 4).await?;
+    Ok((worker_pid, pdf, batch))
 }
 
 fn print_table(r: &Results) {

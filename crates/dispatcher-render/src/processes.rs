@@ -106,6 +106,10 @@ impl Helper {
     fn spawn(path: &Path, args: &[String]) -> std::io::Result<Self> {
         let mut child = Command::new(path)
             .args(args)
+            // The helper caps its address space (render.max_memory_bytes). mimalloc, its
+            // allocator, would otherwise reserve 1 GiB of address space at start, leaving a 1 GiB
+            // cap no room for anything else; 64 MiB steps keep the cap meaning what it says.
+            .env("MIMALLOC_ARENA_RESERVE", "64MiB")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
