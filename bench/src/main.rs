@@ -819,13 +819,14 @@ async fn main() -> anyhow::Result<()> {
                 .as_f64()
                 .unwrap_or(0.0)
         );
-        let out = serde_json::json!({
-            "calibration": [calibration_before, calibrate()],
-            "end_to_end_sustained": sustained,
-            "services": services,
-        });
-        std::fs::write(&cfg.out, serde_json::to_string_pretty(&out)?)?;
-        return Ok(());
+        return write_mode_results(
+            &cfg.out,
+            calibration_before,
+            serde_json::json!({
+                "end_to_end_sustained": sustained,
+                "services": services,
+            }),
+        );
     }
 
     if cfg.closed_only {
@@ -835,12 +836,13 @@ async fn main() -> anyhow::Result<()> {
             println!("end to end, closed loop with {clients} clients ...");
             closed.push(closed_loop_e2e(&cfg, &client, &arrivals, &callback, clients).await?);
         }
-        let out = serde_json::json!({
-            "calibration": [calibration_before, calibrate()],
-            "end_to_end_closed_loop": closed,
-        });
-        std::fs::write(&cfg.out, serde_json::to_string_pretty(&out)?)?;
-        return Ok(());
+        return write_mode_results(
+            &cfg.out,
+            calibration_before,
+            serde_json::json!({
+                "end_to_end_closed_loop": closed,
+            }),
+        );
     }
 
     if cfg.documents_only {
@@ -854,13 +856,14 @@ async fn main() -> anyhow::Result<()> {
             pdf.machine_cpu_ms_per_pdf,
             batch.dispatches_per_second
         );
-        let out = serde_json::json!({
-            "calibration": [calibration_before, calibrate()],
-            "pdf_end_to_end": pdf,
-            "batch_ingest": batch,
-        });
-        std::fs::write(&cfg.out, serde_json::to_string_pretty(&out)?)?;
-        return Ok(());
+        return write_mode_results(
+            &cfg.out,
+            calibration_before,
+            serde_json::json!({
+                "pdf_end_to_end": pdf,
+                "batch_ingest": batch,
+            }),
+        );
     }
 
     // Latency at fixed offered rates first, on a system in steady state; then the saturating
@@ -955,6 +958,18 @@ async fn main() -> anyhow::Result<()> {
     }
     std::fs::write(&cfg.out, serde_json::to_string_pretty(&results)? + "\n")?;
     println!("\nwritten to {}", cfg.out);
+    Ok(())
+}
+
+/// Writes a single-mode run's results (`BENCH_MODE=e2e`, `closed`, `documents`) with the
+/// machine's calibration before and after it.
+fn write_mode_results(
+    out: &str,
+    calibration_before: Calibration,
+    mut results: serde_json::Value,
+) -> anyhow::Result<()> {
+    results["calibration"] = serde_json::json!([calibration_before, calibrate()]);
+    std::fs::write(out, serde_json::to_string_pretty(&results)?)?;
     Ok(())
 }
 
