@@ -4,7 +4,9 @@
 //! nothing.
 
 use dispatcher_core::DispatchRequested;
-use dispatcher_e2e::{queue_state, Receiver, Services, TestApp, AMQP_URL, PATIENCE};
+use dispatcher_e2e::{
+    queue_state, wait_queue_state, Receiver, Services, TestApp, AMQP_URL, PATIENCE,
+};
 use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
 use serde_json::{json, Value};
@@ -89,7 +91,7 @@ async fn a_store_dispatch_is_finished_in_one_write_and_copies_of_its_message_cha
         .unwrap();
     }
     let _ = conn.close(200, "done".into()).await;
-    assert_eq!(queue_state(&queue).await, (4, 0));
+    wait_queue_state(&queue, (4, 0)).await;
 
     // A worker takes all four, then stops: what it had not acknowledged would be back in the
     // queue, so an empty queue means every copy was handled.

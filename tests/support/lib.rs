@@ -583,7 +583,6 @@ impl Proxy {
     }
 }
 
-/// Path of a workspace binary next to the test executable (`make test` builds them first).
 /// Ready messages and consumers of a queue on the local broker (a passive declare: the queue
 /// must exist).
 pub async fn queue_state(queue: &str) -> (u32, u32) {
@@ -598,6 +597,25 @@ pub async fn queue_state(queue: &str) -> (u32, u32) {
     state
 }
 
+/// Waits, within [`PATIENCE`], until a queue holds `want` (ready messages, consumers). A quorum
+/// queue's counts are read from its leader's applied state, which can trail a publisher confirm
+/// by a moment, so a count read once right after publishing may still be one short.
+pub async fn wait_queue_state(queue: &str, want: (u32, u32)) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let got = queue_state(queue).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue {queue}: {got:?}, waited for {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Path of a workspace binary next to the test executable (`make test` builds them first).
 pub fn bin_path(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/e2e-<hash> -> target/<profile>/<name>
