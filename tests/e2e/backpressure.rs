@@ -2,10 +2,13 @@
 //! messages waiting, new submissions get `429 overloaded` with `Retry-After`, replays are still
 //! answered, and once the backlog drains submissions are accepted again. Well before that, while
 //! the work waiting would take longer than `ingest.pace_target` to drain, submissions are
-//! answered later (paced) instead of the queue growing.
+//! answered later (paced) instead of the queue growing; batches, bulk work, only once it is
+//! `ingest.pace_batch_burst` past that.
 
 use dispatcher_e2e::{Receiver, Services, TestApp, PATIENCE};
 use serde_json::json;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[tokio::test]
@@ -99,17 +102,49 @@ async fn a_backlog_past_the_limit_is_answered_429_until_it_drains() {
     }
 }
 
-/// An `http` provider that takes `delay` to answer each document: a slow worker.
-async fn slow_provider(delay: Duration) -> String {
+/// An `http` provider that takes `delay_ms` (read at each call) to answer each document: a slow
+/// worker, for as long as the test wants one.
+async fn slow_provider(delay_ms: Arc<AtomicU64>) -> String {
     use axum::{routing::post, Router};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/provider", listener.local_addr().unwrap());
     let app = Router::new().route(
         "/provider",
-        post(move || async move { tokio::time::sleep(delay).await }),
+        post(move || async move {
+            let ms = delay_ms.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(ms)).await
+        }),
     );
     tokio::spawn(async move { axum::serve(listener, app).await });
     url
+}
+
+/// A counter or gauge from a service's `/metrics` (0 until it is first recorded).
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.ingest_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+}
+
+fn dispatch_ids(body: &serde_json::Value) -> Vec<String> {
+    match body.get("data") {
+        Some(items) => items
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["dispatchId"].as_str().expect("accepted").to_owned())
+            .collect(),
+        None => vec![body["dispatchId"].as_str().unwrap().to_owned()],
+    }
 }
 
 #[tokio::test]
@@ -127,24 +162,10 @@ async fn submissions_wait_their_turn_while_the_workers_fall_behind_and_nothing_i
         ],
     )
     .await;
-    let provider = slow_provider(Duration::from_millis(50)).await;
+    let provider = slow_provider(Arc::new(AtomicU64::new(50))).await;
     let rx = Receiver::start().await;
     let acct = app.create_account("paced@example.com").await;
-    let paced_count = || async {
-        let metrics = app
-            .http
-            .get(format!("{}/metrics", app.ingest_url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("dispatcher_ingest_paced_total "))
-            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
-    };
+    let paced_count = || metric(&app, "dispatcher_ingest_paced_total");
     let mut ids = Vec::new();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let paced = loop {
@@ -181,6 +202,82 @@ async fn submissions_wait_their_turn_while_the_workers_fall_behind_and_nothing_i
     println!("submission {} was held {paced:?}", ids.len());
 
     // The worker catches up: every accepted dispatch's webhook arrives.
+    let hooks = rx.wait_for(ids.len()).await;
+    let mut seen: Vec<String> = hooks
+        .iter()
+        .map(|h| h.json()["data"]["dispatchId"].as_str().unwrap().to_owned())
+        .collect();
+    seen.sort();
+    seen.dedup();
+    ids.sort();
+    assert_eq!(seen, ids);
+}
+
+#[tokio::test]
+async fn batches_go_in_at_full_speed_up_to_their_burst_and_wait_their_turn_past_it() {
+    // Two consumers, one call at a time each, 200 ms per document: about 10 dispatches/s.
+    // Singles are paced past 32 waiting (the floor); batches only past 32 + 200.
+    let pace_max_wait = Duration::from_millis(400);
+    let app = TestApp::spawn_with(
+        Services::ALL,
+        &[
+            ("DISPATCHER__INGEST__PACE_TARGET", "1ms"),
+            ("DISPATCHER__INGEST__PACE_MAX_WAIT", "400ms"),
+            ("DISPATCHER__INGEST__PACE_BATCH_BURST", "200"),
+            ("DISPATCHER__AMQP__PREFETCH", "4"),
+            ("DISPATCHER__WORKER__CONCURRENCY", "1"),
+        ],
+    )
+    .await;
+    let delay_ms = Arc::new(AtomicU64::new(200));
+    let provider = slow_provider(delay_ms.clone()).await;
+    let rx = Receiver::start().await;
+    let acct = app.create_account("bulk@example.com").await;
+    let item = json!({"template": {"format": "text", "body": "x"}, "data": {},
+                      "provider": {"type": "http", "url": provider}, "callbackUrl": rx.url()});
+    let mut ids = Vec::new();
+    let submit = |path: &'static str, body: serde_json::Value| {
+        let (app, acct) = (&app, &acct);
+        async move {
+            let started = tokio::time::Instant::now();
+            let r = app.post(&app.ingest_url, path, acct, &body).await;
+            assert_eq!(r.status(), 202);
+            let took = started.elapsed();
+            (dispatch_ids(&r.json().await.unwrap()), took)
+        }
+    };
+    let batch = |n: usize| json!({"items": vec![item.clone(); n]});
+
+    // 100 in line; pacing needs to know how fast they finish.
+    ids.extend(submit("/v1/dispatches/batch", batch(100)).await.0);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while metric(&app, "dispatcher_ingest_drain_per_second").await <= 0.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no drain rate");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A single submission behind them waits its turn ...
+    let (one, took) = submit("/v1/dispatches?async=true", item.clone()).await;
+    ids.extend(one);
+    let paced = metric(&app, "dispatcher_ingest_paced_total").await;
+    assert!(took >= pace_max_wait && paced >= 1.0, "single not paced");
+    // ... a batch of 50 does not: at most 151 are waiting, within its burst.
+    ids.extend(submit("/v1/dispatches/batch", batch(50)).await.0);
+    assert_eq!(metric(&app, "dispatcher_ingest_paced_total").await, paced);
+    // Past the burst, batches wait their turn too.
+    let mut batches = 0;
+    loop {
+        let (more, took) = submit("/v1/dispatches/batch", batch(50)).await;
+        ids.extend(more);
+        batches += 1;
+        if metric(&app, "dispatcher_ingest_paced_total").await > paced {
+            assert!(took >= pace_max_wait, "paced for {took:?}");
+            break;
+        }
+        assert!(batches < 20, "{} waiting and no batch was paced", ids.len());
+    }
+
+    // Every accepted dispatch is delivered once the provider is quick again.
+    delay_ms.store(0, Ordering::Relaxed);
     let hooks = rx.wait_for(ids.len()).await;
     let mut seen: Vec<String> = hooks
         .iter()

@@ -306,6 +306,9 @@ pub struct IngestSettings {
     /// Longest a submission is held back by pacing before it is accepted all the same.
     #[serde(deserialize_with = "de_duration")]
     pub pace_max_wait: Duration,
+    /// Dispatches a batch (`POST /v1/dispatches/batch`) may put in line beyond the pace target
+    /// before batches are paced too: bulk work is accepted at full speed up to this bound.
+    pub pace_batch_burst: u64,
     pub max_body_bytes: usize,
     /// Largest body of `POST /v1/dispatches/batch` (up to 1 000 dispatch bodies).
     pub max_batch_body_bytes: usize,

@@ -14,7 +14,10 @@
 //! while the work waiting would take longer than `ingest.pace_target` to drain, a new submission
 //! waits its turn (up to `ingest.pace_max_wait`) before it is written. Clients in a closed loop
 //! then go at the pace of delivery, and a dispatch's wait in line stays near the target instead
-//! of the queue growing for as long as ingest outruns the workers.
+//! of the queue growing for as long as ingest outruns the workers. A batch is bulk work the
+//! client chose to put in line: batches are paced only once the work waiting is
+//! `ingest.pace_batch_burst` past the target, so a burst of batches goes in at full speed and
+//! the backlog it leaves is bounded all the same.
 
 use dispatcher_config::Settings;
 use dispatcher_db::Pool;
@@ -66,15 +69,16 @@ pub fn push_back(backlog: u64, max_backlog: u64, drain_per_sec: f64) -> Option<u
 }
 
 /// Whether a new submission should wait its turn: the work waiting (`backlog`) would take
-/// longer than `target` to drain at `drain_per_sec`. Never while nothing is finishing (a stalled
-/// pipeline is `ingest.max_backlog`'s business: waiting would not help), nor below
+/// longer than `target` to drain at `drain_per_sec`, by more than `burst` dispatches (0 for a
+/// single submission, `ingest.pace_batch_burst` for a batch). Never while nothing is finishing
+/// (a stalled pipeline is `ingest.max_backlog`'s business: waiting would not help), nor below
 /// [`PACE_FLOOR`]. A zero target turns pacing off. Pure, like [`compute`].
-pub fn pace(backlog: u64, drain_per_sec: f64, target: Duration) -> bool {
+pub fn pace(backlog: u64, drain_per_sec: f64, target: Duration, burst: u64) -> bool {
     if target.is_zero() || drain_per_sec <= 0.0 {
         return false;
     }
     let allowed = (drain_per_sec * target.as_secs_f64()) as u64;
-    backlog > allowed.max(PACE_FLOOR)
+    backlog > allowed.max(PACE_FLOOR).saturating_add(burst)
 }
 
 #[derive(Clone, Copy)]
@@ -93,6 +97,7 @@ pub struct Estimator {
     max_backlog: u64,
     pace_target: Duration,
     pace_max_wait: Duration,
+    pace_batch_burst: u64,
 }
 
 impl Estimator {
@@ -109,10 +114,25 @@ impl Estimator {
     /// Holds a new submission back while the work waiting is past `ingest.pace_target` at the
     /// current drain rate, for at most `ingest.pace_max_wait`.
     pub async fn wait_turn(&self) {
+        self.wait_in_line(0).await
+    }
+
+    /// As [`Self::wait_turn`], for a batch: only once the work waiting is also
+    /// `ingest.pace_batch_burst` past the target.
+    pub async fn wait_batch_turn(&self) {
+        self.wait_in_line(self.pace_batch_burst).await
+    }
+
+    async fn wait_in_line(&self, burst: u64) {
         let started = tokio::time::Instant::now();
         let over = || {
             let drain = self.current.read().expect("estimate").drain_per_sec;
-            pace(self.queued.load(Ordering::Relaxed), drain, self.pace_target)
+            pace(
+                self.queued.load(Ordering::Relaxed),
+                drain,
+                self.pace_target,
+                burst,
+            )
         };
         if !over() {
             return;
@@ -136,6 +156,7 @@ impl Estimator {
             max_backlog: settings.ingest.max_backlog,
             pace_target: settings.ingest.pace_target,
             pace_max_wait: settings.ingest.pace_max_wait,
+            pace_batch_burst: settings.ingest.pace_batch_burst,
         };
         let current = me.current.clone();
         let queued = me.queued.clone();
@@ -213,6 +234,7 @@ impl Estimator {
                     drain_per_sec: sample.drain_per_sec,
                 };
                 metrics::gauge!("dispatcher_ingest_backlog").set(backlog as f64);
+                metrics::gauge!("dispatcher_ingest_drain_per_second").set(sample.drain_per_sec);
                 metrics::gauge!("dispatcher_estimated_completion_seconds")
                     .set(estimate.as_secs_f64());
             }
@@ -264,15 +286,31 @@ mod tests {
     fn submissions_wait_their_turn_only_behind_more_than_the_target_of_work() {
         let target = Duration::from_millis(25);
         // 1 000/s for 25 ms is 25 messages, under the floor: a batch's worth is never paced.
-        assert!(!pace(PACE_FLOOR, 1_000.0, target));
-        assert!(pace(PACE_FLOOR + 1, 1_000.0, target));
+        assert!(!pace(PACE_FLOOR, 1_000.0, target, 0));
+        assert!(pace(PACE_FLOOR + 1, 1_000.0, target, 0));
         // 4 000/s for 25 ms is 100 messages.
-        assert!(!pace(100, 4_000.0, target));
-        assert!(pace(101, 4_000.0, target));
+        assert!(!pace(100, 4_000.0, target, 0));
+        assert!(pace(101, 4_000.0, target, 0));
         // Nothing finishing (a stopped worker): waiting would not help.
-        assert!(!pace(1_000_000, 0.0, target));
+        assert!(!pace(1_000_000, 0.0, target, 0));
         // A zero target turns pacing off.
-        assert!(!pace(1_000_000, 1_000.0, Duration::ZERO));
+        assert!(!pace(1_000_000, 1_000.0, Duration::ZERO, 0));
+    }
+
+    #[test]
+    fn batches_are_paced_only_past_their_burst() {
+        let target = Duration::from_millis(25);
+        // 4 000/s for 25 ms is 100 messages, and a batch may put 50 000 more in line.
+        assert!(!pace(50_100, 4_000.0, target, 50_000));
+        assert!(pace(50_101, 4_000.0, target, 50_000));
+        // Below the floor the burst counts from the floor.
+        assert!(!pace(PACE_FLOOR + 10, 100.0, target, 10));
+        assert!(pace(PACE_FLOOR + 11, 100.0, target, 10));
+        // Still never while nothing finishes, nor with the target at 0; a huge burst never
+        // overflows.
+        assert!(!pace(u64::MAX, 0.0, target, 50_000));
+        assert!(!pace(u64::MAX, 1_000.0, Duration::ZERO, 50_000));
+        assert!(!pace(u64::MAX, 1_000.0, target, u64::MAX));
     }
 
     #[test]

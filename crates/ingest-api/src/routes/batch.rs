@@ -106,8 +106,8 @@ pub async fn submit_batch(
     if let Some(wait) = s.estimator.overloaded() {
         return Err(ApiError::Overloaded(wait));
     }
-    // Behind more work than `ingest.pace_target`, new work waits its turn.
-    s.estimator.wait_turn().await;
+    // Behind more work than `ingest.pace_target` plus a batch's burst, new work waits its turn.
+    s.estimator.wait_batch_turn().await;
     let req: BatchRequest = serde_path_to_error::deserialize(raw).map_err(|e| {
         ApiError::unprocessable("invalid_field", format!("{}: {}", e.path(), e.inner()))
     })?;
