@@ -2,7 +2,7 @@
 //! loopback (moto), and a directory. What `/result` serves is byte for byte what the worker
 //! rendered (the same request through `validate`), the object holds the same bytes, retention
 //! deletes the objects, a store that refuses writes holds dispatches back without failing or
-//! quarantining them, and a worker killed between its upload and its commit leaves the dispatch
+//! quarantining them (and before their provider has the document), and a worker killed between its upload and its commit leaves the dispatch
 //! to complete on redelivery, with its document.
 
 use dispatcher_db::accounts::CreatedAccount;
@@ -413,7 +413,12 @@ async fn a_store_that_refuses_writes_holds_the_dispatch_back_until_it_accepts_th
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // ... without failing the dispatch or quarantining its message.
+    // ... without failing the dispatch or quarantining its message, and before its provider
+    // has the document: a refused write does not send it again each time.
+    assert!(
+        provider.requests().is_empty(),
+        "the provider got the document before the store took it"
+    );
     let status = app
         .text(&format!("SELECT status FROM dispatches WHERE id = '{id}'"))
         .await;
@@ -439,4 +444,7 @@ async fn a_store_that_refuses_writes_holds_the_dispatch_back_until_it_accepts_th
     let (_, _, got) = result(&app, &acct, &id).await;
     assert_eq!(got, b"held back 7");
     assert_eq!(s3.object(&key).await.as_deref(), Some(&b"held back 7"[..]));
+    let sent = provider.requests();
+    assert_eq!(sent.len(), 1, "the provider got the document once");
+    assert_eq!(&sent[0].body[..], b"held back 7");
 }

@@ -1,7 +1,7 @@
 //! One batch of `dispatch.requested` messages: claim, render, provide, finish.
 
 use crate::email::{Mailer, Sent};
-use crate::results::Results;
+use crate::results::{Results, UploadError};
 use chrono::{DateTime, Utc};
 use dispatcher_config::Settings;
 use dispatcher_core::email::{self, EmailRequest};
@@ -106,14 +106,20 @@ impl WorkerHandler {
         d: Claimed,
         message: &DispatchRequested,
         traceparent: Option<&str>,
-    ) -> Settled {
+    ) -> Result<Settled, UploadError> {
         let span = tracing::info_span!("dispatch.process", dispatch_id = %d.id);
         dispatcher_telemetry::set_remote_parent(&span, traceparent);
         self.run_one(d, message.queued_at).instrument(span).await
     }
 
-    /// Renders and hands one dispatch to its provider; never fails, the outcome says what happened.
-    async fn run_one(&self, mut d: Claimed, queued_at: DateTime<Utc>) -> Settled {
+    /// Renders one dispatch, keeps its document (in the object store, if one is configured) and
+    /// hands it to its provider. The outcome says what happened; the only error is a document
+    /// the store would not take, which is not the dispatch's outcome: its batch is tried again.
+    async fn run_one(
+        &self,
+        mut d: Claimed,
+        queued_at: DateTime<Utc>,
+    ) -> Result<Settled, UploadError> {
         let started_at = Utc::now();
         // Nothing after rendering reads the template: hand it over. The data stays shared, for
         // an email's subject.
@@ -126,8 +132,9 @@ impl WorkerHandler {
                 data.clone(),
             )
             .await;
-        let (doc, provided) = match rendered {
+        let (doc, mut result_key, provided) = match rendered {
             Err(e) => (
+                None,
                 None,
                 Provided::Failed {
                     error: DispatchError::new(ErrorCode::TemplateRenderError, e.message),
@@ -135,8 +142,10 @@ impl WorkerHandler {
                 },
             ),
             Ok(doc) => {
+                // Stored before the provider has it: see `results`.
+                let key = self.results.put(d.account_id, d.id, &doc.bytes).await?;
                 let provided = self.provide(&d, &doc, data).await;
-                (Some(doc), provided)
+                (Some(doc), key, provided)
             }
         };
         let tries = d.provider_attempts + 1;
@@ -146,7 +155,7 @@ impl WorkerHandler {
             Provided::Transient(error) => {
                 match email::retry_delay(tries + 1, &self.settings.smtp.retry_schedule) {
                     Some(wait) => {
-                        return Settled::Requeued(self.requeue(&d, queued_at, wait, error))
+                        return Ok(Settled::Requeued(self.requeue(&d, queued_at, wait, error)))
                     }
                     None => (
                         None,
@@ -161,6 +170,13 @@ impl WorkerHandler {
                 }
             }
         };
+        if failure.is_some() {
+            if let Some(key) = &result_key {
+                if self.results.discard(key).await {
+                    result_key = None;
+                }
+            }
+        }
         let completed_at = Utc::now();
         let base = self.settings.public_base();
         let provider_event = match (&reply, &failure) {
@@ -179,7 +195,8 @@ impl WorkerHandler {
         let (status, result, content_type, error) = match (doc, failure) {
             (Some(doc), None) => (
                 DispatchStatus::Completed,
-                Some(doc.bytes),
+                // In the store already, or kept in the row.
+                result_key.is_none().then_some(doc.bytes),
                 Some(doc.content_type.to_owned()),
                 None,
             ),
@@ -199,8 +216,7 @@ impl WorkerHandler {
                     dispatch_id: d.id,
                     status,
                     completed_at,
-                    result_url: result
-                        .is_some()
+                    result_url: (status == DispatchStatus::Completed)
                         .then(|| dispatcher_http::views::result_url(base, d.id)),
                     error: error.clone(),
                     metadata: d.metadata.clone(),
@@ -210,14 +226,14 @@ impl WorkerHandler {
         };
         metrics::counter!("dispatcher_dispatches_finished_total", "status" => status.as_str())
             .increment(1);
-        Settled::Finished(Box::new(Finished {
+        Ok(Settled::Finished(Box::new(Finished {
             id: d.id,
             status,
             provider_attempts: d.provider_attempts,
             started_at,
             completed_at,
             result,
-            result_key: None,
+            result_key,
             content_type,
             error: error.map(|e| serde_json::to_value(e).expect("error serializes")),
             event_id: event.event_id,
@@ -227,7 +243,7 @@ impl WorkerHandler {
             traceparent: dispatcher_telemetry::current_traceparent(),
             provider_reply: reply,
             provider_event,
-        }))
+        })))
     }
 
     /// The dispatch back in line: its retry message waits in the delay queue nearest `wait`
@@ -468,17 +484,7 @@ impl BatchHandler for WorkerHandler {
         let settled: Vec<Settled> = match futures::stream::iter(claim.claimed)
             .map(|d| {
                 let (m, msg) = &messages[&d.id];
-                let account_id = d.account_id;
-                async move {
-                    match self.run_traced(d, msg, m.header("traceparent")).await {
-                        Settled::Finished(f) => self
-                            .results
-                            .keep(account_id, *f)
-                            .await
-                            .map(|f| Settled::Finished(Box::new(f))),
-                        requeued => Ok(requeued),
-                    }
-                }
+                self.run_traced(d, msg, m.header("traceparent"))
             })
             .buffer_unordered(self.settings.worker.concurrency)
             .try_collect()

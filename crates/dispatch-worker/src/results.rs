@@ -1,11 +1,18 @@
-//! Where a completed dispatch's document goes. With `storage.url = postgres` it stays in the
-//! outcome and the completion commit writes it to `dispatches.result`. With an object store, it
-//! is written to the store under its deterministic key first, and the completion commit records
-//! only the key: a crash between the two leaves at most an object without a completed dispatch
-//! (written again, to the same key, when the message is redelivered), never a completed dispatch
-//! without its document.
+//! Where a dispatch's document goes. With `storage.url = postgres` it stays in the outcome and
+//! the completion commit writes it to `dispatches.result`. With an object store, it is written to
+//! the store under its deterministic key as soon as it is rendered, before it is handed to its
+//! provider, and the completion commit records only the key:
+//!
+//! - a crash between the upload and the commit leaves at most an object without a completed
+//!   dispatch (written again, to the same key, when the message is redelivered), never a
+//!   completed dispatch without its document;
+//! - a store that refuses writes holds the dispatch back before its provider has it, so an email
+//!   or an `http` provider never gets the document once per refused upload.
+//!
+//! A dispatch whose provider then fails has no document: its object is deleted again, and if
+//! that fails too the dispatch keeps the key (without a content type, so it has no `/result`)
+//! and retention deletes the object with it.
 
-use dispatcher_db::dispatches::Finished;
 use dispatcher_storage::{StorageError, Store};
 use std::time::Instant;
 use uuid::Uuid;
@@ -32,33 +39,48 @@ impl Results {
         Self { store }
     }
 
-    /// Writes `f`'s document to the object store, if there is a store and a document, and
-    /// replaces the bytes by the object's key.
-    pub async fn keep(&self, account_id: Uuid, mut f: Finished) -> Result<Finished, UploadError> {
+    /// Writes a dispatch's document to the object store, if there is one, and answers its key
+    /// (`None`: the document stays in the outcome).
+    pub async fn put(
+        &self,
+        account_id: Uuid,
+        dispatch_id: Uuid,
+        doc: &[u8],
+    ) -> Result<Option<String>, UploadError> {
         let Some(store) = &self.store else {
-            return Ok(f);
+            return Ok(None);
         };
-        let Some(doc) = f.result.take() else {
-            return Ok(f);
-        };
-        let key = Store::result_key(account_id, f.id);
+        let key = Store::result_key(account_id, dispatch_id);
         let started = Instant::now();
-        let size = doc.len();
-        match store.put(&key, doc).await {
+        match store.put(&key, doc.to_vec()).await {
             Ok(()) => {
                 metrics::histogram!("dispatcher_result_upload_seconds")
                     .record(started.elapsed().as_secs_f64());
-                tracing::debug!(dispatch_id = %f.id, %key, size, "document stored");
-                f.result_key = Some(key);
-                Ok(f)
+                tracing::debug!(%dispatch_id, %key, size = doc.len(), "document stored");
+                Ok(Some(key))
             }
             Err(source) => {
                 metrics::counter!("dispatcher_result_upload_failures_total").increment(1);
                 Err(UploadError {
-                    dispatch_id: f.id,
+                    dispatch_id,
                     store: store.location().to_owned(),
                     source,
                 })
+            }
+        }
+    }
+
+    /// Deletes the object of a dispatch that has no document after all. `true`: it is gone; if
+    /// not, the caller keeps its key for retention.
+    pub async fn discard(&self, key: &str) -> bool {
+        let Some(store) = &self.store else {
+            return true;
+        };
+        match store.delete(key).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%key, %error, "object of a failed dispatch left for retention");
+                false
             }
         }
     }
