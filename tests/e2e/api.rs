@@ -112,15 +112,13 @@ async fn outcome_events_fan_out_to_matching_subscriptions_and_the_callback() {
         .unwrap()
         .to_owned();
     own.wait_for(2).await;
-    // Every delivery of an outcome is created in one statement before any is attempted: once the
-    // callback got its webhook, the deleted subscription would have a delivery if it had one.
-    assert_eq!(
-        app.count(&format!(
-            "SELECT count(*) FROM deliveries WHERE dispatch_id = '{again_id}'"
-        ))
-        .await,
-        1
-    );
+    // An outcome's deliveries are written in one statement, with their attempts: once the
+    // callback's is there, the deleted subscription would have one too if it had one.
+    app.wait_equal(
+        &format!("SELECT count(*) FROM deliveries WHERE dispatch_id = '{again_id}'"),
+        1,
+    )
+    .await;
     assert_eq!(
         all.requests().len(),
         2,

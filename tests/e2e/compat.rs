@@ -8,8 +8,9 @@ use base64::Engine;
 use dispatcher_core::signing::{sign_hex_sha256, WebhookSecret};
 use dispatcher_db::accounts::CreatedAccount;
 use dispatcher_e2e::{
-    assert_webhooks_match_schema, python_script, run_python, test_python, verify_webhook,
-    workspace_root, Received, Receiver, Services, TestApp, AMQP_URL, PATIENCE,
+    assert_webhooks_match_schema, ok_if, python_script, run_python, test_python,
+    validate_against_schemas, verify_webhook, wait_until, Received, Receiver, Services, TestApp,
+    AMQP_URL, PATIENCE,
 };
 use futures::StreamExt;
 use lapin::options::{
@@ -266,6 +267,119 @@ fn kind_of(routing_key: &str) -> &str {
     }
 }
 
+/// The events in an outcome message's body: the body itself, or each of a batch's.
+fn outcome_events(body: &Value) -> Vec<&Value> {
+    match body.get("events").and_then(Value::as_array) {
+        Some(batch) => batch.iter().map(|item| &item["event"]).collect(),
+        None => vec![body],
+    }
+}
+
+impl Captured {
+    /// How many events (or other messages) this message carries.
+    fn events(&self) -> usize {
+        if schema_for(&self.routing_key) != Some("dispatch.outcome.schema.json") {
+            return 1;
+        }
+        let v: Value = serde_json::from_slice(&self.body).expect("outcome is JSON");
+        outcome_events(&v).len()
+    }
+}
+
+/// Everything published to the events exchange with a routing key matching `binding`, captured
+/// by a queue of the test's own (exclusive, removed with its connection).
+struct Capture {
+    conn: lapin::Connection,
+    /// Kept open for as long as the capture runs.
+    _channel: lapin::Channel,
+    captured: Arc<Mutex<Vec<Captured>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Capture {
+    /// Binds the queue before returning: start it before the traffic to capture.
+    async fn start(app: &TestApp, binding: &str) -> Self {
+        let topology = dispatcher_mq::Topology::from_settings(&app.settings);
+        let conn = dispatcher_mq::connect(AMQP_URL, "compat-capture")
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.exchange_declare(
+            topology.events_exchange().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let queue = format!("{}.test.capture", app.prefix);
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("classic".into()),
+        );
+        ch.queue_declare(
+            queue.clone().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(
+            queue.clone().into(),
+            topology.events_exchange().into(),
+            binding.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let mut consumer = ch
+            .basic_consume(
+                queue.clone().into(),
+                "compat-capture".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let captured: Arc<Mutex<Vec<Captured>>> = Arc::default();
+        let sink = captured.clone();
+        let capture_task = tokio::spawn(async move {
+            while let Some(d) = consumer.next().await {
+                let Ok(d) = d else { break };
+                sink.lock().unwrap().push(Captured {
+                    routing_key: d.routing_key.to_string(),
+                    body: d.data.clone(),
+                });
+                let _ = d.ack(BasicAckOptions::default()).await;
+            }
+        });
+        Self {
+            conn,
+            _channel: ch,
+            captured,
+            task: capture_task,
+        }
+    }
+
+    fn messages(&self) -> Vec<Captured> {
+        self.captured.lock().unwrap().clone()
+    }
+
+    async fn stop(self) {
+        self.task.abort();
+        let _ = self.conn.close(200, "done".into()).await;
+    }
+}
+
 #[tokio::test]
 async fn broker_messages_and_webhooks_match_the_schemas() {
     test_python();
@@ -276,69 +390,7 @@ async fn broker_messages_and_webhooks_match_the_schemas() {
     .await;
 
     // A queue of the test's own on the events exchange, bound to everything, before any traffic.
-    let topology = dispatcher_mq::Topology::from_settings(&app.settings);
-    let conn = dispatcher_mq::connect(AMQP_URL, "compat-capture")
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.exchange_declare(
-        topology.events_exchange().into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let queue = format!("{}.test.capture", app.prefix);
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("classic".into()),
-    );
-    ch.queue_declare(
-        queue.clone().into(),
-        QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..QueueDeclareOptions::default()
-        },
-        args,
-    )
-    .await
-    .unwrap();
-    ch.queue_bind(
-        queue.clone().into(),
-        topology.events_exchange().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let mut consumer = ch
-        .basic_consume(
-            queue.clone().into(),
-            "compat-capture".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let captured: Arc<Mutex<Vec<Captured>>> = Arc::default();
-    let sink = captured.clone();
-    let capture_task = tokio::spawn(async move {
-        while let Some(d) = consumer.next().await {
-            let Ok(d) = d else { break };
-            sink.lock().unwrap().push(Captured {
-                routing_key: d.routing_key.to_string(),
-                body: d.data.clone(),
-            });
-            let _ = d.ack(BasicAckOptions::default()).await;
-        }
-    });
+    let capture = Capture::start(&app, "#").await;
 
     let acct = app.create_account("schemas@example.com").await;
     let rx = Receiver::start().await;
@@ -410,28 +462,23 @@ async fn broker_messages_and_webhooks_match_the_schemas() {
     ]
     .into_iter()
     .collect();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let messages = loop {
-        let got = captured.lock().unwrap().clone();
+    let messages = wait_until(PATIENCE, Duration::from_millis(50), || async {
+        let got = capture.messages();
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         for m in &got {
-            *counts.entry(kind_of(&m.routing_key)).or_default() += 1;
+            // An outcome message may carry several events: each counts.
+            *counts.entry(kind_of(&m.routing_key)).or_default() += m.events();
         }
-        if wanted
+        let all = wanted
             .iter()
-            .all(|(k, n)| counts.get(k).copied().unwrap_or(0) >= *n)
-        {
-            break got;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "captured {counts:?}, want at least {wanted:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    capture_task.abort();
-    let _ = ch.close(200, "done".into()).await;
-    let _ = conn.close(200, "done".into()).await;
+            .all(|(k, n)| counts.get(k).copied().unwrap_or(0) >= *n);
+        ok_if(all, || {
+            format!("captured {counts:?}, want at least {wanted:?}")
+        })
+        .map(|()| got)
+    })
+    .await;
+    capture.stop().await;
 
     let mut items = Vec::new();
     for (i, m) in messages.iter().enumerate() {
@@ -443,11 +490,20 @@ async fn broker_messages_and_webhooks_match_the_schemas() {
             );
         };
         let body = String::from_utf8(m.body.clone()).expect("message bodies are UTF-8 JSON");
-        if schema == "dispatch.outcome.schema.json" {
-            // The routing key is the payload's type.
+        let schema = if schema == "dispatch.outcome.schema.json" {
+            // The routing key is the payload's type, of each event in a batch.
             let v: Value = serde_json::from_str(&body).expect("outcome is JSON");
-            assert_eq!(v["payload"]["type"], m.routing_key.as_str(), "{body}");
-        }
+            for event in outcome_events(&v) {
+                assert_eq!(event["payload"]["type"], m.routing_key.as_str(), "{body}");
+            }
+            if v.get("events").is_some() {
+                "dispatch.outcomes.schema.json"
+            } else {
+                schema
+            }
+        } else {
+            schema
+        };
         items.push(json!({
             "schema": schema,
             "label": format!("broker message {i} ({})", m.routing_key),
@@ -468,23 +524,7 @@ async fn broker_messages_and_webhooks_match_the_schemas() {
     }));
 
     let n_items = items.len();
-    let input = json!({
-        "schemaDir": workspace_root().join("proto-schemas").to_string_lossy(),
-        "items": items,
-    });
-    let out = run_python(
-        &[&python_script("validate_messages.py")],
-        input.to_string().as_bytes(),
-    )
-    .await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "schema violations ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(stdout.trim()).expect("validate_messages.py report");
+    let report = validate_against_schemas(items).await;
     let validated: usize = report["validated"]
         .as_object()
         .expect("validated counts")
@@ -663,4 +703,109 @@ async fn provider_events_are_forwarded_once_per_endpoint_and_verify_with_the_lib
     }
     // And each matches the published schema.
     assert_webhooks_match_schema(&provider_hooks(&everything)).await;
+}
+
+#[tokio::test]
+async fn the_outcomes_of_a_worker_batch_share_messages_and_each_is_delivered_once() {
+    test_python();
+    // No worker yet: the dispatches wait in their queue, so the worker's batches hold many, and
+    // their outcome events go out at most three to a message.
+    let mut app = TestApp::spawn_with(
+        Services {
+            worker: false,
+            ..Services::ALL
+        },
+        &[("DISPATCHER__WORKER__EVENTS_PER_MESSAGE", "3")],
+    )
+    .await;
+    let capture = Capture::start(&app, "dispatch.*").await;
+    let acct = app.create_account("batched@example.com").await;
+    let rx = Receiver::start().await;
+    let mut expected: BTreeMap<String, &str> = BTreeMap::new();
+    for n in 0..30 {
+        if n % 5 == 0 {
+            let id = submit(&app, &acct, "{{ missing }}", json!({}), &rx.url()).await;
+            expected.insert(id, "dispatch.failed");
+        } else {
+            let id = submit(&app, &acct, "Hi {{ n }}", json!({ "n": n }), &rx.url()).await;
+            expected.insert(id, "dispatch.completed");
+        }
+    }
+    app.start_worker(app.child_token());
+
+    // Each dispatch's outcome reaches its callback once, with its own type.
+    rx.wait_for(expected.len()).await;
+    let mut hooked: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for h in rx.requests() {
+        let v = h.json();
+        hooked
+            .entry(v["data"]["dispatchId"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(v["type"].as_str().unwrap().to_owned());
+    }
+    let want: BTreeMap<String, Vec<String>> = expected
+        .iter()
+        .map(|(id, t)| (id.clone(), vec![t.to_string()]))
+        .collect();
+    assert_eq!(hooked, want);
+
+    // On the broker: every event once, in messages of at most three, and fewer messages than
+    // events.
+    let outcomes = wait_until(PATIENCE, Duration::from_millis(50), || async {
+        let outcomes: Vec<Captured> = capture
+            .messages()
+            .into_iter()
+            .filter(|m| m.routing_key != "dispatch.requested")
+            .collect();
+        let events: usize = outcomes.iter().map(Captured::events).sum();
+        ok_if(events >= expected.len(), || {
+            format!("captured {events} outcome events")
+        })
+        .map(|()| outcomes)
+    })
+    .await;
+    capture.stop().await;
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut items = Vec::new();
+    for m in &outcomes {
+        let v: Value = serde_json::from_slice(&m.body).unwrap();
+        let events = outcome_events(&v);
+        assert!(events.len() <= 3, "{v}");
+        for e in events {
+            assert_eq!(e["payload"]["type"], m.routing_key.as_str());
+            let id = e["dispatchId"].as_str().unwrap().to_owned();
+            assert!(seen.insert(id, m.routing_key.clone()).is_none(), "{v}");
+        }
+        let schema = if v.get("events").is_some() {
+            "dispatch.outcomes.schema.json"
+        } else {
+            "dispatch.outcome.schema.json"
+        };
+        items.push(json!({
+            "schema": schema,
+            "label": format!("{} message", m.routing_key),
+            "body": String::from_utf8(m.body.clone()).unwrap(),
+        }));
+    }
+    let want: BTreeMap<String, String> = expected
+        .iter()
+        .map(|(id, t)| (id.clone(), t.to_string()))
+        .collect();
+    assert_eq!(seen, want);
+    assert!(
+        outcomes.len() < expected.len(),
+        "{} messages for {} events",
+        outcomes.len(),
+        expected.len()
+    );
+
+    // And each body matches its schema.
+    let report = validate_against_schemas(items).await;
+    assert!(
+        report["validated"]["dispatch.outcomes.schema.json"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "no batch validated: {report}"
+    );
 }

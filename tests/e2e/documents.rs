@@ -564,22 +564,7 @@ async fn request_and_batch_bodies_match_the_schemas() {
     for (i, item) in batch["items"].as_array().unwrap().iter().enumerate() {
         items.push(json!({"schema": "dispatch.request.schema.json", "label": format!("item {i}"), "body": item.to_string()}));
     }
-    let input = json!({
-        "schemaDir": workspace_root().join("proto-schemas").to_string_lossy(),
-        "items": items,
-    });
-    let out = dispatcher_e2e::run_python(
-        &[&dispatcher_e2e::python_script("validate_messages.py")],
-        input.to_string().as_bytes(),
-    )
-    .await;
-    assert!(
-        out.status.success(),
-        "schema violations:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let report = dispatcher_e2e::validate_against_schemas(items).await;
     assert_eq!(
         report["validated"]["dispatch.request.schema.json"], 4,
         "{report}"

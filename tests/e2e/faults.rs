@@ -7,37 +7,6 @@ use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-/// Distinct dispatch ids and webhook-ids the receiver saw, and how many requests were repeats.
-fn tally(rx: &Receiver) -> (HashSet<String>, usize) {
-    let reqs = rx.requests();
-    let mut per_id: HashMap<String, usize> = HashMap::new();
-    let mut dispatches = HashSet::new();
-    for r in &reqs {
-        *per_id.entry(r.header("webhook-id").to_owned()).or_default() += 1;
-        dispatches.insert(r.json()["data"]["dispatchId"].as_str().unwrap().to_owned());
-    }
-    let dups = per_id.values().map(|n| n - 1).sum();
-    (dispatches, dups)
-}
-
-async fn wait_all_delivered(rx: &Receiver, ids: &[String]) -> usize {
-    let want: HashSet<String> = ids.iter().cloned().collect();
-    let deadline = tokio::time::Instant::now() + PATIENCE * 3;
-    loop {
-        let (seen, dups) = tally(rx);
-        if want.is_subset(&seen) {
-            return dups;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "receiver saw {} of {} dispatches",
-            want.intersection(&seen).count(),
-            want.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn an_always_failing_receiver_is_dead_lettered_then_replayed() {
     let app = TestApp::spawn().await;
@@ -190,7 +159,7 @@ async fn kill_9_of_worker_and_deliverer_mid_load_loses_nothing() {
         N as i64,
     )
     .await;
-    let dups = wait_all_delivered(&rx, &ids).await;
+    let dups = rx.wait_all_delivered(&ids).await;
     let completed = app
         .count("SELECT count(*) FROM dispatches WHERE status = 'completed'")
         .await;
@@ -234,7 +203,7 @@ async fn broker_connection_loss_mid_load_loses_nothing() {
         N as i64,
     )
     .await;
-    let dups = wait_all_delivered(&rx, &ids).await;
+    let dups = rx.wait_all_delivered(&ids).await;
     println!(
         "broker test: submitted={N} completed={N} delivered={} duplicates={dups}",
         ids.len()
@@ -308,7 +277,7 @@ async fn postgres_outage_answers_503_and_recovers() {
         100,
     )
     .await;
-    let dups = wait_all_delivered(&rx, &ids).await;
+    let dups = rx.wait_all_delivered(&ids).await;
     let total = app.count("SELECT count(*) FROM dispatches").await;
     println!(
         "postgres test: submitted=100 completed=100 delivered={} duplicates={dups}",
@@ -332,7 +301,7 @@ async fn two_workers_and_two_deliverers_share_the_load() {
         N as i64,
     )
     .await;
-    let dups = wait_all_delivered(&rx, &ids).await;
+    let dups = rx.wait_all_delivered(&ids).await;
     app.wait_count(
         "SELECT count(*) FROM delivery_attempts WHERE status = 'succeeded'",
         N as i64,
@@ -396,7 +365,7 @@ async fn poison_messages_are_dead_lettered_and_consumers_keep_going() {
     }
     assert!(listed.contains("unparseable"));
     let ids = app.submit_many(&acct, 5, 5, &rx.url()).await;
-    wait_all_delivered(&rx, &ids).await;
+    rx.wait_all_delivered(&ids).await;
     let _ = conn.close(200, "bye".into()).await;
 }
 
@@ -430,7 +399,7 @@ async fn an_open_circuit_holds_deliveries_back_until_a_probe_succeeds() {
         5,
     )
     .await;
-    let (seen, _) = tally(&rx);
+    let (seen, _) = rx.tally();
     assert!(
         later.iter().all(|id| !seen.contains(id)),
         "held deliveries must not reach the endpoint while the circuit is open"
@@ -443,7 +412,7 @@ async fn an_open_circuit_holds_deliveries_back_until_a_probe_succeeds() {
     // The receiver recovers: after the cooldown a probe succeeds and everything is delivered.
     rx.fail_next(0);
     let ids: Vec<String> = first.into_iter().chain(later).collect();
-    let dups = wait_all_delivered(&rx, &ids).await;
+    let dups = rx.wait_all_delivered(&ids).await;
     app.wait_count(
         "SELECT count(*) FROM deliveries WHERE status = 'succeeded'",
         6,
@@ -498,7 +467,7 @@ async fn every_binary_drains_and_exits_cleanly_on_sigterm() {
                 .to_owned(),
         );
     }
-    wait_all_delivered(&rx, &ids).await;
+    rx.wait_all_delivered(&ids).await;
     // shutdown_timeout is 5 s in tests; allow the processes a little more to exit.
     terminate_all(&mut procs, Duration::from_secs(15)).await;
 }
@@ -520,7 +489,7 @@ async fn a_broker_restart_mid_load_loses_nothing() {
         N as i64,
     )
     .await;
-    let dups = wait_all_delivered(&rx, &ids).await;
+    let dups = rx.wait_all_delivered(&ids).await;
     println!(
         "broker restart test: submitted={N} completed={N} delivered={} duplicates={dups}",
         ids.len()
@@ -709,7 +678,7 @@ async fn sigterm_under_load_exits_in_time_and_loses_nothing_accepted() {
     // Start again: everything accepted is finished and delivered.
     let _procs = spawn_all(2);
     let ids = accepted.lock().unwrap().clone();
-    let dups = wait_all_delivered(&rx, &ids).await;
+    let dups = rx.wait_all_delivered(&ids).await;
     app.wait_equal(
         "SELECT count(*) FROM dispatches WHERE status <> 'completed'",
         0,

@@ -328,8 +328,12 @@ async fn dispatches_are_found_by_metadata_value_and_redelivered_one_endpoint_at_
 
     // Each delivery row redelivers to its endpoint alone.
     app.wait_finished(&acct, &wanted).await;
-    rx.wait_for(1).await;
-    hook.wait_for(1).await;
+    // A delivery's row is committed with its attempt, after the endpoint answered.
+    app.wait_equal(
+        &format!("SELECT count(*) FROM deliveries WHERE dispatch_id = '{wanted}' AND attempts = 1"),
+        2,
+    )
+    .await;
     let to_rx = app
         .text(&format!(
             "SELECT id::text FROM deliveries WHERE dispatch_id = '{wanted}' AND webhook_id IS NULL"

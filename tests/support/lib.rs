@@ -9,7 +9,7 @@ use axum::routing::post;
 use axum::Router;
 use dispatcher_config::{Settings, Sources};
 use dispatcher_db::accounts::CreatedAccount;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -149,19 +149,45 @@ impl Receiver {
 
     /// Waits until at least `n` requests arrived.
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
+        wait_until(PATIENCE, Duration::from_millis(20), || async move {
             let got = self.requests();
-            if got.len() >= n {
-                return got;
+            match got.len() >= n {
+                true => Ok(got),
+                false => Err(format!("receiver got {} of {n} requests", got.len())),
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "receiver got {} of {n} requests",
-                got.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        })
+        .await
+    }
+
+    /// The distinct dispatch ids this receiver's webhooks were about, and how many requests
+    /// repeated a `webhook-id` already received.
+    pub fn tally(&self) -> (HashSet<String>, usize) {
+        let mut per_id: HashMap<String, usize> = HashMap::new();
+        let mut dispatches = HashSet::new();
+        for r in &self.requests() {
+            *per_id.entry(r.header("webhook-id").to_owned()).or_default() += 1;
+            dispatches.insert(r.json()["data"]["dispatchId"].as_str().unwrap().to_owned());
         }
+        (dispatches, per_id.values().map(|n| n - 1).sum())
+    }
+
+    /// Waits (up to three times [`PATIENCE`]) until a webhook about each of `ids` arrived;
+    /// returns the repeats so far (see [`Self::tally`]).
+    pub async fn wait_all_delivered(&self, ids: &[String]) -> usize {
+        let want: HashSet<String> = ids.iter().cloned().collect();
+        let want = &want;
+        wait_until(PATIENCE * 3, Duration::from_millis(100), || async move {
+            let (seen, dups) = self.tally();
+            match want.is_subset(&seen) {
+                true => Ok(dups),
+                false => Err(format!(
+                    "receiver saw {} of {} dispatches",
+                    want.intersection(&seen).count(),
+                    want.len()
+                )),
+            }
+        })
+        .await
     }
 }
 
@@ -601,17 +627,44 @@ pub async fn queue_state(queue: &str) -> (u32, u32) {
 /// queue's counts are read from its leader's applied state, which can trail a publisher confirm
 /// by a moment, so a count read once right after publishing may still be one short.
 pub async fn wait_queue_state(queue: &str, want: (u32, u32)) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    wait_until(PATIENCE, Duration::from_millis(20), || async move {
         let got = queue_state(queue).await;
-        if got == want {
-            return;
+        ok_if(got == want, || {
+            format!("queue {queue}: {got:?}, waited for {want:?}")
+        })
+    })
+    .await
+}
+
+/// Runs `check` every `every` until it gives `Ok`, and fails with its last `Err` once
+/// `patience` has passed: every wait in the tests has a limit.
+pub async fn wait_until<T, Fut>(
+    patience: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Fut,
+) -> T
+where
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match check().await {
+            Ok(done) => return done,
+            Err(why) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "gave up after {patience:?}: {why}"
+            ),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "queue {queue}: {got:?}, waited for {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// `Ok(())` when `done`, else `Err` with what `why` says.
+pub fn ok_if(done: bool, why: impl FnOnce() -> String) -> Result<(), String> {
+    if done {
+        Ok(())
+    } else {
+        Err(why())
     }
 }
 
@@ -737,34 +790,20 @@ impl TestApp {
     /// Waits until `sql` (a count) is exactly `n` (for counts that may also fall, or where a
     /// count past `n` would be a bug the caller asserts afterwards).
     pub async fn wait_equal(&self, sql: &str, n: i64) {
-        let deadline = tokio::time::Instant::now() + PATIENCE * 3;
-        loop {
+        wait_until(PATIENCE * 3, Duration::from_millis(100), || async move {
             let got = self.count(sql).await;
-            if got == n {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{sql}: {got}, want {n}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            ok_if(got == n, || format!("{sql}: {got}, want {n}"))
+        })
+        .await
     }
 
     /// Waits until `sql` (a count) reaches `n`.
     pub async fn wait_count(&self, sql: &str, n: i64) {
-        let deadline = tokio::time::Instant::now() + PATIENCE * 3;
-        loop {
+        wait_until(PATIENCE * 3, Duration::from_millis(100), || async move {
             let got = self.count(sql).await;
-            if got >= n {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{sql}: {got} of {n}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            ok_if(got >= n, || format!("{sql}: {got} of {n}"))
+        })
+        .await
     }
 }
 
@@ -999,8 +1038,31 @@ impl TestApp {
     }
 }
 
-/// Validates webhook bodies against `proto-schemas/webhook.schema.json` (the test venv's
-/// `validate_messages.py`); fails with the violations.
+/// Validates JSON documents against the schemas in `proto-schemas/` with the test venv's
+/// `validate_messages.py`. Each item is `{"schema": <file name>, "label": ..., "body": <JSON
+/// text>}`. Fails with the violations; returns the report (`validated`: documents per schema).
+pub async fn validate_against_schemas(items: Vec<serde_json::Value>) -> serde_json::Value {
+    let input = serde_json::json!({
+        "schemaDir": workspace_root().join("proto-schemas").to_string_lossy(),
+        "items": items,
+    });
+    let out = run_python(
+        &[&python_script("validate_messages.py")],
+        input.to_string().as_bytes(),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schema violations ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).expect("validate_messages.py report")
+}
+
+/// Validates webhook bodies against `proto-schemas/webhook.schema.json`; fails with the
+/// violations.
 pub async fn assert_webhooks_match_schema(hooks: &[Received]) {
     let items: Vec<serde_json::Value> = hooks
         .iter()
@@ -1013,21 +1075,7 @@ pub async fn assert_webhooks_match_schema(hooks: &[Received]) {
             })
         })
         .collect();
-    let input = serde_json::json!({
-        "schemaDir": workspace_root().join("proto-schemas").to_string_lossy(),
-        "items": items,
-    });
-    let out = run_python(
-        &[&python_script("validate_messages.py")],
-        input.to_string().as_bytes(),
-    )
-    .await;
-    assert!(
-        out.status.success(),
-        "schema violations:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    validate_against_schemas(items).await;
 }
 
 /// An S3-compatible server on loopback (moto's server mode, from the test virtualenv) with one

@@ -510,9 +510,14 @@ impl BatchHandler for WorkerHandler {
             }
         }
         if !finished.is_empty() || !requeued.is_empty() {
-            dispatches::settle(&self.pool, &finished, &requeued)
-                .await
-                .map_err(HandlerError::from)?;
+            dispatches::settle(
+                &self.pool,
+                &finished,
+                &requeued,
+                self.settings.worker.events_per_message,
+            )
+            .await
+            .map_err(HandlerError::from)?;
             self.outbox_wake.committed();
         }
         Ok(())

@@ -344,6 +344,10 @@ pub struct WorkerSettings {
     /// Times a dispatch may be taken up for processing without finishing (its worker stopped or
     /// was killed each time) before its message is quarantined as a dead letter.
     pub max_processing_attempts: i32,
+    /// Outcome events of one type and batch sent as one broker message (the body of
+    /// `proto-schemas/dispatch.outcomes.schema.json`); 1 sends each event as its own message,
+    /// which a webhook-deliverer older than batched outcomes needs during an upgrade.
+    pub events_per_message: usize,
 }
 
 /// Limits on rendering one document, in the worker and in `POST /v1/dispatches/validate`.
@@ -516,6 +520,7 @@ impl Settings {
             ("ingest.write_lanes", self.ingest.write_lanes),
             ("worker.batch_max", self.worker.batch_max),
             ("worker.concurrency", self.worker.concurrency),
+            ("worker.events_per_message", self.worker.events_per_message),
             ("deliverer.batch_max", self.deliverer.batch_max),
             ("deliverer.concurrency", self.deliverer.concurrency),
             ("worker.consumers", self.worker.consumers),

@@ -159,6 +159,57 @@ pub struct OutcomeEvent {
     pub payload: WebhookPayload,
 }
 
+/// Several outcome events of one type in one broker message (`dispatch.completed` or
+/// `dispatch.failed`, from one worker batch): a message, a confirm, a delivery and an ack per
+/// batch instead of per dispatch. Each event keeps its own trace context, which a single event
+/// carries in the AMQP headers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomeBatch {
+    pub events: Vec<BatchedOutcome>,
+}
+
+/// One event of an [`OutcomeBatch`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchedOutcome {
+    pub event: OutcomeEvent,
+    /// W3C trace context of the work that produced the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+/// The events in an outcome message: a single [`OutcomeEvent`] (whose trace context is in the
+/// message's headers, so `traceparent` is `None` here) or an [`OutcomeBatch`].
+pub fn parse_outcomes(body: &[u8]) -> Result<Vec<BatchedOutcome>, serde_json::Error> {
+    let single = match serde_json::from_slice::<OutcomeEvent>(body) {
+        Ok(event) => {
+            return Ok(vec![BatchedOutcome {
+                event,
+                traceparent: None,
+            }])
+        }
+        Err(e) => e,
+    };
+    match serde_json::from_slice::<OutcomeBatch>(body) {
+        Ok(batch) if batch.events.is_empty() => Err(serde::de::Error::custom(
+            "an outcome batch holds at least one event",
+        )),
+        Ok(batch) => Ok(batch.events),
+        // Report the error of the shape the body was meant to have.
+        Err(batched) if is_batch(body) => Err(batched),
+        Err(_) => Err(single),
+    }
+}
+
+/// Whether a body is a JSON object whose first key is `events`.
+fn is_batch(body: &[u8]) -> bool {
+    let body = body.trim_ascii_start();
+    body.strip_prefix(b"{")
+        .map(|rest| rest.trim_ascii_start().starts_with(b"\"events\""))
+        .unwrap_or(false)
+}
+
 /// A retry of one delivery, re-published through a delay queue. The delivery row in Postgres holds
 /// the payload and endpoint; the message only says which delivery and which attempt comes next.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -289,6 +340,75 @@ pub fn delivery_id(event_id: Uuid, endpoint: &str) -> Uuid {
 mod tests {
     use super::*;
     use crate::ErrorCode;
+
+    fn outcome(event_type: EventType) -> OutcomeEvent {
+        OutcomeEvent {
+            event_id: Uuid::now_v7(),
+            account_id: Uuid::now_v7(),
+            dispatch_id: Uuid::now_v7(),
+            callback_url: Some("https://a.example/hook".into()),
+            payload: WebhookPayload {
+                event_type,
+                timestamp: "2026-01-02T03:04:05Z".parse().unwrap(),
+                data: WebhookData {
+                    dispatch_id: Uuid::nil(),
+                    status: DispatchStatus::Completed,
+                    completed_at: "2026-01-02T03:04:05Z".parse().unwrap(),
+                    result_url: None,
+                    error: None,
+                    metadata: None,
+                }
+                .into(),
+            },
+        }
+    }
+
+    #[test]
+    fn an_outcome_message_holds_one_event_or_a_batch() {
+        let one = outcome(EventType::DispatchCompleted);
+        let parsed = parse_outcomes(&serde_json::to_vec(&one).unwrap()).unwrap();
+        assert_eq!(
+            parsed,
+            vec![BatchedOutcome {
+                event: one.clone(),
+                traceparent: None
+            }]
+        );
+
+        let batch = OutcomeBatch {
+            events: vec![
+                BatchedOutcome {
+                    event: one,
+                    traceparent: Some(
+                        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+                    ),
+                },
+                BatchedOutcome {
+                    event: outcome(EventType::DispatchCompleted),
+                    traceparent: None,
+                },
+            ],
+        };
+        let body = serde_json::to_vec(&batch).unwrap();
+        assert!(body.starts_with(b"{\"events\":["));
+        assert_eq!(parse_outcomes(&body).unwrap(), batch.events);
+    }
+
+    #[test]
+    fn a_broken_outcome_message_says_what_is_wrong_with_it() {
+        // An empty batch is refused rather than acknowledged as nothing.
+        let e = parse_outcomes(br#"{"events": []}"#).unwrap_err();
+        assert!(e.to_string().contains("at least one event"), "{e}");
+        // A broken batch reports the batch's problem, a broken event the event's.
+        let e = parse_outcomes(br#" { "events": [{"traceparent": "x", "extra": 1}]}"#).unwrap_err();
+        assert!(e.to_string().contains("extra"), "{e}");
+        let e = parse_outcomes(br#"{"eventId": "not a uuid"}"#).unwrap_err();
+        assert!(
+            e.to_string().contains("UUID") || e.to_string().contains("uuid"),
+            "{e}"
+        );
+        assert!(parse_outcomes(b"not json").is_err());
+    }
 
     #[test]
     fn webhook_ids_are_stable_per_endpoint() {

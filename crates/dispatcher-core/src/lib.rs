@@ -18,9 +18,9 @@ pub mod template;
 
 pub use error::{DispatchError, ErrorCode};
 pub use event::{
-    DeliveryEventData, DeliveryTask, DispatchRequested, EndpointEventData, EventData, EventType,
-    InboundProviderEvent, OutcomeEvent, ProviderEventData, ProviderEventMessage, ProviderEventType,
-    WebhookData, WebhookPayload,
+    parse_outcomes, BatchedOutcome, DeliveryEventData, DeliveryTask, DispatchRequested,
+    EndpointEventData, EventData, EventType, InboundProviderEvent, OutcomeBatch, OutcomeEvent,
+    ProviderEventData, ProviderEventMessage, ProviderEventType, WebhookData, WebhookPayload,
 };
 pub use status::{DispatchStatus, TransitionError};
 pub use template::{RenderError, TemplateFormat, TemplateSyntaxError};

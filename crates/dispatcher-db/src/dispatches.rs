@@ -615,19 +615,23 @@ pub struct Requeued {
 /// unfinished dispatches at the provider-try count they were taken up with change (`processing`,
 /// or `queued` for those [`claim`] only read), so a duplicate worker cannot finish a dispatch
 /// twice, emit two outcome events or schedule two retries.
+///
+/// The outcome events of one type go out together, up to `events_per_message` in one message
+/// (an `OutcomeBatch`); a lone event is sent as itself, with its trace context in the headers.
 pub async fn settle(
     pool: &Pool,
     finished: &[Finished],
     requeued: &[Requeued],
+    events_per_message: usize,
 ) -> Result<(), DbError> {
     let mut client = pool.get().await?;
     if requeued.is_empty() {
-        finish_rows(&client, finished).await?;
+        finish_rows(&client, finished, events_per_message).await?;
         return Ok(());
     }
     let tx = client.transaction().await?;
     if !finished.is_empty() {
-        finish_rows(&tx, finished).await?;
+        finish_rows(&tx, finished, events_per_message).await?;
     }
     requeue_rows(&tx, requeued).await?;
     tx.commit().await?;
@@ -637,6 +641,7 @@ pub async fn settle(
 async fn finish_rows(
     client: &impl deadpool_postgres::GenericClient,
     rows: &[Finished],
+    events_per_message: usize,
 ) -> Result<Vec<Uuid>, DbError> {
     debug_assert!(rows.iter().all(|r| r.status.is_terminal()));
     let stmt = client
@@ -647,10 +652,11 @@ async fn finish_rows(
                                       $10::text[], $11::text[], $12::text[], $13::text[],
                                       $14::text[], $15::bytea[], $16::uuid[], $17::bytea[],
                                       $18::text[], $19::int4[], $20::timestamptz[])
+                 WITH ORDINALITY
                  AS t(id, status, completed_at, result, content_type, error, event_id, routing_key,
                       event, traceparent, provider_reply, pe_provider, pe_event_id, pe_type,
                       pe_body, pe_message_id, pe_message, result_key, provider_attempts,
-                      started_at)
+                      started_at, ord)
              ), upd AS (
                  UPDATE dispatches d
                  SET status = i.status, started_at = COALESCE(d.started_at, i.started_at),
@@ -668,12 +674,28 @@ async fn finish_rows(
                  WHERE i.pe_event_id IS NOT NULL
                  ON CONFLICT (provider, event_id) DO NOTHING
                  RETURNING provider, event_id
+             ), outcome AS (
+                 -- The events of one type, in batch order, numbered into messages of $22.
+                 SELECT i.event_id, i.routing_key, i.event, i.traceparent, i.ord,
+                        (row_number() OVER (PARTITION BY i.routing_key ORDER BY i.ord) - 1) / $22
+                            AS message
+                 FROM input i JOIN upd USING (id)
              ), ob AS (
                  INSERT INTO outbox (message_id, routing_key, payload, headers)
-                 SELECT i.event_id, i.routing_key, i.event,
-                        CASE WHEN i.traceparent IS NULL THEN NULL
-                             ELSE jsonb_build_object('traceparent', i.traceparent) END
-                 FROM input i JOIN upd USING (id)
+                 SELECT (array_agg(o.event_id ORDER BY o.ord))[1], o.routing_key,
+                        CASE WHEN count(*) = 1 THEN (array_agg(o.event))[1]
+                             ELSE convert_to(
+                                 '{\"events\":['
+                                 || string_agg('{\"event\":' || convert_from(o.event, 'UTF8')
+                                               || COALESCE(',\"traceparent\":'
+                                                           || to_json(o.traceparent)::text, '')
+                                               || '}', ',' ORDER BY o.ord)
+                                 || ']}', 'UTF8') END,
+                        CASE WHEN count(*) = 1 AND bool_and(o.traceparent IS NOT NULL)
+                             THEN jsonb_build_object('traceparent', (array_agg(o.traceparent))[1])
+                        END
+                 FROM outcome o
+                 GROUP BY o.routing_key, o.message
                  UNION ALL
                  SELECT i.pe_message_id, 'provider.event', i.pe_message, NULL
                  FROM input i JOIN pe ON pe.provider = i.pe_provider AND pe.event_id = i.pe_event_id
@@ -745,6 +767,7 @@ async fn finish_rows(
                 &tries,
                 &started,
                 &sources,
+                &(events_per_message.max(1) as i64),
             ],
         )
         .await?;

@@ -2,7 +2,7 @@
 
 use crate::attempt::Deliverer;
 use dispatcher_core::event::{delivery_id, webhook_message_id};
-use dispatcher_core::{DeliveryTask, EventType, OutcomeEvent};
+use dispatcher_core::{parse_outcomes, DeliveryTask, EventType, OutcomeEvent};
 use dispatcher_db::dead_letters::{self, NewDeadLetter};
 use dispatcher_db::deliveries::{self, Delivery, NewDelivery};
 use dispatcher_db::subscriptions;
@@ -37,28 +37,52 @@ async fn store_poison(
 pub struct EventHandler {
     deliverer: Arc<Deliverer>,
     queue: String,
+    /// Events handled together (`deliverer.batch_max`): a message may carry a whole worker
+    /// batch of them, so a batch of messages is delivered in parts of this size.
+    events_max: usize,
 }
 
 impl EventHandler {
-    pub fn new(deliverer: Arc<Deliverer>, queue: String) -> Self {
-        Self { deliverer, queue }
+    pub fn new(deliverer: Arc<Deliverer>, queue: String, events_max: usize) -> Self {
+        Self {
+            deliverer,
+            queue,
+            events_max: events_max.max(1),
+        }
     }
 }
+
+/// An event with the trace context of the work that produced it.
+type Traced = (OutcomeEvent, Option<String>);
 
 impl BatchHandler for EventHandler {
     async fn handle(&self, batch: &[Incoming]) -> Result<(), HandlerError> {
         let mut events = Vec::with_capacity(batch.len());
         let mut bad = Vec::new();
         for m in batch {
-            match serde_json::from_slice::<OutcomeEvent>(&m.data) {
-                Ok(e) => events.push((e, m.header("traceparent").map(str::to_owned))),
+            match parse_outcomes(&m.data) {
+                Ok(parsed) => events.extend(parsed.into_iter().map(|b| {
+                    // A single event's context is in its message's headers.
+                    let traceparent = b
+                        .traceparent
+                        .or_else(|| m.header("traceparent").map(str::to_owned));
+                    (b.event, traceparent)
+                })),
                 Err(e) => bad.push(poison(&self.queue, m, e)),
             }
         }
         store_poison(&self.deliverer, &self.queue, &bad).await?;
-        if events.is_empty() {
-            return Ok(());
+        // Each part commits its own deliveries; the messages are acknowledged after the last.
+        // A part done again after a crash finds its deliveries written and skips them.
+        for part in events.chunks(self.events_max) {
+            self.deliver(part).await?;
         }
+        Ok(())
+    }
+}
+
+impl EventHandler {
+    async fn deliver(&self, events: &[Traced]) -> Result<(), HandlerError> {
         // Where each event goes: its dispatch's own callback URL (carried in the event) and the
         // account's matching subscriptions (one query per event type in the batch).
         type Target = (Option<uuid::Uuid>, String, Option<i32>);
@@ -96,7 +120,7 @@ impl BatchHandler for EventHandler {
         }
         let mut rows: Vec<(NewDelivery, Option<i32>)> = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        for (e, traceparent) in &events {
+        for (e, traceparent) in events {
             let payload = serde_json::to_vec(&e.payload).expect("payload serializes");
             let own = e.callback_url.clone().map(|url| (None, url, None));
             let key = (e.account_id, e.payload.event_type.as_str());

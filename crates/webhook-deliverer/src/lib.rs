@@ -45,6 +45,7 @@ pub async fn serve(
     let events = Arc::new(EventHandler::new(
         deliverer.clone(),
         topology.webhook_events_queue(),
+        settings.deliverer.batch_max,
     ));
     // Several consumers, each its own channel: one batch commits while the next is delivered.
     for i in 0..settings.deliverer.consumers {
