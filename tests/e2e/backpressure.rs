@@ -271,3 +271,56 @@ async fn batches_go_in_at_full_speed_up_to_their_burst_and_wait_their_turn_past_
     delay_ms.store(0, Ordering::Relaxed);
     rx.wait_all_delivered(&ids).await;
 }
+
+#[tokio::test]
+async fn batched_outcome_events_count_as_the_events_they_carry() {
+    // No worker and no deliverer yet: the worker then finishes the dispatches in a few large
+    // batches, and their outcome events wait, several to a message, in the event queue.
+    let mut app = TestApp::spawn_with(
+        Services {
+            worker: false,
+            deliverer: false,
+            ..Services::ALL
+        },
+        &[],
+    )
+    .await;
+    let rx = Receiver::start().await;
+    let acct = app.create_account("weighed@example.com").await;
+    let ids = app.submit_many(&acct, 30, 6, &rx.url()).await;
+    app.start_worker(app.child_token());
+    app.wait_equal(
+        "SELECT count(*) FROM dispatches WHERE status = 'completed'",
+        ids.len() as i64,
+    )
+    .await;
+    app.wait_equal("SELECT count(*) FROM outbox", 0).await;
+    let events = dispatcher_mq::Topology::from_settings(&app.settings).webhook_events_queue();
+    let (messages, _) = dispatcher_e2e::queue_state(&events).await;
+    assert!(
+        (messages as usize) < ids.len(),
+        "{messages} messages: the events were not batched"
+    );
+
+    // The ingest's backlog counts the 30 events, not the messages.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let backlog = metric(&app, "dispatcher_ingest_backlog").await;
+        if backlog >= ids.len() as f64 {
+            assert!(backlog <= ids.len() as f64 + 1.0, "backlog {backlog}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backlog {backlog} for {} events in {messages} messages (events per message: {})",
+            ids.len(),
+            metric(&app, "dispatcher_ingest_events_per_message").await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(metric(&app, "dispatcher_ingest_events_per_message").await > 1.0);
+
+    // And every one of them is delivered once a deliverer runs.
+    app.start_deliverer(app.child_token());
+    assert_eq!(rx.wait_all_delivered(&ids).await, 0, "a webhook repeated");
+}

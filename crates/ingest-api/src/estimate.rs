@@ -5,7 +5,10 @@
 //! - typical processing time: the median `completed_at - queued_at` of the most recent finished
 //!   dispatches (a primary-key range scan: ids are UUIDv7, so ordered by time);
 //! - work ahead: ready messages in the `dispatch.requested` and webhook event queues (passive
-//!   declares) plus unpublished outbox rows;
+//!   declares) plus unpublished outbox rows. An event message may carry a worker batch's
+//!   outcome events (`worker.events_per_message`), so the event queue's messages are weighed by
+//!   the events a worker batch finishes on average: the recent finished dispatches per finishing
+//!   transaction (rows a transaction wrote share its `xmin`);
 //! - drain rate: how many of the most recent dispatches (a primary-key range scan) finished in
 //!   the last few seconds, i.e. what all workers together finish right now.
 
@@ -81,11 +84,19 @@ pub fn pace(backlog: u64, drain_per_sec: f64, target: Duration, burst: u64) -> b
     backlog > allowed.max(PACE_FLOOR).saturating_add(burst)
 }
 
+/// Work waiting in a queue of `messages` that carry `per_message` items each on average (at
+/// least one). Pure, like [`compute`].
+pub fn weigh(messages: u32, per_message: f64) -> u64 {
+    (f64::from(messages) * per_message.max(1.0)).round() as u64
+}
+
 #[derive(Clone, Copy)]
 struct Snapshot {
     estimate: Duration,
     backlog: u64,
     drain_per_sec: f64,
+    /// Outcome events per event message, recently (see [`weigh`]).
+    events_per_message: f64,
 }
 
 #[derive(Clone)]
@@ -151,6 +162,7 @@ impl Estimator {
                 estimate: DEFAULT_LATENCY,
                 backlog: 0,
                 drain_per_sec: 0.0,
+                events_per_message: 1.0,
             })),
             queued: Arc::new(AtomicU64::new(0)),
             max_backlog: settings.ingest.max_backlog,
@@ -201,14 +213,19 @@ impl Estimator {
                 }
                 let (mut depth, mut consumed) = (0, 0);
                 if let Some(ch) = &channel {
-                    for queue in [topology.dispatch_queue(), topology.webhook_events_queue()] {
+                    let events_per_message = current.read().expect("estimate").events_per_message;
+                    for (queue, per_message) in [
+                        (topology.dispatch_queue(), 1.0),
+                        (topology.webhook_events_queue(), events_per_message),
+                    ] {
                         match Topology::depth_and_consumers(ch, &queue).await {
                             Ok((d, consumers)) => {
-                                depth += d as u64;
+                                let d = weigh(d, per_message);
+                                depth += d;
                                 // A queue nobody consumes does not drain however long new
                                 // work waits: it is not paced for.
                                 if consumers > 0 {
-                                    consumed += d as u64;
+                                    consumed += d;
                                 }
                             }
                             Err(_) => {
@@ -228,13 +245,17 @@ impl Estimator {
                 };
                 let backlog = depth + sample.unsent;
                 let estimate = compute(sample.median, backlog, sample.drain_per_sec);
+                let most = settings.worker.events_per_message.max(1) as f64;
                 *current.write().expect("estimate") = Snapshot {
                     estimate,
                     backlog,
                     drain_per_sec: sample.drain_per_sec,
+                    events_per_message: sample.finished_per_commit.clamp(1.0, most),
                 };
                 metrics::gauge!("dispatcher_ingest_backlog").set(backlog as f64);
                 metrics::gauge!("dispatcher_ingest_drain_per_second").set(sample.drain_per_sec);
+                metrics::gauge!("dispatcher_ingest_events_per_message")
+                    .set(sample.finished_per_commit.clamp(1.0, most));
                 metrics::gauge!("dispatcher_estimated_completion_seconds")
                     .set(estimate.as_secs_f64());
             }
@@ -250,6 +271,8 @@ struct Sample {
     median: Option<Duration>,
     unsent: u64,
     drain_per_sec: f64,
+    /// Recent finished dispatches per transaction that finished them (1 without any).
+    finished_per_commit: f64,
 }
 
 async fn sample(pool: &Pool) -> Result<Sample, dispatcher_db::DbError> {
@@ -257,13 +280,16 @@ async fn sample(pool: &Pool) -> Result<Sample, dispatcher_db::DbError> {
     let row = client
         .query_one(
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM completed_at - queued_at))::float8,
-                    count(*) FILTER (WHERE completed_at > now() - make_interval(secs => $1))
-             FROM (SELECT completed_at, queued_at FROM dispatches ORDER BY id DESC LIMIT 5000) recent",
+                    count(*) FILTER (WHERE completed_at > now() - make_interval(secs => $1)),
+                    count(*) FILTER (WHERE completed_at IS NOT NULL)::float8
+                        / NULLIF(count(DISTINCT xmin::text) FILTER (WHERE completed_at IS NOT NULL), 0)
+             FROM (SELECT completed_at, queued_at, xmin FROM dispatches ORDER BY id DESC LIMIT 5000) recent",
             &[&RATE_WINDOW],
         )
         .await?;
     let median: Option<f64> = row.get(0);
     let finished: i64 = row.get(1);
+    let per_commit: Option<f64> = row.get(2);
     let unsent: i64 = client
         .query_one(
             "SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT 100000) o",
@@ -275,6 +301,7 @@ async fn sample(pool: &Pool) -> Result<Sample, dispatcher_db::DbError> {
         median: median.map(|m| Duration::from_secs_f64(m.max(0.0))),
         unsent: unsent as u64,
         drain_per_sec: finished as f64 / RATE_WINDOW,
+        finished_per_commit: per_commit.unwrap_or(1.0),
     })
 }
 
@@ -311,6 +338,16 @@ mod tests {
         assert!(!pace(u64::MAX, 0.0, target, 50_000));
         assert!(!pace(u64::MAX, 1_000.0, Duration::ZERO, 50_000));
         assert!(!pace(u64::MAX, 1_000.0, target, u64::MAX));
+    }
+
+    #[test]
+    fn event_messages_weigh_as_the_events_they_carry() {
+        assert_eq!(weigh(10, 1.0), 10);
+        assert_eq!(weigh(10, 12.5), 125);
+        // Never less than a message's worth: a message carries at least one event.
+        assert_eq!(weigh(10, 0.0), 10);
+        assert_eq!(weigh(0, 128.0), 0);
+        assert_eq!(weigh(u32::MAX, 128.0), u32::MAX as u64 * 128);
     }
 
     #[test]
