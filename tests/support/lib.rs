@@ -479,6 +479,7 @@ impl Drop for TestApp {
         let pg_admin = self.pg.admin.clone();
         let topology = dispatcher_mq::Topology::from_settings(&self.settings);
         let amqp = self.settings.amqp.clone();
+        let prefix = self.prefix.clone();
         // Drop runs inside the test's runtime; clean up from a thread with its own.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -486,17 +487,25 @@ impl Drop for TestApp {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                if let Ok(conn) = dispatcher_mq::connect_any(&amqp, "test-cleanup").await {
-                    if let Ok(ch) = conn.create_channel().await {
-                        // The services may have declarations in flight (a short test can end
-                        // while they still connect). Deleting a quorum queue whose dead-letter
-                        // worker is still starting breaks dead-lettering in RabbitMQ 3.10 for
-                        // every later queue, so let every queue exist and settle first.
-                        let _ = topology.declare(&ch).await;
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        let _ = topology.delete(&ch).await;
-                    }
+                let removed = async {
+                    let conn = dispatcher_mq::connect_any(&amqp, "test-cleanup").await?;
+                    // The services may have declarations in flight (a short test can end
+                    // while they still connect). Deleting a quorum queue whose dead-letter
+                    // worker is still starting breaks dead-lettering in RabbitMQ 3.10 for
+                    // every later queue, so let every queue exist and settle first.
+                    let _ = topology.declare(&conn.create_channel().await?).await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    // A fresh channel: a refused declare closes the channel it was sent on.
+                    let deleted = topology.delete(&conn.create_channel().await?).await;
                     let _ = conn.close(200, "bye".into()).await;
+                    deleted
+                };
+                // Left-over queues hold the broker's descriptors: say so rather than pass
+                // silently (CI's set-up removes idle ones a run left behind).
+                match tokio::time::timeout(Duration::from_secs(30), removed).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => eprintln!("test cleanup: queues of {prefix} not removed: {e}"),
+                    Err(_) => eprintln!("test cleanup: queues of {prefix} not removed in 30 s"),
                 }
                 if let Ok((admin, conn)) =
                     tokio_postgres::connect(&pg_admin, tokio_postgres::NoTls).await
