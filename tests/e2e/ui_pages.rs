@@ -448,6 +448,105 @@ async fn a_disabled_subscription_gets_nothing_until_enabled_again() {
 }
 
 #[tokio::test]
+async fn a_subscription_enabled_again_after_its_endpoint_was_disabled_starts_a_fresh_streak() {
+    let app = TestApp::spawn_with(
+        dispatcher_e2e::Services::ALL,
+        &[
+            ("DISPATCHER__DELIVERY__CIRCUIT_BREAKER_THRESHOLD", "2"),
+            ("DISPATCHER__DELIVERY__CIRCUIT_BREAKER_COOLDOWN", "1s"),
+            (
+                "DISPATCHER__DELIVERY__RETRY_SCHEDULE",
+                "300ms,300ms,300ms,300ms",
+            ),
+            ("DISPATCHER__DELIVERY__DISABLE_FAILING_AFTER", "1s"),
+        ],
+    )
+    .await;
+    let acct = app.create_account("ui-fresh@example.com").await;
+    let hook = Receiver::failing_first(usize::MAX).await;
+    let created: serde_json::Value = app
+        .post(
+            &app.ingest_url,
+            "/v1/webhooks",
+            &acct,
+            &json!({"event": "dispatch.completed", "callbackUrl": hook.url()}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let wid = created["webhookId"].as_str().unwrap().to_owned();
+    let subscription = || async {
+        let v: serde_json::Value = app
+            .get(&app.ingest_url, &format!("/v1/webhooks/{wid}"), &acct)
+            .await
+            .json()
+            .await
+            .unwrap();
+        v
+    };
+
+    // The endpoint fails long enough for the policy to disable it, with its breaker open, and
+    // the delivery runs out of retries (so none of its attempts can reach the fixed endpoint).
+    submit(
+        &app,
+        &acct,
+        json!({"template": {"format": "text", "body": "a"}, "data": {}}),
+    )
+    .await;
+    app.wait_equal(
+        &format!(
+            "SELECT count(*) FROM webhook_subscriptions WHERE id = '{wid}' AND disabled_at IS NOT NULL"
+        ),
+        1,
+    )
+    .await;
+    app.wait_equal(
+        &format!("SELECT count(*) FROM deliveries WHERE webhook_id = '{wid}' AND status = 'dead'"),
+        1,
+    )
+    .await;
+    let before = subscription().await;
+    assert_ne!(before["health"]["breaker"], "closed", "{before}");
+    assert!(before["health"]["consecutiveFailures"].as_i64().unwrap() >= 2);
+
+    // Fixed, and enabled again: the streak starts afresh, the history stays.
+    hook.fail_next(0);
+    let (mut ui, csrf) = signed_in(&app, &acct).await;
+    let r = ui
+        .post(&format!("/ui/webhooks/{wid}/enable"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.location(), "/ui/webhooks?done=enabled");
+    let after = subscription().await;
+    assert!(after["disabledAt"].is_null(), "{after}");
+    assert_eq!(after["health"]["breaker"], "closed", "{after}");
+    assert_eq!(after["health"]["consecutiveFailures"], 0, "{after}");
+    assert_eq!(after["health"]["lastError"], before["health"]["lastError"]);
+
+    // One failure, then a success on its retry: one failure is below the breaker's threshold,
+    // so the delivery goes out and the subscription stays enabled. (With the old streak, that
+    // failure would disable the subscription again at once.)
+    hook.fail_next(1);
+    let id = submit(
+        &app,
+        &acct,
+        json!({"template": {"format": "text", "body": "b"}, "data": {}}),
+    )
+    .await;
+    app.wait_equal(
+        &format!(
+            "SELECT count(*) FROM deliveries
+             WHERE webhook_id = '{wid}' AND dispatch_id = '{id}' AND status = 'succeeded'"
+        ),
+        1,
+    )
+    .await;
+    let last = subscription().await;
+    assert!(last["disabledAt"].is_null(), "{last}");
+    assert_eq!(last["health"]["breaker"], "closed", "{last}");
+}
+
+#[tokio::test]
 async fn a_password_change_ends_the_accounts_dashboard_sessions() {
     let app = TestApp::spawn().await;
     let acct = app.create_account("ui-pw@example.com").await;

@@ -124,6 +124,11 @@ pub const DISABLED_BY_ACCOUNT: &str = "disabled by the account";
 /// Disables (`enabled` false, with [`DISABLED_BY_ACCOUNT`] as its reason) or enables again one of
 /// the account's subscriptions: a disabled subscription matches no event. Returns false if the
 /// account has no such subscription.
+///
+/// Enabling a disabled subscription also starts its endpoint's failure streak afresh (no
+/// consecutive failures, closed breaker; the success rate and last error stay as history). The
+/// account enables it once the endpoint works again: with the old streak, its first failure
+/// would disable it again at once, and the open breaker would hold its first deliveries back.
 pub async fn set_enabled(
     pool: &Pool,
     account_id: Uuid,
@@ -133,17 +138,32 @@ pub async fn set_enabled(
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
-            "UPDATE webhook_subscriptions
-             SET disabled_at = CASE WHEN $3 THEN NULL ELSE COALESCE(disabled_at, now()) END,
-                 disabled_reason = CASE WHEN $3 THEN NULL
-                                        ELSE COALESCE(disabled_reason, $4) END
-             WHERE id = $1 AND account_id = $2 AND deleted_at IS NULL",
+            "WITH target AS (
+                 SELECT id, disabled_at IS NOT NULL AS was_disabled FROM webhook_subscriptions
+                 WHERE id = $1 AND account_id = $2 AND deleted_at IS NULL
+                 FOR UPDATE
+             ), switched AS (
+                 UPDATE webhook_subscriptions s
+                 SET disabled_at = CASE WHEN $3 THEN NULL
+                                        ELSE COALESCE(s.disabled_at, now()) END,
+                     disabled_reason = CASE WHEN $3 THEN NULL
+                                            ELSE COALESCE(s.disabled_reason, $4) END
+                 FROM target t WHERE s.id = t.id
+                 RETURNING s.id
+             ), fresh_streak AS (
+                 UPDATE endpoint_health h
+                 SET consecutive_failures = 0, failing_since = NULL, breaker_open = false,
+                     updated_at = now()
+                 FROM target t WHERE $3 AND t.was_disabled AND h.webhook_id = t.id
+             )
+             SELECT count(*) FROM switched",
         )
         .await?;
-    Ok(client
-        .execute(&stmt, &[&id, &account_id, &enabled, &DISABLED_BY_ACCOUNT])
+    let switched: i64 = client
+        .query_one(&stmt, &[&id, &account_id, &enabled, &DISABLED_BY_ACCOUNT])
         .await?
-        == 1)
+        .get(0);
+    Ok(switched == 1)
 }
 
 /// Active subscriptions of the given accounts for `event`: those naming it or its family
