@@ -1,6 +1,6 @@
 //! The client API beyond the basic flow: subscriptions, rotation, listing, redelivery.
 
-use dispatcher_e2e::{verify_webhook, Receiver, TestApp, PATIENCE};
+use dispatcher_e2e::{ok_if, verify_webhook, wait_until, Receiver, TestApp, PATIENCE};
 use serde_json::json;
 use std::time::Duration;
 
@@ -70,22 +70,18 @@ async fn outcome_events_fan_out_to_matching_subscriptions_and_the_callback() {
         .as_str()
         .unwrap()
         .to_owned();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let s: serde_json::Value = app
-            .get(&app.status_url, &format!("/v1/dispatches/{id}"), &acct)
-            .await
-            .json()
-            .await
-            .unwrap();
+    let (status, who, path) = (&app.status_url, &acct, &format!("/v1/dispatches/{id}"));
+    let deliveries = wait_until(PATIENCE, Duration::from_millis(50), || async {
+        let s: serde_json::Value = app.get(status, path, who).await.json().await.unwrap();
         let d = s["deliveries"].as_array().unwrap();
-        if d.len() == 2 && d.iter().all(|x| x["status"] == "succeeded") {
-            assert!(d.iter().any(|x| x["webhookId"] == all_id.as_str()));
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{s}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        ok_if(
+            d.len() == 2 && d.iter().all(|x| x["status"] == "succeeded"),
+            || s.to_string(),
+        )
+        .map(|()| d.clone())
+    })
+    .await;
+    assert!(deliveries.iter().any(|x| x["webhookId"] == all_id.as_str()));
 
     // Deleted subscriptions get nothing more; the list no longer shows them.
     let del = app
@@ -143,20 +139,17 @@ async fn gone_disables_a_subscription() {
         .await;
     assert_eq!(r.status(), 200);
     rx.wait_for(1).await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    let path = &format!("/v1/webhooks/{wid}");
+    wait_until(PATIENCE, Duration::from_millis(50), || async {
         let w: serde_json::Value = app
-            .get(&app.ingest_url, &format!("/v1/webhooks/{wid}"), &acct)
+            .get(&app.ingest_url, path, &acct)
             .await
             .json()
             .await
             .unwrap();
-        if w["disabledAt"].is_string() {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{w}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        ok_if(w["disabledAt"].is_string(), || w.to_string())
+    })
+    .await;
     // The delivery is finished (`failed`, not `pending` with a retry scheduled).
     app.wait_equal("SELECT count(*) FROM deliveries WHERE status = 'failed'", 1)
         .await;

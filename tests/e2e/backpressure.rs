@@ -5,7 +5,7 @@
 //! answered later (paced) instead of the queue growing; batches, bulk work, only once it is
 //! `ingest.pace_batch_burst` past that.
 
-use dispatcher_e2e::{Receiver, Services, TestApp, PATIENCE};
+use dispatcher_e2e::{ok_if, wait_until, Receiver, Services, TestApp, PATIENCE};
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -241,11 +241,12 @@ async fn batches_go_in_at_full_speed_up_to_their_burst_and_wait_their_turn_past_
 
     // 100 in line; pacing needs to know how fast they finish.
     ids.extend(submit("/v1/dispatches/batch", batch(100)).await.0);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while metric(&app, "dispatcher_ingest_drain_per_second").await <= 0.0 {
-        assert!(tokio::time::Instant::now() < deadline, "no drain rate");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let app_ref = &app;
+    wait_until(PATIENCE, Duration::from_millis(100), || async move {
+        let rate = metric(app_ref, "dispatcher_ingest_drain_per_second").await;
+        ok_if(rate > 0.0, || "no drain rate".into())
+    })
+    .await;
     // A single submission behind them waits its turn ...
     let (one, took) = submit("/v1/dispatches?async=true", item.clone()).await;
     ids.extend(one);
@@ -303,22 +304,24 @@ async fn batched_outcome_events_count_as_the_events_they_carry() {
     );
 
     // The ingest's backlog counts the 30 events, not the messages.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let backlog = metric(&app, "dispatcher_ingest_backlog").await;
-        if backlog >= ids.len() as f64 {
-            assert!(backlog <= ids.len() as f64 + 1.0, "backlog {backlog}");
-            break;
+    let (probe, want) = (&app, ids.len() as f64);
+    let (backlog, per_message) = wait_until(PATIENCE, Duration::from_millis(200), || async move {
+        let backlog = metric(probe, "dispatcher_ingest_backlog").await;
+        let per_message = metric(probe, "dispatcher_ingest_events_per_message").await;
+        match backlog >= want {
+            true => Ok((backlog, per_message)),
+            false => Err(format!(
+                "backlog {backlog} for {want} events in {messages} messages \
+                 (events per message: {per_message})"
+            )),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "backlog {backlog} for {} events in {messages} messages (events per message: {})",
-            ids.len(),
-            metric(&app, "dispatcher_ingest_events_per_message").await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(metric(&app, "dispatcher_ingest_events_per_message").await > 1.0);
+    })
+    .await;
+    assert!(backlog <= want + 1.0, "backlog {backlog}");
+    assert!(
+        per_message > 1.0,
+        "events per message {per_message}, backlog {backlog}"
+    );
 
     // And every one of them is delivered once a deliverer runs.
     app.start_deliverer(app.child_token());

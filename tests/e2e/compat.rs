@@ -60,17 +60,10 @@ fn hook_for(rx: &Receiver, dispatch_id: &str) -> Option<Received> {
 }
 
 async fn wait_hook_for(rx: &Receiver, dispatch_id: &str) -> Received {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(r) = hook_for(rx, dispatch_id) {
-            return r;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no webhook for dispatch {dispatch_id}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(PATIENCE, Duration::from_millis(20), || async move {
+        hook_for(rx, dispatch_id).ok_or_else(|| format!("no webhook for dispatch {dispatch_id}"))
+    })
+    .await
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]

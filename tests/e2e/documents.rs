@@ -2,7 +2,9 @@
 //! against the real services.
 
 use dispatcher_db::accounts::CreatedAccount;
-use dispatcher_e2e::{queue_state, workspace_root, Receiver, Services, TestApp, PATIENCE};
+use dispatcher_e2e::{
+    ok_if, queue_state, wait_until, workspace_root, Receiver, Services, TestApp, PATIENCE,
+};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -523,14 +525,13 @@ async fn validate_stores_queues_and_sends_nothing() {
         )
         .await;
     assert_eq!(resp.status(), 202);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while queue_depth().await != 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the submission was never queued"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(PATIENCE, Duration::from_millis(100), || async {
+        let depth = queue_depth().await;
+        ok_if(depth == 1, || {
+            format!("the submission was never queued ({depth} ready)")
+        })
+    })
+    .await;
     assert_eq!(app.count("SELECT count(*) FROM dispatches").await, 1);
 }
 

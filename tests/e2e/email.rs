@@ -5,7 +5,7 @@
 use base64::Engine;
 use dispatcher_db::accounts::CreatedAccount;
 use dispatcher_e2e::{
-    assert_webhooks_match_schema, PythonServer, Receiver, Services, TestApp, PATIENCE,
+    assert_webhooks_match_schema, wait_until, PythonServer, Receiver, Services, TestApp, PATIENCE,
 };
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -42,23 +42,18 @@ impl SmtpSink {
 
     /// Waits until `n` messages were accepted, and returns them.
     async fn accepted(&self, n: usize) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
+        wait_until(PATIENCE, Duration::from_millis(20), || async move {
             let got: Vec<Value> = self
                 .events()
                 .into_iter()
                 .filter(|e| e["event"] == "accepted")
                 .collect();
-            if got.len() >= n {
-                return got;
+            match got.len() >= n {
+                true => Ok(got),
+                false => Err(format!("{} of {n} messages arrived", got.len())),
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} of {n} messages arrived",
-                got.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -102,22 +97,14 @@ fn payload(part: &Value) -> Vec<u8> {
 
 /// The forwarded `provider.<kind>` webhook about `id`, once it arrived.
 async fn provider_hook(rx: &Receiver, id: &str, kind: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = rx
-            .requests()
+    wait_until(PATIENCE, Duration::from_millis(20), || async move {
+        rx.requests()
             .iter()
             .map(|r| r.json())
             .find(|v| v["type"] == format!("provider.{kind}") && v["data"]["dispatchId"] == id)
-        {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no provider.{kind} webhook for {id}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            .ok_or_else(|| format!("no provider.{kind} webhook for {id}"))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

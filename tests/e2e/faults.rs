@@ -1,7 +1,7 @@
 //! At-least-once under faults: each test counts submitted, completed, delivered and duplicates.
 
 use dispatcher_e2e::{
-    verify_webhook, Proxy, Receiver, ServiceProcess, Services, TestApp, PATIENCE,
+    ok_if, verify_webhook, wait_until, Proxy, Receiver, ServiceProcess, Services, TestApp, PATIENCE,
 };
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
@@ -208,22 +208,15 @@ async fn broker_connection_loss_mid_load_loses_nothing() {
         "broker test: submitted={N} completed={N} delivered={} duplicates={dups}",
         ids.len()
     );
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while app
-        .http
-        .get(format!("{}/readyz", app.ingest_url))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        != 200
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ingest never became ready again"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let app = &app;
+    wait_until(PATIENCE, Duration::from_millis(100), || async move {
+        let readyz = format!("{}/readyz", app.ingest_url);
+        let status = app.http.get(readyz).send().await.unwrap().status();
+        ok_if(status == 200, || {
+            format!("ingest never became ready again ({status})")
+        })
+    })
+    .await;
 }
 
 #[tokio::test]

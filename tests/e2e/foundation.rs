@@ -1,5 +1,8 @@
-use dispatcher_e2e::{verify_webhook, CloneForTest, Receiver, Services, TestApp};
+use dispatcher_e2e::{
+    verify_webhook, wait_until, CloneForTest, Receiver, Services, TestApp, PATIENCE,
+};
 use serde_json::json;
+use std::time::Duration;
 
 async fn template(
     app: &TestApp,
@@ -119,25 +122,8 @@ async fn async_dispatch_is_rendered_delivered_signed_and_readable() {
     assert_eq!(doc.text().await.unwrap(), "<h1>Hello Ada &amp; co</h1>");
 
     // The attempt is recorded once the deliverer commits, shortly after the receiver answered.
-    let deadline = tokio::time::Instant::now() + dispatcher_e2e::PATIENCE;
-    let attempts = loop {
-        let a: serde_json::Value = app
-            .get(
-                &app.status_url,
-                &format!("/v1/dispatches/{id}/attempts"),
-                &acct,
-            )
-            .await
-            .json()
-            .await
-            .unwrap();
-        if !a["data"].as_array().unwrap().is_empty() {
-            break a;
-        }
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
-    let a = &attempts["data"][0];
+    let attempts = wait_attempts(&app, &acct, &id, 1).await;
+    let a = &attempts[0];
     assert_eq!(a["status"], "succeeded");
     assert_eq!(a["responseStatus"], 200);
     assert_eq!(a["attempt"], 1);
@@ -533,31 +519,41 @@ async fn a_receiver_that_fails_first_gets_retried_with_the_same_webhook_id() {
         1,
         "one event to one endpoint keeps one webhook-id"
     );
-    let deadline = tokio::time::Instant::now() + dispatcher_e2e::PATIENCE;
-    loop {
+    let data = wait_attempts(&app, &acct, &id, 3).await;
+    assert_eq!(data[0]["status"], "failed");
+    assert_eq!(data[0]["responseStatus"], 500);
+    assert_eq!(data[1]["status"], "failed");
+    assert_eq!(data[2]["status"], "succeeded");
+    let n0 = data[0]["nextAttemptAt"].as_str().unwrap();
+    let n1 = data[1]["nextAttemptAt"].as_str().unwrap();
+    assert!(n0 < n1, "nextAttemptAt increases");
+    assert!(data[2].get("nextAttemptAt").is_none());
+}
+
+/// The dispatch's delivery attempts, once there are `n` of them (each is recorded when the
+/// deliverer commits, shortly after its receiver answered).
+async fn wait_attempts(
+    app: &TestApp,
+    who: &dispatcher_db::accounts::CreatedAccount,
+    id: &str,
+    n: usize,
+) -> Vec<serde_json::Value> {
+    wait_until(PATIENCE, Duration::from_millis(50), || async move {
         let a: serde_json::Value = app
             .get(
                 &app.status_url,
                 &format!("/v1/dispatches/{id}/attempts"),
-                &acct,
+                who,
             )
             .await
             .json()
             .await
             .unwrap();
         let data = a["data"].as_array().unwrap();
-        if data.len() == 3 {
-            assert_eq!(data[0]["status"], "failed");
-            assert_eq!(data[0]["responseStatus"], 500);
-            assert_eq!(data[1]["status"], "failed");
-            assert_eq!(data[2]["status"], "succeeded");
-            let n0 = data[0]["nextAttemptAt"].as_str().unwrap();
-            let n1 = data[1]["nextAttemptAt"].as_str().unwrap();
-            assert!(n0 < n1, "nextAttemptAt increases");
-            assert!(data[2].get("nextAttemptAt").is_none());
-            break;
+        match data.len() == n {
+            true => Ok(data.clone()),
+            false => Err(format!("attempts: {a}")),
         }
-        assert!(tokio::time::Instant::now() < deadline, "attempts: {a}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }

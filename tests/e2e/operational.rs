@@ -5,7 +5,7 @@
 
 use dispatcher_db::accounts::CreatedAccount;
 use dispatcher_e2e::{
-    assert_webhooks_match_schema, verify_webhook, Received, Receiver, TestApp, PATIENCE,
+    assert_webhooks_match_schema, verify_webhook, wait_until, Received, Receiver, TestApp, PATIENCE,
 };
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -57,20 +57,18 @@ fn of_type<'a>(got: &'a [Received], event: &str) -> Vec<&'a Received> {
 
 /// Waits until the receiver holds `n` webhooks of type `event`.
 async fn wait_for_type(rx: &Receiver, event: &str, n: usize) -> Vec<Received> {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    wait_until(PATIENCE, Duration::from_millis(50), || async move {
         let got = rx.requests();
-        if of_type(&got, event).len() >= n {
-            return got;
+        match of_type(&got, event).len() >= n {
+            true => Ok(got),
+            false => Err(format!(
+                "{} of {n} {event} webhooks: {:?}",
+                of_type(&got, event).len(),
+                got.iter().map(|r| r.json()).collect::<Vec<_>>()
+            )),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {n} {event} webhooks: {:?}",
-            of_type(&got, event).len(),
-            got.iter().map(|r| r.json()).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! Delivery to the receivers people actually run: Python's `http.server` as it comes (listen
 //! backlog 5, HTTP/1.0, a thread per request), under a burst, with and without crashes.
 
-use dispatcher_e2e::{PythonServer, ServiceProcess, Services, TestApp};
+use dispatcher_e2e::{ok_if, wait_until, PythonServer, ServiceProcess, Services, TestApp};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -40,24 +40,19 @@ fn settings() -> Vec<(&'static str, &'static str)> {
 
 /// Waits up to [`WITHIN`] for every delivery to succeed, then checks the counts.
 async fn assert_all_delivered(app: &TestApp, rx: &NaiveReceiver) {
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    loop {
+    wait_until(WITHIN, Duration::from_millis(200), || async move {
         let done = app
             .count("SELECT count(*) FROM deliveries WHERE status = 'succeeded'")
             .await;
-        if done == N as i64 {
-            break;
-        }
         let dead = app
             .count("SELECT count(*) FROM deliveries WHERE status IN ('dead', 'failed')")
             .await;
         assert_eq!(dead, 0, "no delivery may give up");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{done} of {N} delivered within {WITHIN:?} of the last submission"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        ok_if(done == N as i64, || {
+            format!("{done} of {N} delivered within {WITHIN:?} of the last submission")
+        })
+    })
+    .await;
     assert_eq!(app.count("SELECT count(*) FROM deliveries").await, N as i64);
     let attempts = app.count("SELECT count(*) FROM delivery_attempts").await;
     let per_delivery = attempts as f64 / N as f64;
@@ -76,15 +71,17 @@ async fn assert_all_delivered(app: &TestApp, rx: &NaiveReceiver) {
     );
     // Every webhook reached the receiver (a request answered after its attempt timed out counts
     // for the receiver, not for the delivery).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while rx.distinct() < N {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the receiver answered {} of {N} webhook-ids",
-            rx.distinct()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async move {
+            let answered = rx.distinct();
+            ok_if(answered >= N, || {
+                format!("the receiver answered {answered} of {N} webhook-ids")
+            })
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

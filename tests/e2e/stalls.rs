@@ -4,7 +4,9 @@
 
 use axum::routing::post;
 use dispatcher_core::{DispatchStatus, EventType, OutcomeEvent, WebhookData, WebhookPayload};
-use dispatcher_e2e::{Receiver, ServiceProcess, Services, TestApp, AMQP_URL};
+use dispatcher_e2e::{
+    ok_if, wait_until, Receiver, ServiceProcess, Services, TestApp, AMQP_URL, PATIENCE,
+};
 use dispatcher_mq::{OutgoingMessage, Publisher, Topology};
 use serde_json::json;
 use std::collections::HashSet;
@@ -206,14 +208,13 @@ async fn a_dispatch_whose_processing_never_finished_is_quarantined_then_replayed
         .unwrap()
         .to_owned();
     // The worker is inside the provider call when it dies.
-    let deadline = tokio::time::Instant::now() + dispatcher_e2e::PATIENCE;
-    while hits.load(Ordering::SeqCst) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "provider never called"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let calls = &hits;
+    wait_until(PATIENCE, Duration::from_millis(20), || async move {
+        ok_if(calls.load(Ordering::SeqCst) > 0, || {
+            "provider never called".into()
+        })
+    })
+    .await;
     worker.kill9().await;
 
     // Its replacement finds the dispatch already taken up once: quarantined, not run again.

@@ -7,7 +7,8 @@
 
 use dispatcher_db::accounts::CreatedAccount;
 use dispatcher_e2e::{
-    overrides, workspace_root, Receiver, S3Server, ServiceProcess, Services, TestApp, PATIENCE,
+    ok_if, overrides, wait_until, workspace_root, Receiver, S3Server, ServiceProcess, Services,
+    TestApp, PATIENCE,
 };
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -404,15 +405,12 @@ async fn a_store_that_refuses_writes_holds_the_dispatch_back_until_it_accepts_th
 
     // The batch is tried again and again (more often than the quarantine limit) ...
     let put = format!("PUT /{}/{key}", s3.bucket);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while s3.requests(&put) < 4 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the worker tried {} writes",
-            s3.requests(&put)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (store, put_line) = (&s3, &put);
+    wait_until(PATIENCE, Duration::from_millis(50), || async move {
+        let tried = store.requests(put_line);
+        ok_if(tried >= 4, || format!("the worker tried {tried} writes"))
+    })
+    .await;
     // ... without failing the dispatch or quarantining its message, and before its provider
     // has the document: a refused write does not send it again each time.
     assert!(

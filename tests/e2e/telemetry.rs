@@ -4,7 +4,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
 use axum::Router;
-use dispatcher_e2e::{Receiver, ServiceProcess, Services, TestApp, PATIENCE};
+use dispatcher_e2e::{ok_if, wait_until, Receiver, ServiceProcess, Services, TestApp, PATIENCE};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -113,7 +113,6 @@ async fn one_trace_crosses_ingest_worker_and_deliverer_into_the_webhook() {
     assert_eq!(r.status(), 202);
 
     let hook = &rx.wait_for(1).await[0];
-    let deadline = tokio::time::Instant::now() + PATIENCE;
     let tp = hook.header("traceparent");
     assert_eq!(
         tp.split('-').nth(1),
@@ -122,28 +121,23 @@ async fn one_trace_crosses_ingest_worker_and_deliverer_into_the_webhook() {
     );
 
     let want: HashSet<&str> = ["ingest-api", "dispatch-worker", "webhook-deliverer"].into();
-    loop {
+    let (spans, trace_id, want) = (&spans, &trace_id, &want);
+    let services = wait_until(PATIENCE, Duration::from_millis(100), || async move {
         let got = spans.lock().unwrap().clone();
-        let mut services: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (svc, tid, name) in &got {
-            if tid == &trace_id {
-                services
-                    .entry(svc.as_str())
-                    .or_default()
-                    .push(name.as_str());
+        let mut services: HashMap<String, Vec<String>> = HashMap::new();
+        for (svc, tid, name) in got {
+            if &tid == trace_id {
+                services.entry(svc).or_default().push(name);
             }
         }
-        if want.iter().all(|s| services.contains_key(s)) {
-            assert!(services["dispatch-worker"].contains(&"dispatch.process"));
-            assert!(services["webhook-deliverer"].contains(&"webhook.deliver"));
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "spans in the trace so far: {services:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        ok_if(want.iter().all(|s| services.contains_key(*s)), || {
+            format!("spans in the trace so far: {services:?}")
+        })
+        .map(|()| services)
+    })
+    .await;
+    assert!(services["dispatch-worker"].contains(&"dispatch.process".to_owned()));
+    assert!(services["webhook-deliverer"].contains(&"webhook.deliver".to_owned()));
 }
 
 /// Parses Prometheus text format into (metric name with labels, value); panics on a bad line.
@@ -281,17 +275,16 @@ async fn every_service_serves_prometheus_metrics() {
         "dispatcher_circuit_breakers_open",
         "dispatcher_messages_acked_total",
     ];
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let deliverer = loop {
+    let wanted = &wanted;
+    let deliverer = wait_until(PATIENCE, Duration::from_millis(100), || async move {
         let m = scrape(format!("http://127.0.0.1:{pd}/metrics")).await;
-        if wanted.iter().all(|n| has(&m, n)) || tokio::time::Instant::now() > deadline {
-            break m;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    for name in wanted {
-        assert!(has(&deliverer, name), "webhook-deliverer lacks {name}");
-    }
+        let lacking: Vec<_> = wanted.iter().filter(|n| !has(&m, n)).collect();
+        ok_if(lacking.is_empty(), || {
+            format!("webhook-deliverer lacks {lacking:?}")
+        })
+        .map(|()| m)
+    })
+    .await;
     // Any relay may publish any outbox row, so the five requests are counted across the three.
     let requested: f64 = [&ing, &worker, &deliverer]
         .iter()

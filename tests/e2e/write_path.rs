@@ -5,7 +5,8 @@
 
 use dispatcher_core::DispatchRequested;
 use dispatcher_e2e::{
-    queue_state, wait_queue_state, Receiver, Services, TestApp, AMQP_URL, PATIENCE,
+    ok_if, queue_state, wait_queue_state, wait_until, Receiver, Services, TestApp, AMQP_URL,
+    PATIENCE,
 };
 use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
@@ -98,19 +99,18 @@ async fn a_store_dispatch_is_finished_in_one_write_and_copies_of_its_message_cha
     let worker = app.child_token();
     app.start_worker(worker.clone());
     let hooks = rx.wait_for(1).await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while queue_state(&queue).await.0 > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "copies not taken");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let q = queue.as_str();
+    wait_until(PATIENCE, Duration::from_millis(50), || async move {
+        let (ready, _) = queue_state(q).await;
+        ok_if(ready == 0, || format!("copies not taken: {ready} ready"))
+    })
+    .await;
     worker.cancel();
-    while queue_state(&queue).await.1 > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "worker did not stop"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(PATIENCE, Duration::from_millis(50), || async move {
+        let (_, consumers) = queue_state(q).await;
+        ok_if(consumers == 0, || "worker did not stop".into())
+    })
+    .await;
     assert_eq!(
         queue_state(&queue).await.0,
         0,
