@@ -17,10 +17,16 @@ fi
 make -s venv
 cargo build --release --bins -q
 BIN="${CARGO_TARGET_DIR:-target}/release"
-# The PDF helper as the image ships it: whole-program optimised (see Cargo.toml's release-lto).
-cargo build --profile release-lto -p dispatcher-render --bin dispatch-render -q
 export DISPATCHER__RENDER__HELPER
-DISPATCHER__RENDER__HELPER="$(cd "${CARGO_TARGET_DIR:-target}/release-lto" && pwd)/dispatch-render"
+if [ -n "${BENCH_BASELINE:-}" ] || [ "${BENCH_MODE:-}" = closed ]; then
+  # The closed-loop phases render text templates only, which never reach the PDF helper: the
+  # release build's helper does, without the whole-program link (a long build of its own).
+  DISPATCHER__RENDER__HELPER="$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)/dispatch-render"
+else
+  # The PDF helper as the image ships it: whole-program optimised (see Cargo.toml's release-lto).
+  cargo build --profile release-lto -p dispatcher-render --bin dispatch-render -q
+  DISPATCHER__RENDER__HELPER="$(cd "${CARGO_TARGET_DIR:-target}/release-lto" && pwd)/dispatch-render"
+fi
 RUN=.run/bench
 mkdir -p "$RUN"
 
