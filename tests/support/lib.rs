@@ -488,7 +488,13 @@ impl Drop for TestApp {
                 .unwrap();
             rt.block_on(async move {
                 let removed = async {
-                    let conn = dispatcher_mq::connect_any(&amqp, "test-cleanup").await?;
+                    // A test may reach the broker through a proxy of its own (faults.rs), whose
+                    // task ran on the test's runtime, which this drop now blocks: such an
+                    // address no longer answers, and the queues are on the local broker.
+                    let conn = match dispatcher_mq::connect_any(&amqp, "test-cleanup").await {
+                        Ok(conn) => conn,
+                        Err(_) => dispatcher_mq::connect(AMQP_URL, "test-cleanup").await?,
+                    };
                     // The services may have declarations in flight (a short test can end
                     // while they still connect). Deleting a quorum queue whose dead-letter
                     // worker is still starting breaks dead-lettering in RabbitMQ 3.10 for
