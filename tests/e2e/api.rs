@@ -139,14 +139,8 @@ async fn gone_disables_a_subscription() {
         .await;
     assert_eq!(r.status(), 200);
     rx.wait_for(1).await;
-    let path = &format!("/v1/webhooks/{wid}");
     wait_until(PATIENCE, Duration::from_millis(50), || async {
-        let w: serde_json::Value = app
-            .get(&app.ingest_url, path, &acct)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let w = app.webhook(&acct, &wid).await;
         ok_if(w["disabledAt"].is_string(), || w.to_string())
     })
     .await;

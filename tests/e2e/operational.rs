@@ -28,14 +28,6 @@ async fn subscribe(
     v["webhookId"].as_str().unwrap().to_owned()
 }
 
-async fn webhook(app: &TestApp, who: &CreatedAccount, id: &str) -> Value {
-    let resp = app
-        .get(&app.ingest_url, &format!("/v1/webhooks/{id}"), who)
-        .await;
-    assert_eq!(resp.status(), 200);
-    resp.json().await.unwrap()
-}
-
 async fn submit(app: &TestApp, who: &CreatedAccount, n: usize) {
     for i in 0..n {
         let resp = app
@@ -128,7 +120,7 @@ async fn a_subscriber_observes_failing_exhausted_recovered_and_disabled_once_eac
         .collect();
     assert_eq!(exhausted.len(), 2, "one report per dead delivery");
 
-    let health = webhook(&app, &acct, &bad_id).await["health"].clone();
+    let health = app.webhook(&acct, &bad_id).await["health"].clone();
     assert!(
         health["consecutiveFailures"].as_i64().unwrap() >= 6,
         "{health}"
@@ -147,7 +139,7 @@ async fn a_subscriber_observes_failing_exhausted_recovered_and_disabled_once_eac
     let recovered = of_type(&got, "endpoint.recovered")[0].json();
     assert_eq!(recovered["data"]["webhookId"], bad_id.as_str());
     assert_eq!(recovered["data"]["consecutiveFailures"], 0);
-    let health = webhook(&app, &acct, &bad_id).await["health"].clone();
+    let health = app.webhook(&acct, &bad_id).await["health"].clone();
     assert_eq!(health["breaker"], "closed", "{health}");
     assert_eq!(health["consecutiveFailures"], 0);
     let rate = health["successRate"].as_f64().unwrap();
@@ -163,7 +155,7 @@ async fn a_subscriber_observes_failing_exhausted_recovered_and_disabled_once_eac
     let disabled = of_type(&got, "endpoint.disabled")[0].json();
     assert_eq!(disabled["data"]["webhookId"], gone_id.as_str());
     assert!(disabled["data"]["reason"].as_str().unwrap().contains("410"));
-    let w = webhook(&app, &acct, &gone_id).await;
+    let w = app.webhook(&acct, &gone_id).await;
     assert!(w["disabledAt"].is_string(), "{w}");
     assert!(w["disabledReason"].as_str().unwrap().contains("410"), "{w}");
 
@@ -237,7 +229,7 @@ async fn an_endpoint_failing_for_too_long_is_disabled_by_policy() {
             .contains("failed since"),
         "{d}"
     );
-    let w = webhook(&app, &acct, &bad_id).await;
+    let w = app.webhook(&acct, &bad_id).await;
     assert!(w["disabledAt"].is_string(), "{w}");
     assert_ne!(w["health"]["breaker"], "closed", "{w}");
 
@@ -272,7 +264,7 @@ async fn a_rate_limited_subscription_gets_its_requests_spaced() {
     let acct = app.create_account("ratelimit@example.com").await;
     let rx = Receiver::start().await;
     let id = subscribe(&app, &acct, "*", &rx.url(), Some(5)).await;
-    assert_eq!(webhook(&app, &acct, &id).await["rateLimit"], 5);
+    assert_eq!(app.webhook(&acct, &id).await["rateLimit"], 5);
     // Out of range is refused.
     for bad in [0, 10_001] {
         let resp = app

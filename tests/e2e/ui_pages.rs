@@ -415,12 +415,7 @@ async fn a_disabled_subscription_gets_nothing_until_enabled_again() {
         page.body
     );
     assert!(page.body.contains(&format!("/ui/webhooks/{wid}/enable")));
-    let api: serde_json::Value = app
-        .get(&app.ingest_url, &format!("/v1/webhooks/{wid}"), &acct)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let api = app.webhook(&acct, &wid).await;
     assert!(!api["disabledAt"].is_null(), "{api}");
     let id = submit(
         &app,
@@ -476,15 +471,7 @@ async fn a_subscription_enabled_again_after_its_endpoint_was_disabled_starts_a_f
         .await
         .unwrap();
     let wid = created["webhookId"].as_str().unwrap().to_owned();
-    let subscription = || async {
-        let v: serde_json::Value = app
-            .get(&app.ingest_url, &format!("/v1/webhooks/{wid}"), &acct)
-            .await
-            .json()
-            .await
-            .unwrap();
-        v
-    };
+    let subscription = || app.webhook(&acct, &wid);
 
     // The endpoint fails long enough for the policy to disable it, with its breaker open, and
     // the delivery runs out of retries (so none of its attempts can reach the fixed endpoint).

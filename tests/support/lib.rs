@@ -782,6 +782,15 @@ impl TestApp {
             .await
     }
 
+    /// `GET /v1/webhooks/{id}` (the subscription with its endpoint health), as `who`.
+    pub async fn webhook(&self, who: &CreatedAccount, id: &str) -> serde_json::Value {
+        let resp = self
+            .get(&self.ingest_url, &format!("/v1/webhooks/{id}"), who)
+            .await;
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
     /// A direct query on the test database (not through any proxy).
     pub async fn count(&self, sql: &str) -> i64 {
         self.query_one(sql).await.get(0)
