@@ -1,6 +1,8 @@
 //! Nothing stalls: a message that fails the same way every time is quarantined once while its
-//! batch goes on, the relay quarantines a row it cannot route instead of repeating its batch, and
-//! a dispatch whose processing never finished is quarantined and can be replayed.
+//! batch goes on, the relay quarantines a row it cannot route instead of repeating its batch,
+//! rows handed to a relay in memory go out without waiting for a sweep (and are swept only once
+//! their grace is up), and a dispatch whose processing never finished is quarantined and can be
+//! replayed.
 
 use axum::routing::post;
 use dispatcher_core::{DispatchStatus, EventType, OutcomeEvent, WebhookData, WebhookPayload};
@@ -150,6 +152,66 @@ async fn the_relay_quarantines_a_row_it_cannot_route_and_relays_the_rest_once() 
     let (distinct, repeats) = distinct_and_repeats(&rx);
     assert_eq!(distinct, ids.len());
     assert_eq!(repeats, 0, "no batch was published twice");
+}
+
+#[tokio::test]
+async fn the_sweep_leaves_a_handed_over_row_to_its_relay_until_its_grace_is_up() {
+    let app = TestApp::spawn().await;
+    // Committed together: a row handed to a relay in memory an hour's grace ago (as if its
+    // process had crashed before publishing it) and a row due at once. Neither route has a
+    // queue, so the sweep quarantines what it takes.
+    app.count(
+        "WITH ins AS (
+             INSERT INTO outbox (message_id, routing_key, payload, relay_after)
+             VALUES (gen_random_uuid(), 'handed.route', '\\x7b7d', now() + interval '1 hour'),
+                    (gen_random_uuid(), 'due.route', '\\x7b7d', now())
+             RETURNING id)
+         SELECT count(*) FROM ins",
+    )
+    .await;
+    let quarantined = |route: &str| {
+        format!(
+            "SELECT count(*) FROM dead_letters WHERE queue = 'outbox'
+             AND reason LIKE '%`{route}`%'"
+        )
+    };
+    app.wait_equal(&quarantined("due.route"), 1).await;
+    // The sweep that took the due row saw the other one and left it.
+    assert_eq!(app.count(&quarantined("handed.route")).await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM outbox WHERE routing_key = 'handed.route'")
+            .await,
+        1
+    );
+    // Its grace is up: the next sweep takes it.
+    app.count(
+        "WITH upd AS (UPDATE outbox SET relay_after = now() RETURNING id)
+         SELECT count(*) FROM upd",
+    )
+    .await;
+    app.wait_equal(&quarantined("handed.route"), 1).await;
+    app.wait_equal("SELECT count(*) FROM outbox", 0).await;
+}
+
+#[tokio::test]
+async fn handed_over_rows_are_published_and_deleted_without_a_sweep() {
+    // No timed sweep within the test: each hop's message must go out from memory.
+    let app = TestApp::spawn_with(
+        Services::ALL,
+        &[("DISPATCHER__OUTBOX__POLL_INTERVAL", "1h")],
+    )
+    .await;
+    let rx = Receiver::start().await;
+    let acct = app.create_account("handed-over@example.com").await;
+    let ids = app.submit_many(&acct, 40, 8, &rx.url()).await;
+    let repeats = rx.wait_all_delivered(&ids).await;
+    assert_eq!(repeats, 0);
+    app.wait_equal("SELECT count(*) FROM outbox", 0).await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM dispatches WHERE status = 'completed'")
+            .await,
+        40
+    );
 }
 
 /// A provider that hangs while `hang` is set (its worker is killed meanwhile) and answers 200

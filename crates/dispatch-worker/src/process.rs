@@ -510,7 +510,7 @@ impl BatchHandler for WorkerHandler {
             }
         }
         if !finished.is_empty() || !requeued.is_empty() {
-            dispatches::settle(
+            let outbox = dispatches::settle(
                 &self.pool,
                 &finished,
                 &requeued,
@@ -518,7 +518,7 @@ impl BatchHandler for WorkerHandler {
             )
             .await
             .map_err(HandlerError::from)?;
-            self.outbox_wake.committed();
+            self.outbox_wake.hand_over(outbox);
         }
         Ok(())
     }

@@ -1,10 +1,12 @@
 //! Dispatches: batched acceptance (dispatch row + outbox row in one statement), conditional state
 //! transitions for workers, and tenant-scoped reads.
 
+use crate::outbox::{self, OutboxRow};
 use crate::pool::AsyncCommitPool;
 use crate::{DbError, Pool};
 use chrono::{DateTime, Utc};
 use dispatcher_core::{DispatchError, DispatchStatus, TemplateFormat};
+use std::collections::HashMap;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -29,6 +31,14 @@ pub struct NewDispatch {
     pub message: Vec<u8>,
 }
 
+/// Dispatches written, and their outbox rows to hand to the relay after the commit
+/// ([`OutboxWake::hand_over`](crate::outbox::OutboxWake::hand_over)).
+#[derive(Debug, Default)]
+pub struct Inserted {
+    pub ids: Vec<Uuid>,
+    pub outbox: Vec<OutboxRow>,
+}
+
 /// Inserts many dispatches and their outbox rows in one statement (so in one transaction).
 /// Returns the ids actually inserted: a row whose idempotency key already exists is skipped, and
 /// gets no outbox row.
@@ -37,7 +47,7 @@ pub async fn insert_batch(
     pool: &Pool,
     rows: &[NewDispatch],
     traceparents: &[Option<String>],
-) -> Result<Vec<Uuid>, DbError> {
+) -> Result<Inserted, DbError> {
     let client = pool.get().await?;
     insert_rows(&client, rows, traceparents).await
 }
@@ -51,14 +61,15 @@ pub struct BatchKey<'a> {
 }
 
 /// Writes the accepted items of one batch submission in one transaction, with the batch's
-/// Idempotency-Key if it has one. `Ok(false)`: that key already exists and nothing was written.
+/// Idempotency-Key if it has one. `Ok(None)`: that key already exists and nothing was written;
+/// otherwise the outbox rows to hand to the relay after the commit.
 pub async fn insert_submission(
     pool: &Pool,
     account_id: Uuid,
     rows: &[NewDispatch],
     traceparents: &[Option<String>],
     key: Option<BatchKey<'_>>,
-) -> Result<bool, DbError> {
+) -> Result<Option<Vec<OutboxRow>>, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     if let Some(k) = key {
@@ -73,14 +84,15 @@ pub async fn insert_submission(
             .execute(&stmt, &[&account_id, &k.key, &k.request_hash, k.response])
             .await?;
         if n == 0 {
-            return Ok(false);
+            return Ok(None);
         }
     }
+    let mut outbox = Vec::new();
     if !rows.is_empty() {
-        insert_rows(&tx, rows, traceparents).await?;
+        outbox = insert_rows(&tx, rows, traceparents).await?.outbox;
     }
     tx.commit().await?;
-    Ok(true)
+    Ok(Some(outbox))
 }
 
 /// What an earlier batch submission with the same Idempotency-Key stored.
@@ -106,7 +118,7 @@ async fn insert_rows(
     client: &impl deadpool_postgres::GenericClient,
     rows: &[NewDispatch],
     traceparents: &[Option<String>],
-) -> Result<Vec<Uuid>, DbError> {
+) -> Result<Inserted, DbError> {
     let stmt = client
         .prepare_cached(
             "WITH input AS (
@@ -128,13 +140,16 @@ async fn insert_rows(
                  ON CONFLICT (account_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                  RETURNING id
              ), ob AS (
-                 INSERT INTO outbox (message_id, routing_key, payload, headers)
+                 INSERT INTO outbox (message_id, routing_key, payload, headers, relay_after)
                  SELECT i.message_id, 'dispatch.requested', i.message,
                         CASE WHEN i.traceparent IS NULL THEN NULL
-                             ELSE jsonb_build_object('traceparent', i.traceparent) END
+                             ELSE jsonb_build_object('traceparent', i.traceparent) END,
+                        now() + make_interval(secs => $18)
                  FROM input i JOIN ins USING (id)
+                 RETURNING id, message_id
              )
-             SELECT id FROM ins",
+             -- Every inserted dispatch has its outbox row.
+             SELECT i.id, ob.id FROM ob JOIN input i USING (message_id)",
         )
         .await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
@@ -178,10 +193,26 @@ async fn insert_rows(
                 &msg_ids,
                 &messages,
                 &traceparents,
+                &outbox::handoff_grace_secs(),
             ],
         )
         .await?;
-    Ok(out.iter().map(|r| r.get(0)).collect())
+    let index: HashMap<Uuid, usize> = rows.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
+    let mut inserted = Inserted::default();
+    for r in &out {
+        let i = index[&r.get::<_, Uuid>(0)];
+        inserted.ids.push(rows[i].id);
+        inserted.outbox.push(OutboxRow {
+            id: r.get(1),
+            message_id: rows[i].message_id,
+            routing_key: "dispatch.requested".to_owned(),
+            payload: rows[i].message.clone(),
+            traceparent: traceparents[i].clone(),
+            age_seconds: 0.0,
+            publish_failures: 0,
+        });
+    }
+    Ok(inserted)
 }
 
 /// What an earlier submission with the same Idempotency-Key stored.
@@ -618,31 +649,33 @@ pub struct Requeued {
 ///
 /// The outcome events of one type go out together, up to `events_per_message` in one message
 /// (an `OutcomeBatch`); a lone event is sent as itself, with its trace context in the headers.
+///
+/// Returns the outbox rows written, to hand to the relay after the commit.
 pub async fn settle(
     pool: &Pool,
     finished: &[Finished],
     requeued: &[Requeued],
     events_per_message: usize,
-) -> Result<(), DbError> {
+) -> Result<Vec<OutboxRow>, DbError> {
     let mut client = pool.get().await?;
     if requeued.is_empty() {
-        finish_rows(&client, finished, events_per_message).await?;
-        return Ok(());
+        return finish_rows(&client, finished, events_per_message).await;
     }
     let tx = client.transaction().await?;
+    let mut outbox = Vec::new();
     if !finished.is_empty() {
-        finish_rows(&tx, finished, events_per_message).await?;
+        outbox = finish_rows(&tx, finished, events_per_message).await?;
     }
-    requeue_rows(&tx, requeued).await?;
+    outbox.extend(requeue_rows(&tx, requeued).await?);
     tx.commit().await?;
-    Ok(())
+    Ok(outbox)
 }
 
 async fn finish_rows(
     client: &impl deadpool_postgres::GenericClient,
     rows: &[Finished],
     events_per_message: usize,
-) -> Result<Vec<Uuid>, DbError> {
+) -> Result<Vec<OutboxRow>, DbError> {
     debug_assert!(rows.iter().all(|r| r.status.is_terminal()));
     let stmt = client
         .prepare_cached(
@@ -681,7 +714,7 @@ async fn finish_rows(
                             AS message
                  FROM input i JOIN upd USING (id)
              ), ob AS (
-                 INSERT INTO outbox (message_id, routing_key, payload, headers)
+                 INSERT INTO outbox (message_id, routing_key, payload, headers, relay_after)
                  SELECT (array_agg(o.event_id ORDER BY o.ord))[1], o.routing_key,
                         CASE WHEN count(*) = 1 THEN (array_agg(o.event))[1]
                              ELSE convert_to(
@@ -693,14 +726,18 @@ async fn finish_rows(
                                  || ']}', 'UTF8') END,
                         CASE WHEN count(*) = 1 AND bool_and(o.traceparent IS NOT NULL)
                              THEN jsonb_build_object('traceparent', (array_agg(o.traceparent))[1])
-                        END
+                        END,
+                        now() + make_interval(secs => $23)
                  FROM outcome o
                  GROUP BY o.routing_key, o.message
                  UNION ALL
-                 SELECT i.pe_message_id, 'provider.event', i.pe_message, NULL
+                 SELECT i.pe_message_id, 'provider.event', i.pe_message, NULL,
+                        now() + make_interval(secs => $23)
                  FROM input i JOIN pe ON pe.provider = i.pe_provider AND pe.event_id = i.pe_event_id
+                 RETURNING id, message_id, routing_key, payload, headers->>'traceparent'
              )
-             SELECT id FROM upd",
+             -- `upd` and `pe` take effect whether or not the result reads them.
+             SELECT * FROM ob",
         )
         .await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
@@ -768,17 +805,21 @@ async fn finish_rows(
                 &started,
                 &sources,
                 &(events_per_message.max(1) as i64),
+                &outbox::handoff_grace_secs(),
             ],
         )
         .await?;
-    Ok(out.iter().map(|r| r.get(0)).collect())
+    Ok(out
+        .iter()
+        .filter_map(|r| outbox::handed_row(r, 0))
+        .collect())
 }
 
 /// Puts dispatches back in line after a transient provider failure, with their retry messages.
 async fn requeue_rows(
     client: &impl deadpool_postgres::GenericClient,
     rows: &[Requeued],
-) -> Result<Vec<Uuid>, DbError> {
+) -> Result<Vec<OutboxRow>, DbError> {
     let sources: Vec<&str> = DispatchStatus::sources_of(DispatchStatus::Queued)
         .iter()
         .map(|s| s.as_str())
@@ -797,13 +838,15 @@ async fn requeue_rows(
                  WHERE d.id = i.id AND d.status = ANY($7)
                  RETURNING d.id
              ), ob AS (
-                 INSERT INTO outbox (message_id, routing_key, payload, headers)
+                 INSERT INTO outbox (message_id, routing_key, payload, headers, relay_after)
                  SELECT i.message_id, i.routing_key, i.message,
                         CASE WHEN i.traceparent IS NULL THEN NULL
-                             ELSE jsonb_build_object('traceparent', i.traceparent) END
+                             ELSE jsonb_build_object('traceparent', i.traceparent) END,
+                        now() + make_interval(secs => $8)
                  FROM input i JOIN upd USING (id)
+                 RETURNING id, message_id, routing_key, payload, headers->>'traceparent'
              )
-             SELECT id FROM upd",
+             SELECT * FROM ob",
         )
         .await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
@@ -823,8 +866,12 @@ async fn requeue_rows(
                 &messages,
                 &traces,
                 &sources,
+                &outbox::handoff_grace_secs(),
             ],
         )
         .await?;
-    Ok(out.iter().map(|r| r.get(0)).collect())
+    Ok(out
+        .iter()
+        .filter_map(|r| outbox::handed_row(r, 0))
+        .collect())
 }

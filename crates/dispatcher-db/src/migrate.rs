@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "ui_sessions",
         include_str!("../../../migrations/0012_ui_sessions.sql"),
     ),
+    (
+        13,
+        "outbox_handoff",
+        include_str!("../../../migrations/0013_outbox_handoff.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x0d15_9a7c_4e00_0001;

@@ -1,14 +1,21 @@
 //! The outbox relay: moves committed outbox rows to RabbitMQ.
 //!
-//! Each round deletes a batch inside a transaction (`FOR UPDATE SKIP LOCKED`, so any number of
-//! relays, in any service replica, share the table without publishing the same row
-//! concurrently), publishes it with confirms and only then commits. A failed publish rolls the
-//! deletion back; a crash between publish and commit publishes the batch again later:
-//! duplicates are possible, losses are not, and consumers are idempotent.
+//! Rows its own process's writers hand over after their commit (`OutboxWake::hand_over`, the
+//! hot paths: accepted dispatches, outcome events, retries) are published from memory with
+//! confirms, and the confirmed ones are deleted by id afterwards, many rounds' worth in one
+//! statement: no transaction and no locking read per round. Until that deletion a row stays in
+//! the table, so a crash, a failed publish or a lost broker connection leaves it to the sweep.
 //!
-//! The relay sleeps until its own process commits outbox rows (`OutboxWake`), a NOTIFY from a
-//! process that runs no relay (requeues from the status API or the CLI), or a fallback poll that
-//! picks up rows whose writer could not relay them; then it drains the backlog.
+//! The sweep takes every other row, and a handed-over row once `outbox::HANDOFF_GRACE` has
+//! passed: each round deletes a batch inside a transaction (`FOR UPDATE SKIP LOCKED`, so any
+//! number of relays, in any service replica, share the table without publishing the same row
+//! concurrently), publishes it with confirms and only then commits. A failed publish rolls the
+//! deletion back; a crash between publish and commit publishes the batch again later.
+//! Duplicates are possible on both paths, losses are not, and consumers are idempotent.
+//!
+//! The relay sleeps until its own process hands rows over or commits rows without a hand-over
+//! (then it sweeps), a NOTIFY from a process that runs no relay (requeues from the status API
+//! or the CLI), or the fallback poll that sweeps rows whose writer could not relay them.
 
 use crate::publisher::{Confirmed, OutgoingMessage, PublishError, Publisher};
 use crate::{Backoff, Topology};
@@ -20,6 +27,7 @@ use dispatcher_db::DbError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -52,6 +60,8 @@ struct Lane<'a> {
     conn: &'a lapin::Connection,
     publisher: &'a Publisher,
     local: &'a OutboxWake,
+    /// Ids of handed-over rows the broker confirmed, for the deleter.
+    sent: &'a mpsc::UnboundedSender<Vec<i64>>,
     cancel: &'a CancellationToken,
     name: &'a str,
     /// One lane refreshes the backlog gauges.
@@ -60,20 +70,30 @@ struct Lane<'a> {
 
 impl Lane<'_> {
     async fn run(self) -> Result<(), RelayError> {
+        let limits = &self.settings.outbox;
         let mut last_gauge = Instant::now() - GAUGE_EVERY;
+        // Sweep at once: rows may be waiting from before this process started.
+        let mut last_sweep = Instant::now() - limits.poll_interval;
         loop {
-            match drain(self.pool, self.publisher, &self.settings.outbox).await {
-                Ok(n) if n > 0 => debug!(relay = %self.name, published = n, "outbox drained"),
-                Ok(_) => {}
-                Err(RelayError::Db(e)) => {
-                    warn!(error = %e, "outbox relay cannot reach the database; retrying");
-                    // Shutdown must not wait for the database to come back.
-                    tokio::select! {
-                        _ = self.cancel.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+            let n = publish_handed(self.local, self.publisher, limits, self.sent).await?;
+            if n > 0 {
+                debug!(relay = %self.name, published = n, "handed-over rows published");
+            }
+            if self.local.take_sweep() || last_sweep.elapsed() >= limits.poll_interval {
+                last_sweep = Instant::now();
+                match drain(self.pool, self.publisher, limits).await {
+                    Ok(n) if n > 0 => debug!(relay = %self.name, published = n, "outbox swept"),
+                    Ok(_) => {}
+                    Err(RelayError::Db(e)) => {
+                        warn!(error = %e, "outbox relay cannot reach the database; retrying");
+                        // Shutdown must not wait for the database to come back.
+                        tokio::select! {
+                            _ = self.cancel.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        }
                     }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
             if self.keeps_gauges && last_gauge.elapsed() > GAUGE_EVERY {
                 last_gauge = Instant::now();
@@ -85,10 +105,11 @@ impl Lane<'_> {
             if !self.conn.status().connected() {
                 return Err(RelayError::Disconnected);
             }
+            let next_sweep = limits.poll_interval.saturating_sub(last_sweep.elapsed());
             tokio::select! {
                 _ = self.cancel.cancelled() => return Ok(()),
                 _ = self.local.wait() => {}
-                _ = tokio::time::sleep(self.settings.outbox.poll_interval) => {}
+                _ = tokio::time::sleep(next_sweep) => {}
             }
         }
     }
@@ -115,6 +136,10 @@ pub async fn run_relay(
         &["dispatcher_outbox"],
         cancel.child_token(),
     );
+    // Deletions outlive broker sessions: rows confirmed just before a disconnect are deleted
+    // all the same.
+    let (sent, confirmed) = mpsc::unbounded_channel();
+    let deleter = tokio::spawn(delete_confirmed(pool.clone(), confirmed));
     let mut backoff = Backoff::default();
     while !cancel.is_cancelled() {
         let session = async {
@@ -134,6 +159,7 @@ pub async fn run_relay(
                 conn: &conn,
                 publisher,
                 local: &local,
+                sent: &sent,
                 cancel: &cancel,
                 name: &name,
                 keeps_gauges: i == 0,
@@ -155,6 +181,8 @@ pub async fn run_relay(
             Ok(()) => break,
             Err(e) => {
                 ready.store(false, Ordering::Relaxed);
+                // What was handed over is in the table: the sweep takes it once its grace is up.
+                local.forget_handed();
                 let delay = backoff.next_delay();
                 warn!(relay = %name, error = %e, ?delay, "outbox relay lost the broker; reconnecting");
                 tokio::select! {
@@ -165,6 +193,84 @@ pub async fn run_relay(
         }
     }
     ready.store(false, Ordering::Relaxed);
+    drop(sent);
+    // Rows left undeleted are swept and published again: harmless, but not waited for long.
+    let _ = tokio::time::timeout(Duration::from_secs(5), deleter).await;
+}
+
+/// Deletes the handed-over rows the broker confirmed, everything confirmed meanwhile in one
+/// statement, until every lane has stopped.
+async fn delete_confirmed(pool: AsyncCommitPool, mut confirmed: mpsc::UnboundedReceiver<Vec<i64>>) {
+    while let Some(mut ids) = confirmed.recv().await {
+        while let Ok(more) = confirmed.try_recv() {
+            ids.extend(more);
+        }
+        for attempt in 1..=3 {
+            match outbox::delete_sent(&pool, &ids).await {
+                Ok(_) => break,
+                // Undeleted rows are swept once their grace is up and published again.
+                Err(e) if attempt == 3 => {
+                    warn!(error = %e, rows = ids.len(), "published outbox rows not deleted; they will be published again")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+}
+
+/// Publishes the rows this process's writers handed over, a batch at a time, until none are
+/// left, and passes the confirmed ones' ids to the deleter. A row the broker refused, or did
+/// not confirm, stays in the table for the sweep (which counts refusals and quarantines).
+async fn publish_handed(
+    local: &OutboxWake,
+    publisher: &Publisher,
+    limits: &OutboxSettings,
+    sent: &mpsc::UnboundedSender<Vec<i64>>,
+) -> Result<usize, RelayError> {
+    let mut total = 0;
+    loop {
+        let rows = local.take_handed(limits.batch_size);
+        if rows.is_empty() {
+            return Ok(total);
+        }
+        let started = Instant::now();
+        let outcomes = publisher
+            .publish_each(&outgoing(&rows), Some(limits.confirm_timeout))
+            .await?;
+        let stored: Vec<i64> = rows
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == Confirmed::Stored)
+            .map(|(r, _)| r.id)
+            .collect();
+        record(&rows, stored.len(), started);
+        total += stored.len();
+        let _ = sent.send(stored);
+    }
+}
+
+/// The messages of `rows`, in order.
+fn outgoing(rows: &[OutboxRow]) -> Vec<OutgoingMessage> {
+    rows.iter()
+        .map(|r| OutgoingMessage {
+            message_id: r.message_id,
+            routing_key: r.routing_key.clone(),
+            payload: r.payload.clone(),
+            traceparent: r.traceparent.clone(),
+        })
+        .collect()
+}
+
+/// The metrics of one published batch: how long its rows waited for the relay (the part of a
+/// hop's latency spent before publishing), how long publishing took, and how many were stored.
+fn record(rows: &[OutboxRow], stored: usize, started: Instant) {
+    let waited = metrics::histogram!("dispatcher_outbox_relay_delay_seconds");
+    for r in rows {
+        waited.record(r.age_seconds);
+    }
+    metrics::histogram!("dispatcher_outbox_publish_seconds")
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("dispatcher_outbox_relayed_total").increment(stored as u64);
 }
 
 /// Publishes batches until a batch comes back short. Returns rows published.
@@ -197,24 +303,10 @@ async fn relay_once(
     if rows.is_empty() {
         return Ok(0);
     }
-    // How long rows waited for the relay: the part of a hop's latency spent before publishing.
-    let waited = metrics::histogram!("dispatcher_outbox_relay_delay_seconds");
-    for r in &rows {
-        waited.record(r.age_seconds);
-    }
     let started = Instant::now();
-    let messages: Vec<OutgoingMessage> = rows
-        .iter()
-        .map(|r| OutgoingMessage {
-            message_id: r.message_id,
-            routing_key: r.routing_key.clone(),
-            payload: r.payload.clone(),
-            traceparent: r.traceparent.clone(),
-        })
-        .collect();
     // On error the transaction is dropped, rolling the deletion back: the rows stay unsent.
     let outcomes = publisher
-        .publish_each(&messages, Some(limits.confirm_timeout))
+        .publish_each(&outgoing(&rows), Some(limits.confirm_timeout))
         .await?;
     // A refused row does not hold its batch back: the rest are done. A row no queue is bound
     // for is quarantined at once (publishing it again cannot help); a nacked one is put back
@@ -245,10 +337,8 @@ async fn relay_once(
         metrics::counter!("dispatcher_messages_quarantined_total", "queue" => OUTBOX_QUEUE)
             .increment(quarantine.len() as u64);
     }
-    metrics::histogram!("dispatcher_outbox_publish_seconds")
-        .record(started.elapsed().as_secs_f64());
     let stored = outcomes.iter().filter(|o| **o == Confirmed::Stored).count();
-    metrics::counter!("dispatcher_outbox_relayed_total").increment(stored as u64);
+    record(&rows, stored, started);
     if !put_back.is_empty() {
         // Try the refused rows again after a pause rather than at once.
         return Err(RelayError::Publish(PublishError::Nacked(put_back.len())));

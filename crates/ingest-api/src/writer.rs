@@ -113,11 +113,9 @@ async fn write(pool: Pool, wake: OutboxWake, mut batch: Vec<Job>, _lane: OwnedSe
     metrics::histogram!("dispatcher_ingest_batch_size").record(rows.len() as f64);
     match insert_batch(&pool, &rows, &traces).await {
         Ok(inserted) => {
-            if !inserted.is_empty() {
-                wake.committed();
-            }
+            wake.hand_over(inserted.outbox);
             for (row, reply) in rows.iter().zip(replies) {
-                let _ = reply.send(Ok(inserted.contains(&row.id)));
+                let _ = reply.send(Ok(inserted.ids.contains(&row.id)));
             }
         }
         Err(e) => {

@@ -175,17 +175,15 @@ pub async fn submit_batch(
     )
     .await
     .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    if !written {
+    let Some(outbox) = written else {
         // A concurrent request with the same key committed first: answer as its repeat.
         let key = key.expect("only a keyed batch can conflict");
         let hit = dispatches::find_batch_by_key(&s.pool, account, &key)
             .await?
             .ok_or_else(|| ApiError::Internal("batch key conflict without a row".into()))?;
         return replay(hit, &request_hash);
-    }
-    if !rows.is_empty() {
-        s.outbox_wake.committed();
-    }
+    };
+    s.outbox_wake.hand_over(outbox);
     metrics::counter!("dispatcher_dispatches_accepted_total", "mode" => "batch")
         .increment(rows.len() as u64);
     metrics::histogram!("dispatcher_ingest_submission_items").record(answer.data.len() as f64);
