@@ -34,6 +34,11 @@ use tracing::{debug, info, warn};
 /// How often the backlog gauges are refreshed.
 const GAUGE_EVERY: Duration = Duration::from_secs(5);
 
+/// Shortest time between two deletions of published handed-over rows. Deleting after every
+/// relay round cost a statement per round (0.17 per dispatch at 16 closed-loop clients); the
+/// rows wait a little longer in the table instead, which only the backlog gauge sees.
+const DELETE_EVERY: Duration = Duration::from_millis(50);
+
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
     #[error(transparent)]
@@ -199,9 +204,13 @@ pub async fn run_relay(
 }
 
 /// Deletes the handed-over rows the broker confirmed, everything confirmed meanwhile in one
-/// statement, until every lane has stopped.
+/// statement, at most once per [`DELETE_EVERY`], until every lane has stopped.
 async fn delete_confirmed(pool: AsyncCommitPool, mut confirmed: mpsc::UnboundedReceiver<Vec<i64>>) {
+    let mut next = tokio::time::Instant::now();
     while let Some(mut ids) = confirmed.recv().await {
+        // A published row's deletion is on no one's path, so it can wait for others.
+        tokio::time::sleep_until(next).await;
+        next = tokio::time::Instant::now() + DELETE_EVERY;
         while let Ok(more) = confirmed.try_recv() {
             ids.extend(more);
         }
