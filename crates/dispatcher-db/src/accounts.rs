@@ -8,6 +8,7 @@ use argon2::Argon2;
 use dispatcher_core::signing::WebhookSecret;
 use rand::distributions::{Alphanumeric, DistString};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use uuid::Uuid;
 
@@ -180,34 +181,43 @@ pub async fn authenticate(
     Ok(if ok { id } else { None })
 }
 
-/// The secrets deliveries for this account are signed with: the current one, plus the previous
-/// one while its grace period lasts.
-pub async fn signing_secrets(pool: &Pool, account_id: Uuid) -> Result<Vec<WebhookSecret>, DbError> {
+/// The signing secrets of many accounts in one statement; an account not found is an error.
+pub async fn signing_secrets_of(
+    pool: &Pool,
+    account_ids: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<WebhookSecret>>, DbError> {
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
-            "SELECT webhook_secret,
+            "SELECT id, webhook_secret,
                     CASE WHEN previous_secret_until > now() THEN previous_webhook_secret END
-             FROM accounts WHERE id = $1",
+             FROM accounts WHERE id = ANY($1)",
         )
         .await?;
-    let Some(row) = client.query_opt(&stmt, &[&account_id]).await? else {
-        return Err(DbError::Corrupt(format!("account {account_id} not found")));
-    };
-    let mut out = Vec::with_capacity(2);
-    for s in [
-        row.get::<_, Option<String>>(0),
-        row.get::<_, Option<String>>(1),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        out.push(
-            WebhookSecret::parse(&s)
-                .map_err(|e| DbError::Corrupt(format!("stored webhook secret: {e}")))?,
-        );
+    let mut out = HashMap::with_capacity(account_ids.len());
+    for row in client.query(&stmt, &[&account_ids]).await? {
+        out.insert(row.get(0), secrets_from(row.get(1), row.get(2))?);
     }
-    Ok(out)
+    match account_ids.iter().find(|a| !out.contains_key(*a)) {
+        Some(missing) => Err(DbError::Corrupt(format!("account {missing} not found"))),
+        None => Ok(out),
+    }
+}
+
+/// The secrets webhooks are signed with: the current one, and the previous one while its grace
+/// lasts (`None` once it is over, as the statements select it).
+pub(crate) fn secrets_from(
+    current: Option<String>,
+    previous: Option<String>,
+) -> Result<Vec<WebhookSecret>, DbError> {
+    [current, previous]
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            WebhookSecret::parse(&s)
+                .map_err(|e| DbError::Corrupt(format!("stored webhook secret: {e}")))
+        })
+        .collect()
 }
 
 /// Issues a new webhook secret. The old one keeps being signed with until `grace` has passed, so

@@ -2,6 +2,8 @@
 
 use crate::{DbError, Pool};
 use chrono::{DateTime, Utc};
+use dispatcher_core::signing::WebhookSecret;
+use std::collections::HashMap;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -166,30 +168,57 @@ pub async fn set_enabled(
     Ok(switched == 1)
 }
 
-/// Active subscriptions of the given accounts for `event`: those naming it or its family
-/// (`family`, e.g. `provider.*`), and those for `*` when `wildcard` (operational events are only
-/// sent to subscriptions that name them): (account_id, webhook_id, callback_url, rate_limit).
-pub async fn matching(
+/// Where a batch's events of one type go, and how their webhooks are signed, in one statement:
+/// the accounts' active subscriptions for `event` (those naming it or its family (`family`, e.g.
+/// `provider.*`), and those for `*` when `wildcard`: operational events are only sent to
+/// subscriptions that name them), and every account's signing secrets (an account not found is
+/// an error).
+pub async fn targets(
     pool: &Pool,
     account_ids: &[Uuid],
     event: &str,
     family: &str,
     wildcard: bool,
-) -> Result<Vec<(Uuid, Uuid, String, Option<i32>)>, DbError> {
+) -> Result<Targets, DbError> {
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
-            "SELECT account_id, id, callback_url, rate_limit FROM webhook_subscriptions
-             WHERE account_id = ANY($1) AND deleted_at IS NULL AND disabled_at IS NULL
-               AND (event = $2 OR event = $3 OR ($4 AND event = '*'))",
+            "SELECT a.id, a.webhook_secret,
+                    CASE WHEN a.previous_secret_until > now() THEN a.previous_webhook_secret END,
+                    s.id, s.callback_url, s.rate_limit
+             FROM accounts a
+             LEFT JOIN webhook_subscriptions s
+               ON s.account_id = a.id AND s.deleted_at IS NULL AND s.disabled_at IS NULL
+              AND (s.event = $2 OR s.event = $3 OR ($4 AND s.event = '*'))
+             WHERE a.id = ANY($1)",
         )
         .await?;
-    Ok(client
+    let mut out = Targets::default();
+    for r in client
         .query(&stmt, &[&account_ids, &event, &family, &wildcard])
         .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect())
+    {
+        let account: Uuid = r.get(0);
+        if let std::collections::hash_map::Entry::Vacant(slot) = out.secrets.entry(account) {
+            slot.insert(crate::accounts::secrets_from(r.get(1), r.get(2))?);
+        }
+        if let Some(webhook) = r.get::<_, Option<Uuid>>(3) {
+            out.subscriptions
+                .push((account, webhook, r.get(4), r.get(5)));
+        }
+    }
+    match account_ids.iter().find(|a| !out.secrets.contains_key(*a)) {
+        Some(missing) => Err(DbError::Corrupt(format!("account {missing} not found"))),
+        None => Ok(out),
+    }
+}
+
+/// What [`targets`] found.
+#[derive(Debug, Default)]
+pub struct Targets {
+    /// (account, subscription, callback URL, rate limit).
+    pub subscriptions: Vec<(Uuid, Uuid, String, Option<i32>)>,
+    pub secrets: HashMap<Uuid, Vec<WebhookSecret>>,
 }
 
 /// Disables subscriptions, each with its reason, in the caller's transaction; returns those that

@@ -118,17 +118,29 @@ impl Deliverer {
     }
 
     /// Attempts every delivery (each one's attempt number is `attempts + 1`) as its endpoint
-    /// admits it, and records the outcomes, retries and dead letters in one statement.
-    pub async fn attempt_all(&self, deliveries: Vec<Delivery>) -> Result<(), DbError> {
+    /// admits it, and records the outcomes, retries and dead letters in one statement. `known`:
+    /// signing secrets the caller read with the deliveries' targets; the other accounts' are read
+    /// in one statement.
+    pub async fn attempt_all(
+        &self,
+        deliveries: Vec<Delivery>,
+        known: HashMap<Uuid, Vec<WebhookSecret>>,
+    ) -> Result<(), DbError> {
         if deliveries.is_empty() {
             return Ok(());
         }
-        let mut secrets: HashMap<Uuid, Arc<Vec<WebhookSecret>>> = HashMap::new();
-        for d in &deliveries {
-            if let std::collections::hash_map::Entry::Vacant(slot) = secrets.entry(d.account_id) {
-                let s = accounts::signing_secrets(&self.pool, d.account_id).await?;
-                slot.insert(Arc::new(s));
-            }
+        let mut secrets: HashMap<Uuid, Arc<Vec<WebhookSecret>>> =
+            known.into_iter().map(|(a, s)| (a, Arc::new(s))).collect();
+        let mut unknown: Vec<Uuid> = deliveries
+            .iter()
+            .map(|d| d.account_id)
+            .filter(|a| !secrets.contains_key(a))
+            .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        if !unknown.is_empty() {
+            let read = accounts::signing_secrets_of(&self.pool, &unknown).await?;
+            secrets.extend(read.into_iter().map(|(a, s)| (a, Arc::new(s))));
         }
         // Every delivery of the batch waits for its own endpoint, in order, so a slow endpoint
         // does not hold back the others' turns.

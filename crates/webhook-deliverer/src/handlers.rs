@@ -84,9 +84,11 @@ impl BatchHandler for EventHandler {
 impl EventHandler {
     async fn deliver(&self, events: &[Traced]) -> Result<(), HandlerError> {
         // Where each event goes: its dispatch's own callback URL (carried in the event) and the
-        // account's matching subscriptions (one query per event type in the batch).
+        // account's matching subscriptions, read with the accounts' signing secrets (one query
+        // per event type in the batch).
         type Target = (Option<uuid::Uuid>, String, Option<i32>);
         let mut subscribed: HashMap<(uuid::Uuid, &'static str), Vec<Target>> = HashMap::new();
+        let mut secrets = HashMap::new();
         let types: std::collections::BTreeSet<&'static str> = events
             .iter()
             .map(|(e, _)| e.payload.event_type.as_str())
@@ -102,7 +104,7 @@ impl EventHandler {
             if accounts.is_empty() {
                 continue;
             }
-            for (account, webhook, url, rate_limit) in subscriptions::matching(
+            let targets = subscriptions::targets(
                 &self.deliverer.pool,
                 &accounts,
                 event_type.as_str(),
@@ -110,8 +112,9 @@ impl EventHandler {
                 !event_type.is_operational(),
             )
             .await
-            .map_err(HandlerError::from)?
-            {
+            .map_err(HandlerError::from)?;
+            secrets.extend(targets.secrets);
+            for (account, webhook, url, rate_limit) in targets.subscriptions {
                 subscribed
                     .entry((account, event_type.as_str()))
                     .or_default()
@@ -179,7 +182,7 @@ impl EventHandler {
             })
             .collect();
         self.deliverer
-            .attempt_all(todo)
+            .attempt_all(todo, secrets)
             .await
             .map_err(HandlerError::from)
     }
@@ -224,7 +227,7 @@ impl BatchHandler for RetryHandler {
             })
             .collect();
         self.deliverer
-            .attempt_all(todo)
+            .attempt_all(todo, HashMap::new())
             .await
             .map_err(HandlerError::from)
     }
