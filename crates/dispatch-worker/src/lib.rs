@@ -43,7 +43,7 @@ pub async fn serve(
     // Claims and the relay's deletions, shared by the consumers and the relay.
     let async_pool = AsyncCommitPool::connect(
         &settings.database,
-        dispatcher_mq::relay::LANES + settings.worker.consumers,
+        dispatcher_mq::relay::CONNECTIONS + settings.worker.consumers,
     )?;
     let renderer = dispatcher_render::Renderer::start(dispatcher_render::Limits::from_settings(
         &settings.render,

@@ -59,10 +59,12 @@ impl OutboxWake {
     /// Call after the commit of rows written with `relay_after` [`HANDOFF_GRACE`] ahead (see
     /// [`handed_over_sql`]): the relay publishes them from memory. Past [`MAX_HANDED`] rows
     /// waiting (a relay without a broker) they are left to the sweep.
-    pub fn hand_over(&self, rows: Vec<OutboxRow>) {
+    pub fn hand_over(&self, mut rows: Vec<OutboxRow>) {
         if rows.is_empty() {
             return;
         }
+        // A statement returns its rows in no particular order; publish in insertion order.
+        rows.sort_unstable_by_key(|r| r.id);
         {
             let mut p = self.pending();
             if p.handed.len() + rows.len() <= MAX_HANDED {
@@ -207,14 +209,18 @@ pub async fn put_back(
 
 /// Deletes rows a relay published from memory once the broker confirmed them: one statement, on
 /// an async-commit connection (a deletion lost in a crash only means the sweep publishes the row
-/// again). A row the sweep took meanwhile is simply not found.
+/// again). A row the sweep took meanwhile is not found, and one a sweep holds locked is skipped
+/// rather than waited for: that sweep deletes it.
 pub async fn delete_sent(pool: &AsyncCommitPool, ids: &[i64]) -> Result<u64, DbError> {
     if ids.is_empty() {
         return Ok(0);
     }
     let client = pool.get().await?;
     let stmt = client
-        .prepare_cached("DELETE FROM outbox WHERE id = ANY($1::int8[])")
+        .prepare_cached(
+            "DELETE FROM outbox WHERE id IN (
+                 SELECT id FROM outbox WHERE id = ANY($1::int8[]) FOR UPDATE SKIP LOCKED)",
+        )
         .await?;
     Ok(client.execute(&stmt, &[&ids]).await?)
 }

@@ -31,6 +31,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+/// Batches a lane publishes from memory before it looks at sweeps, gauges, its connection and
+/// shutdown again.
+const HANDED_BATCHES_PER_TURN: usize = 4;
+
 /// How often the backlog gauges are refreshed.
 const GAUGE_EVERY: Duration = Duration::from_secs(5);
 
@@ -58,6 +62,10 @@ enum RelayError {
 /// each hop's latency. `SKIP LOCKED` keeps the lanes' batches disjoint.
 pub const LANES: usize = 2;
 
+/// Connections a relay takes from its pool at once: one per lane and the deleter's, so a
+/// deletion never waits for a lane's sweep to finish publishing.
+pub const CONNECTIONS: usize = LANES + 1;
+
 /// One publishing loop of a relay.
 struct Lane<'a> {
     settings: &'a Settings,
@@ -80,7 +88,7 @@ impl Lane<'_> {
         // Sweep at once: rows may be waiting from before this process started.
         let mut last_sweep = Instant::now() - limits.poll_interval;
         loop {
-            let n = publish_handed(self.local, self.publisher, limits, self.sent).await?;
+            let (n, more) = publish_handed(self.local, self.publisher, limits, self.sent).await?;
             if n > 0 {
                 debug!(relay = %self.name, published = n, "handed-over rows published");
             }
@@ -109,6 +117,13 @@ impl Lane<'_> {
             }
             if !self.conn.status().connected() {
                 return Err(RelayError::Disconnected);
+            }
+            if more {
+                // Rows are still waiting in memory: no wake-up is owed for them.
+                if self.cancel.is_cancelled() {
+                    return Ok(());
+                }
+                continue;
             }
             let next_sweep = limits.poll_interval.saturating_sub(last_sweep.elapsed());
             tokio::select! {
@@ -227,20 +242,21 @@ async fn delete_confirmed(pool: AsyncCommitPool, mut confirmed: mpsc::UnboundedR
     }
 }
 
-/// Publishes the rows this process's writers handed over, a batch at a time, until none are
-/// left, and passes the confirmed ones' ids to the deleter. A row the broker refused, or did
-/// not confirm, stays in the table for the sweep (which counts refusals and quarantines).
+/// Publishes the rows this process's writers handed over, a batch at a time, up to
+/// [`HANDED_BATCHES_PER_TURN`] batches, and passes the confirmed ones' ids to the deleter. A row
+/// the broker refused, or did not confirm, stays in the table for the sweep (which counts
+/// refusals and quarantines). Returns the rows published and whether more may be waiting.
 async fn publish_handed(
     local: &OutboxWake,
     publisher: &Publisher,
     limits: &OutboxSettings,
     sent: &mpsc::UnboundedSender<Vec<i64>>,
-) -> Result<usize, RelayError> {
+) -> Result<(usize, bool), RelayError> {
     let mut total = 0;
-    loop {
+    for _ in 0..HANDED_BATCHES_PER_TURN {
         let rows = local.take_handed(limits.batch_size);
         if rows.is_empty() {
-            return Ok(total);
+            return Ok((total, false));
         }
         let started = Instant::now();
         let outcomes = publisher
@@ -256,6 +272,7 @@ async fn publish_handed(
         total += stored.len();
         let _ = sent.send(stored);
     }
+    Ok((total, true))
 }
 
 /// The messages of `rows`, in order.

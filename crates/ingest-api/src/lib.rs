@@ -71,7 +71,7 @@ pub async fn serve(
     let outbox_wake = dispatcher_db::outbox::OutboxWake::default();
     tasks.spawn(dispatcher_mq::relay::run_relay(
         settings.clone(),
-        AsyncCommitPool::connect(&settings.database, dispatcher_mq::relay::LANES)?,
+        AsyncCommitPool::connect(&settings.database, dispatcher_mq::relay::CONNECTIONS)?,
         "ingest-api".into(),
         outbox_wake.clone(),
         relay_ready,

@@ -76,7 +76,7 @@ pub async fn serve(
     ));
     tasks.spawn(dispatcher_mq::relay::run_relay(
         settings.clone(),
-        AsyncCommitPool::connect(&settings.database, dispatcher_mq::relay::LANES)?,
+        AsyncCommitPool::connect(&settings.database, dispatcher_mq::relay::CONNECTIONS)?,
         "webhook-deliverer".into(),
         outbox_wake,
         readiness.register("outbox-relay"),
