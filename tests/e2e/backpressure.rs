@@ -150,20 +150,23 @@ fn dispatch_ids(body: &serde_json::Value) -> Vec<String> {
 /// Pacing at a 1 ms target, held for at most 400 ms, in front of workers that take one
 /// dispatch at a time per consumer and prefetch little, so the backlog stays visible as ready
 /// messages.
-const SLOW_WORKER_PACED: [(&str, &str); 4] = [
+const SLOW_WORKER_PACED: [(&str, &str); 5] = [
     ("DISPATCHER__INGEST__PACE_TARGET", "1ms"),
     ("DISPATCHER__INGEST__PACE_MAX_WAIT", "400ms"),
     ("DISPATCHER__AMQP__PREFETCH", "4"),
     ("DISPATCHER__WORKER__CONCURRENCY", "1"),
+    // One request per message, so the queue's depth counts dispatches exactly.
+    ("DISPATCHER__INGEST__REQUESTS_PER_MESSAGE", "1"),
 ];
 
 #[tokio::test]
 async fn submissions_wait_their_turn_while_the_workers_fall_behind_and_nothing_is_lost() {
-    // A worker that finishes one dispatch at a time, each taking 50 ms at its provider: far
-    // slower than ingest accepts, so requests pile up in the dispatch queue.
+    // Two consumers that finish one dispatch at a time, each taking 200 ms at its provider
+    // (about 10/s): far slower than ingest accepts even on a busy machine, so requests pile up
+    // in the dispatch queue.
     let pace_max_wait = Duration::from_millis(400);
     let app = TestApp::spawn_with(Services::ALL, &SLOW_WORKER_PACED).await;
-    let provider = slow_provider(Arc::new(AtomicU64::new(50))).await;
+    let provider = slow_provider(Arc::new(AtomicU64::new(200))).await;
     let rx = Receiver::start().await;
     let acct = app.create_account("paced@example.com").await;
     let paced_count = || metric(&app, "dispatcher_ingest_paced_total");
@@ -242,16 +245,25 @@ async fn batches_go_in_at_full_speed_up_to_their_burst_and_wait_their_turn_past_
     // 100 in line; pacing needs to know how fast they finish.
     ids.extend(submit("/v1/dispatches/batch", batch(100)).await.0);
     let app_ref = &app;
+    // ... and how much is waiting: the depths are read from the broker as soon as the
+    // estimator's connection is up.
     wait_until(PATIENCE, Duration::from_millis(100), || async move {
         let rate = metric(app_ref, "dispatcher_ingest_drain_per_second").await;
-        ok_if(rate > 0.0, || "no drain rate".into())
+        let waiting = metric(app_ref, "dispatcher_ingest_work_waiting").await;
+        ok_if(rate > 0.0 && waiting > 40.0, || {
+            format!("drain rate {rate}/s, {waiting} waiting")
+        })
     })
     .await;
     // A single submission behind them waits its turn ...
     let (one, took) = submit("/v1/dispatches?async=true", item.clone()).await;
     ids.extend(one);
     let paced = metric(&app, "dispatcher_ingest_paced_total").await;
-    assert!(took >= pace_max_wait && paced >= 1.0, "single not paced");
+    assert!(
+        took >= pace_max_wait && paced >= 1.0,
+        "single not paced: answered after {took:?}, {paced} paced, {} waiting",
+        metric(&app, "dispatcher_ingest_work_waiting").await
+    );
     // ... a batch of 50 does not: at most 151 are waiting, within its burst.
     ids.extend(submit("/v1/dispatches/batch", batch(50)).await.0);
     assert_eq!(metric(&app, "dispatcher_ingest_paced_total").await, paced);

@@ -269,13 +269,18 @@ fn outcome_events(body: &Value) -> Vec<&Value> {
 }
 
 impl Captured {
-    /// How many events (or other messages) this message carries.
+    /// How many events, requests (or other messages) this message carries.
     fn events(&self) -> usize {
-        if schema_for(&self.routing_key) != Some("dispatch.outcome.schema.json") {
-            return 1;
+        match schema_for(&self.routing_key) {
+            Some("dispatch.outcome.schema.json") => {
+                let v: Value = serde_json::from_slice(&self.body).expect("outcome is JSON");
+                outcome_events(&v).len()
+            }
+            Some("dispatch.requested.schema.json") => dispatcher_core::parse_requests(&self.body)
+                .expect("a dispatch.requested body")
+                .len(),
+            _ => 1,
         }
-        let v: Value = serde_json::from_slice(&self.body).expect("outcome is JSON");
-        outcome_events(&v).len()
     }
 }
 
@@ -401,6 +406,18 @@ async fn broker_messages_and_webhooks_match_the_schemas() {
     .await;
     let failed = submit(&app, &acct, "{{ missing }}", json!({}), &rx.url()).await;
     let retried = submit(&app, &acct, "Again {{ n }}", json!({"n": 1}), &flaky.url()).await;
+    // A batch: its requests go out together in one message.
+    let item = json!({"template": {"format": "text", "body": "Batch {{ n }}"}, "data": {"n": 2},
+                      "provider": {"type": "store"}});
+    let r = app
+        .post(
+            &app.ingest_url,
+            "/v1/dispatches/batch",
+            &acct,
+            &json!({"items": [item.clone(), item.clone(), item]}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
 
     // A provider callback about the completed dispatch.
     let callback = json!({
@@ -446,7 +463,7 @@ async fn broker_messages_and_webhooks_match_the_schemas() {
 
     // Every kind, and at least as many of each as this test caused.
     let wanted: BTreeMap<&str, usize> = [
-        ("dispatch.requested", 3),
+        ("dispatch.requested", 6),
         ("dispatch.completed", 2),
         ("dispatch.failed", 1),
         ("webhook.delay.*", 1),
@@ -483,7 +500,14 @@ async fn broker_messages_and_webhooks_match_the_schemas() {
             );
         };
         let body = String::from_utf8(m.body.clone()).expect("message bodies are UTF-8 JSON");
-        let schema = if schema == "dispatch.outcome.schema.json" {
+        let schema = if schema == "dispatch.requested.schema.json" {
+            // The requests of one insert travel together.
+            if dispatcher_core::request_count(&m.body) > 1 {
+                "dispatch.requests.schema.json"
+            } else {
+                schema
+            }
+        } else if schema == "dispatch.outcome.schema.json" {
             // The routing key is the payload's type, of each event in a batch.
             let v: Value = serde_json::from_str(&body).expect("outcome is JSON");
             for event in outcome_events(&v) {
@@ -527,6 +551,7 @@ async fn broker_messages_and_webhooks_match_the_schemas() {
     assert_eq!(validated, n_items, "{report}");
     for schema in [
         "dispatch.requested.schema.json",
+        "dispatch.requests.schema.json",
         "dispatch.outcome.schema.json",
         "delivery.task.schema.json",
         "provider.event.schema.json",

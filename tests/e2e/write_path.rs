@@ -171,3 +171,91 @@ async fn a_store_dispatch_is_finished_in_one_write_and_copies_of_its_message_cha
     assert_eq!(rx.requests().len(), 1, "one webhook");
     assert_eq!(hooks[0].json()["data"]["dispatchId"], id.as_str());
 }
+
+#[tokio::test]
+async fn a_batchs_requests_share_messages_and_a_quarantined_one_is_dead_lettered_alone() {
+    let mut app = TestApp::spawn_with(
+        Services {
+            worker: false,
+            ..Services::ALL
+        },
+        &[
+            ("DISPATCHER__INGEST__REQUESTS_PER_MESSAGE", "4"),
+            ("DISPATCHER__WORKER__MAX_PROCESSING_ATTEMPTS", "2"),
+        ],
+    )
+    .await;
+    let rx = Receiver::start().await;
+    let acct = app.create_account("grouped@example.com").await;
+    let item = json!({"template": {"format": "text", "body": "n={{ n }}"}, "data": {"n": 1},
+                      "callbackUrl": rx.url()});
+    let resp = app
+        .post(
+            &app.ingest_url,
+            "/v1/dispatches/batch",
+            &acct,
+            &json!({"items": vec![item; 10]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 202);
+    let ids: Vec<String> = resp.json::<Value>().await.unwrap()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["dispatchId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 10);
+
+    // Ten requests, four to a message: three messages wait for a worker.
+    app.wait_equal("SELECT count(*) FROM outbox", 0).await;
+    let queue = dispatcher_mq::Topology::from_settings(&app.settings).dispatch_queue();
+    wait_queue_state(&queue, (3, 0)).await;
+
+    // One request of the second message has been taken up as often as a dispatch may be (its
+    // workers died each time): it alone is quarantined, the others in its message go on.
+    let stuck = &ids[5];
+    app.pool
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE dispatches SET processing_attempts = 2 WHERE id = $1::text::uuid",
+            &[stuck],
+        )
+        .await
+        .unwrap();
+    app.start_worker(app.child_token());
+    let others: Vec<String> = ids.iter().filter(|id| *id != stuck).cloned().collect();
+    assert_eq!(rx.wait_all_delivered(&others).await, 0, "no repeats");
+    app.wait_equal("SELECT count(*) FROM dead_letters", 1).await;
+    let (message_id, body): (Option<String>, Vec<u8>) = {
+        let client = app.pool.get().await.unwrap();
+        let row = client
+            .query_one("SELECT message_id, body FROM dead_letters", &[])
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let letter: DispatchRequested =
+        serde_json::from_slice(&body).expect("the dead letter is the request alone");
+    assert_eq!(letter.dispatch_id.to_string(), *stuck);
+    assert_eq!(message_id, Some(letter.message_id.to_string()));
+    assert_eq!(
+        app.text(&format!(
+            "SELECT status FROM dispatches WHERE id = '{stuck}'"
+        ))
+        .await,
+        "queued"
+    );
+
+    // Replayed on its own, it completes; every dispatch was delivered once.
+    let replayed = app.dispatchctl(&["dlq", "replay", "--id", stuck]).await;
+    assert!(replayed.contains(stuck.as_str()), "{replayed}");
+    assert_eq!(rx.wait_all_delivered(&ids).await, 0, "no repeats");
+    assert_eq!(app.count("SELECT count(*) FROM dead_letters").await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM dispatches WHERE status = 'completed'")
+            .await,
+        10
+    );
+}

@@ -65,6 +65,7 @@ pub async fn serve(
                 name: format!("dispatch-worker-{i}"),
                 queue: topology.dispatch_queue(),
                 batch_max: settings.worker.batch_max,
+                prefetch: request_prefetch(&settings),
                 dead_letters: pool.clone(),
             },
             handler.clone(),
@@ -78,11 +79,13 @@ pub async fn serve(
             name: "dispatch-worker-dead-letters".into(),
             queue: topology.dead_queue(),
             batch_max: settings.worker.batch_max,
+            prefetch: settings.amqp.prefetch,
             dead_letters: pool.clone(),
         },
         Arc::new(dead::DeadLetterHandler::new(
             pool.clone(),
             topology.dead_queue(),
+            topology.dispatch_queue(),
         )),
         readiness.register("dead-letter-consumer"),
         cancel.clone(),
@@ -93,6 +96,7 @@ pub async fn serve(
             name: "dispatch-worker-provider-events".into(),
             queue: topology.provider_events_queue(),
             batch_max: settings.worker.batch_max,
+            prefetch: settings.amqp.prefetch,
             dead_letters: pool.clone(),
         },
         Arc::new(provider_events::ProviderEventHandler::new(
@@ -132,4 +136,60 @@ pub async fn serve(
         tracing::warn!("worker tasks did not stop within shutdown_timeout");
     }
     Ok(())
+}
+
+/// Messages a dispatch consumer may hold: about `amqp.prefetch` requests' worth, where a message
+/// may carry up to `ingest.requests_per_message` of them (requests held unacknowledged are not in
+/// the queue's ready count, which ingest paces by), but never fewer than `worker.concurrency`, so
+/// single requests (provider retries, a quiet moment) still fill a batch's provider calls.
+fn request_prefetch(settings: &Settings) -> u16 {
+    let per_message = settings
+        .ingest
+        .requests_per_message
+        .clamp(1, usize::from(u16::MAX)) as u16;
+    let concurrency = settings.worker.concurrency.min(usize::from(u16::MAX)) as u16;
+    settings
+        .amqp
+        .prefetch
+        .div_ceil(per_message)
+        .max(concurrency)
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dispatcher_config::Sources;
+    use std::collections::HashMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        Settings::load(Sources {
+            env: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (format!("DISPATCHER__{k}"), v.to_string()))
+                    .collect::<HashMap<_, _>>(),
+            ),
+            skip_cwd_files: true,
+            ..Sources::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_dispatch_consumer_holds_about_a_prefetch_of_requests() {
+        let at = |prefetch: &str, per_message: &str, concurrency: &str| {
+            request_prefetch(&settings(&[
+                ("AMQP__PREFETCH", prefetch),
+                ("INGEST__REQUESTS_PER_MESSAGE", per_message),
+                ("WORKER__CONCURRENCY", concurrency),
+            ]))
+        };
+        // One request per message: the prefetch as configured.
+        assert_eq!(at("256", "1", "32"), 256);
+        // 32 to a message: 8 messages would do, but single requests still fill the concurrency.
+        assert_eq!(at("256", "32", "32"), 32);
+        assert_eq!(at("256", "32", "4"), 8);
+        assert_eq!(at("4", "32", "1"), 1);
+    }
 }

@@ -6,8 +6,9 @@ use chrono::{DateTime, Utc};
 use dispatcher_config::Settings;
 use dispatcher_core::email::{self, EmailRequest};
 use dispatcher_core::{
-    DispatchError, DispatchRequested, DispatchStatus, ErrorCode, EventType, OutcomeEvent,
-    ProviderEventMessage, ProviderEventType, TemplateFormat, WebhookData, WebhookPayload,
+    parse_requests, request_count, BatchedRequest, DispatchError, DispatchRequested,
+    DispatchStatus, ErrorCode, EventType, OutcomeEvent, ProviderEventMessage, ProviderEventType,
+    TemplateFormat, WebhookData, WebhookPayload,
 };
 use dispatcher_db::dead_letters::{self, NewDeadLetter};
 use dispatcher_db::dispatches::{
@@ -420,32 +421,37 @@ fn own_event(
 impl BatchHandler for WorkerHandler {
     async fn handle(&self, batch: &[Incoming]) -> Result<(), HandlerError> {
         let mut requests: Vec<ClaimRequest> = Vec::with_capacity(batch.len());
-        let mut messages: HashMap<Uuid, (&Incoming, DispatchRequested)> = HashMap::new();
+        let mut claim_index: HashMap<(Uuid, i32), usize> = HashMap::new();
+        let mut messages: HashMap<Uuid, (&Incoming, BatchedRequest)> = HashMap::new();
         let mut quarantine = Vec::new();
         for m in batch {
-            match serde_json::from_slice::<DispatchRequested>(&m.data) {
-                Ok(msg) => {
-                    let (id, tries) = (msg.dispatch_id, msg.provider_attempts);
-                    match requests
-                        .iter_mut()
-                        .find(|r| r.id == id && r.provider_attempts == tries)
-                    {
-                        // The same message twice in a batch is a first delivery only if both are.
-                        Some(r) => r.first_delivery &= !m.redelivered,
-                        None => requests.push(ClaimRequest {
-                            id,
-                            provider_attempts: tries,
-                            first_delivery: !m.redelivered,
-                        }),
-                    }
-                    messages.insert(msg.dispatch_id, (m, msg));
+            let parsed = match parse_requests(&m.data) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    quarantine.push(NewDeadLetter {
+                        queue: self.queue.clone(),
+                        message_id: m.message_id.clone(),
+                        reason: format!("unparseable dispatch.requested: {e}"),
+                        body: m.data.clone(),
+                    });
+                    continue;
                 }
-                Err(e) => quarantine.push(NewDeadLetter {
-                    queue: self.queue.clone(),
-                    message_id: m.message_id.clone(),
-                    reason: format!("unparseable dispatch.requested: {e}"),
-                    body: m.data.clone(),
-                }),
+            };
+            for r in parsed {
+                let key = (r.request.dispatch_id, r.request.provider_attempts);
+                match claim_index.get(&key) {
+                    // The same request twice in a batch is a first delivery only if both are.
+                    Some(&i) => requests[i].first_delivery &= !m.redelivered,
+                    None => {
+                        claim_index.insert(key, requests.len());
+                        requests.push(ClaimRequest {
+                            id: key.0,
+                            provider_attempts: key.1,
+                            first_delivery: !m.redelivered,
+                        });
+                    }
+                }
+                messages.insert(key.0, (m, r));
             }
         }
         // Finished dispatches are not claimed: a redelivered message is acknowledged untouched,
@@ -463,15 +469,16 @@ impl BatchHandler for WorkerHandler {
         };
         let limit = self.settings.worker.max_processing_attempts;
         for id in &claim.exhausted {
-            let (m, _) = messages[id];
+            // Dead-lettered on its own, whatever else its message carried.
+            let (_, r) = &messages[id];
             quarantine.push(NewDeadLetter {
                 queue: self.queue.clone(),
-                message_id: m.message_id.clone(),
+                message_id: Some(r.request.message_id.to_string()),
                 reason: format!(
                     "processing started {limit} times without finishing (its worker stopped \
                      each time); replay it with `dispatchctl dlq replay`"
                 ),
-                body: m.data.clone(),
+                body: serde_json::to_vec(&r.request).expect("request serializes"),
             });
         }
         let stored = dead_letters::insert_batch(&self.pool, &quarantine)
@@ -483,8 +490,9 @@ impl BatchHandler for WorkerHandler {
         // Each document is in the object store (if one is configured) before the batch commits.
         let settled: Vec<Settled> = match futures::stream::iter(claim.claimed)
             .map(|d| {
-                let (m, msg) = &messages[&d.id];
-                self.run_traced(d, msg, m.header("traceparent"))
+                let (m, r) = &messages[&d.id];
+                let traceparent = r.traceparent.as_deref().or(m.header("traceparent"));
+                self.run_traced(d, &r.request, traceparent)
             })
             .buffer_unordered(self.settings.worker.concurrency)
             .try_collect()
@@ -521,5 +529,29 @@ impl BatchHandler for WorkerHandler {
             self.outbox_wake.hand_over(outbox);
         }
         Ok(())
+    }
+
+    fn weight(&self, message: &Incoming) -> usize {
+        request_count(&message.data)
+    }
+
+    fn dead_letter_bodies(&self, message: &Incoming) -> Vec<(Option<String>, Vec<u8>)> {
+        one_dead_letter_per_request(message)
+    }
+}
+
+/// A `dispatch.requested` message as dead letters: one per request it carries (each a single
+/// request, which `dispatchctl dlq replay` sends again on its own), or the message itself when
+/// it holds one request or cannot be read.
+pub fn one_dead_letter_per_request(message: &Incoming) -> Vec<(Option<String>, Vec<u8>)> {
+    match parse_requests(&message.data) {
+        Ok(requests) if requests.len() > 1 => requests
+            .into_iter()
+            .map(|r| {
+                let body = serde_json::to_vec(&r.request).expect("request serializes");
+                (Some(r.request.message_id.to_string()), body)
+            })
+            .collect(),
+        _ => vec![(message.message_id.clone(), message.data.clone())],
     }
 }

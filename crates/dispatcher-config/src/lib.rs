@@ -296,6 +296,11 @@ pub struct IngestSettings {
     pub batch_max: usize,
     /// Batch inserts in flight at once, each on its own pooled connection.
     pub write_lanes: usize,
+    /// Dispatches of one insert sent in one `dispatch.requested` message (see
+    /// `proto-schemas/dispatch.requests.schema.json`); 1 sends each request as its own message,
+    /// as a dispatch-worker from before batched requests expects (set it while such workers
+    /// still run during an upgrade).
+    pub requests_per_message: usize,
     /// Accepted messages waiting (work queues plus unpublished outbox rows) past which new
     /// submissions get `429 overloaded` with `Retry-After`; 0 turns the limit off.
     pub max_backlog: u64,
@@ -518,6 +523,10 @@ impl Settings {
         for (name, v) in [
             ("ingest.batch_max", self.ingest.batch_max),
             ("ingest.write_lanes", self.ingest.write_lanes),
+            (
+                "ingest.requests_per_message",
+                self.ingest.requests_per_message,
+            ),
             ("worker.batch_max", self.worker.batch_max),
             ("worker.concurrency", self.worker.concurrency),
             ("worker.events_per_message", self.worker.events_per_message),

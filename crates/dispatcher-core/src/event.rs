@@ -182,32 +182,99 @@ pub struct BatchedOutcome {
 /// The events in an outcome message: a single [`OutcomeEvent`] (whose trace context is in the
 /// message's headers, so `traceparent` is `None` here) or an [`OutcomeBatch`].
 pub fn parse_outcomes(body: &[u8]) -> Result<Vec<BatchedOutcome>, serde_json::Error> {
-    let single = match serde_json::from_slice::<OutcomeEvent>(body) {
-        Ok(event) => {
-            return Ok(vec![BatchedOutcome {
-                event,
-                traceparent: None,
-            }])
-        }
+    one_or_many(
+        body,
+        "events",
+        |event| BatchedOutcome {
+            event,
+            traceparent: None,
+        },
+        |batch: OutcomeBatch| batch.events,
+    )
+}
+
+/// Several `dispatch.requested` requests in one broker message: the dispatches one ingest
+/// transaction accepted (up to `ingest.requests_per_message`), so a message, a confirm, a
+/// delivery and an ack serve many dispatches. Each request keeps its own trace context, which a
+/// single request carries in the AMQP headers. Provider retries are always single requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestBatch {
+    pub requests: Vec<BatchedRequest>,
+}
+
+/// One request of a [`RequestBatch`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchedRequest {
+    pub request: DispatchRequested,
+    /// W3C trace context of the submission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+/// The requests in a `dispatch.requested` message: a single [`DispatchRequested`] (trace context
+/// in the headers, so `traceparent` is `None` here) or a [`RequestBatch`].
+pub fn parse_requests(body: &[u8]) -> Result<Vec<BatchedRequest>, serde_json::Error> {
+    one_or_many(
+        body,
+        "requests",
+        |request| BatchedRequest {
+            request,
+            traceparent: None,
+        },
+        |batch: RequestBatch| batch.requests,
+    )
+}
+
+/// How many requests a `dispatch.requested` body carries, without reading them (1 for a single
+/// request and for a body that is not a batch at all): how a consumer weighs a message when it
+/// fills a batch.
+pub fn request_count(body: &[u8]) -> usize {
+    #[derive(Deserialize)]
+    struct Count {
+        requests: Vec<serde::de::IgnoredAny>,
+    }
+    if !first_key_is(body, "requests") {
+        return 1;
+    }
+    serde_json::from_slice::<Count>(body).map_or(1, |c| c.requests.len().max(1))
+}
+
+/// A message body holding one item (`T`) or a batch of them (`B`, an object whose first key is
+/// `key`). An empty batch is refused rather than taken as nothing, and an error names the
+/// problem of the shape the body was meant to have.
+fn one_or_many<T, B, I>(
+    body: &[u8],
+    key: &str,
+    one: impl FnOnce(T) -> I,
+    items: impl FnOnce(B) -> Vec<I>,
+) -> Result<Vec<I>, serde_json::Error>
+where
+    T: serde::de::DeserializeOwned,
+    B: serde::de::DeserializeOwned,
+{
+    let single = match serde_json::from_slice::<T>(body) {
+        Ok(item) => return Ok(vec![one(item)]),
         Err(e) => e,
     };
-    match serde_json::from_slice::<OutcomeBatch>(body) {
-        Ok(batch) if batch.events.is_empty() => Err(serde::de::Error::custom(
-            "an outcome batch holds at least one event",
-        )),
-        Ok(batch) => Ok(batch.events),
-        // Report the error of the shape the body was meant to have.
-        Err(batched) if is_batch(body) => Err(batched),
+    match serde_json::from_slice::<B>(body).map(items) {
+        Ok(batch) if batch.is_empty() => Err(serde::de::Error::custom(format!(
+            "a batch holds at least one item (`{key}` is empty)"
+        ))),
+        Ok(batch) => Ok(batch),
+        Err(batched) if first_key_is(body, key) => Err(batched),
         Err(_) => Err(single),
     }
 }
 
-/// Whether a body is a JSON object whose first key is `events`.
-fn is_batch(body: &[u8]) -> bool {
+/// Whether a body is a JSON object whose first key is `key`.
+fn first_key_is(body: &[u8], key: &str) -> bool {
     let body = body.trim_ascii_start();
     body.strip_prefix(b"{")
-        .map(|rest| rest.trim_ascii_start().starts_with(b"\"events\""))
-        .unwrap_or(false)
+        .and_then(|rest| rest.trim_ascii_start().strip_prefix(b"\""))
+        .and_then(|rest| rest.strip_prefix(key.as_bytes()))
+        .is_some_and(|rest| rest.starts_with(b"\""))
 }
 
 /// A retry of one delivery, re-published through a delay queue. The delivery row in Postgres holds
@@ -398,7 +465,7 @@ mod tests {
     fn a_broken_outcome_message_says_what_is_wrong_with_it() {
         // An empty batch is refused rather than acknowledged as nothing.
         let e = parse_outcomes(br#"{"events": []}"#).unwrap_err();
-        assert!(e.to_string().contains("at least one event"), "{e}");
+        assert!(e.to_string().contains("at least one item"), "{e}");
         // A broken batch reports the batch's problem, a broken event the event's.
         let e = parse_outcomes(br#" { "events": [{"traceparent": "x", "extra": 1}]}"#).unwrap_err();
         assert!(e.to_string().contains("extra"), "{e}");
@@ -408,6 +475,53 @@ mod tests {
             "{e}"
         );
         assert!(parse_outcomes(b"not json").is_err());
+    }
+
+    #[test]
+    fn a_requests_message_holds_one_request_or_a_batch() {
+        let queued_at = Utc::now();
+        let request = |n: u128| DispatchRequested {
+            message_id: Uuid::from_u128(n),
+            dispatch_id: Uuid::from_u128(n + 1),
+            account_id: Uuid::from_u128(7),
+            queued_at,
+            provider_attempts: 0,
+        };
+        let one = serde_json::to_vec(&request(1)).unwrap();
+        assert_eq!(request_count(&one), 1);
+        let parsed = parse_requests(&one).unwrap();
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].request, request(1));
+        assert_eq!(parsed[0].traceparent, None);
+
+        let batch = RequestBatch {
+            requests: vec![
+                BatchedRequest {
+                    request: request(10),
+                    traceparent: Some("00-aa-bb-01".into()),
+                },
+                BatchedRequest {
+                    request: request(20),
+                    traceparent: None,
+                },
+            ],
+        };
+        let body = serde_json::to_vec(&batch).unwrap();
+        assert_eq!(request_count(&body), 2);
+        assert_eq!(parse_requests(&body).unwrap(), batch.requests);
+
+        assert!(parse_requests(br#"{"requests": []}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("at least one item"));
+        let e = parse_requests(br#"{"requests": [{"request": {}, "x": 1}]}"#).unwrap_err();
+        assert!(
+            e.to_string().contains("x") || e.to_string().contains("missing"),
+            "{e}"
+        );
+        // A key that only starts like the batch's is not the batch.
+        assert_eq!(request_count(br#"{"requestsX": [1, 2]}"#), 1);
+        assert!(parse_requests(b"not json").is_err());
     }
 
     #[test]

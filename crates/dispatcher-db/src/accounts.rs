@@ -198,9 +198,19 @@ pub async fn signing_secrets_of(
     for row in client.query(&stmt, &[&account_ids]).await? {
         out.insert(row.get(0), secrets_from(row.get(1), row.get(2))?);
     }
-    match account_ids.iter().find(|a| !out.contains_key(*a)) {
+    all_found(account_ids, &out)?;
+    Ok(out)
+}
+
+/// An error naming the first of `account_ids` whose secrets were not read: events name their
+/// account, so one that does not exist is corrupt data, not an account with nothing to sign.
+pub(crate) fn all_found(
+    account_ids: &[Uuid],
+    secrets: &HashMap<Uuid, Vec<WebhookSecret>>,
+) -> Result<(), DbError> {
+    match account_ids.iter().find(|a| !secrets.contains_key(*a)) {
         Some(missing) => Err(DbError::Corrupt(format!("account {missing} not found"))),
-        None => Ok(out),
+        None => Ok(()),
     }
 }
 

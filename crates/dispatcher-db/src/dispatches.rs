@@ -6,7 +6,6 @@ use crate::pool::AsyncCommitPool;
 use crate::{DbError, Pool};
 use chrono::{DateTime, Utc};
 use dispatcher_core::{DispatchError, DispatchStatus, TemplateFormat};
-use std::collections::HashMap;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -47,9 +46,10 @@ pub async fn insert_batch(
     pool: &Pool,
     rows: &[NewDispatch],
     traceparents: &[Option<String>],
+    requests_per_message: usize,
 ) -> Result<Inserted, DbError> {
     let client = pool.get().await?;
-    insert_rows(&client, rows, traceparents).await
+    insert_rows(&client, rows, traceparents, requests_per_message).await
 }
 
 /// A batch submission's Idempotency-Key and the answer a repeat of it gets.
@@ -68,6 +68,7 @@ pub async fn insert_submission(
     account_id: Uuid,
     rows: &[NewDispatch],
     traceparents: &[Option<String>],
+    requests_per_message: usize,
     key: Option<BatchKey<'_>>,
 ) -> Result<Option<Vec<OutboxRow>>, DbError> {
     let mut client = pool.get().await?;
@@ -89,7 +90,9 @@ pub async fn insert_submission(
     }
     let mut outbox = Vec::new();
     if !rows.is_empty() {
-        outbox = insert_rows(&tx, rows, traceparents).await?.outbox;
+        outbox = insert_rows(&tx, rows, traceparents, requests_per_message)
+            .await?
+            .outbox;
     }
     tx.commit().await?;
     Ok(Some(outbox))
@@ -114,10 +117,14 @@ pub async fn find_batch_by_key(
         .map(|r| (r.get(0), r.get(1))))
 }
 
+/// The dispatches go out in `dispatch.requested` messages of up to `requests_per_message`
+/// requests each (a `RequestBatch`; a lone request is sent as itself), built from the rows
+/// actually inserted, so a request skipped for its idempotency key is in no message.
 async fn insert_rows(
     client: &impl deadpool_postgres::GenericClient,
     rows: &[NewDispatch],
     traceparents: &[Option<String>],
+    requests_per_message: usize,
 ) -> Result<Inserted, DbError> {
     let stmt = client
         .prepare_cached(
@@ -126,9 +133,10 @@ async fn insert_rows(
                                       $6::jsonb[], $7::jsonb[], $8::text[], $9::jsonb[], $10::text[],
                                       $11::bytea[], $12::jsonb[], $13::bool[], $14::timestamptz[],
                                       $15::uuid[], $16::bytea[], $17::text[])
+                 WITH ORDINALITY
                  AS t(id, account_id, template_id, template_format, template_body, data, provider,
                       callback_url, metadata, idempotency_key, request_hash, idempotency_response,
-                      notify_on_finish, queued_at, message_id, message, traceparent)
+                      notify_on_finish, queued_at, message_id, message, traceparent, ord)
              ), ins AS (
                  INSERT INTO dispatches (id, account_id, template_id, template_format, template_body,
                                          data, provider, callback_url, metadata, idempotency_key,
@@ -139,17 +147,26 @@ async fn insert_rows(
                  FROM input
                  ON CONFLICT (account_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                  RETURNING id
+             ), request AS (
+                 -- The inserted requests, in submission order, numbered into messages of $19.
+                 SELECT i.message_id, i.message, i.traceparent, i.ord,
+                        (row_number() OVER (ORDER BY i.ord) - 1) / $19 AS message_no
+                 FROM input i JOIN ins USING (id)
              ), ob AS (
                  INSERT INTO outbox (message_id, routing_key, payload, headers, relay_after)
-                 SELECT i.message_id, 'dispatch.requested', i.message,
-                        CASE WHEN i.traceparent IS NULL THEN NULL
-                             ELSE jsonb_build_object('traceparent', i.traceparent) END,
+                 SELECT (array_agg(r.message_id ORDER BY r.ord))[1], 'dispatch.requested',
+                        outbox_batch_body('requests', 'request', array_agg(r.message ORDER BY r.ord),
+                                          array_agg(r.traceparent ORDER BY r.ord)),
+                        outbox_batch_headers(array_agg(r.traceparent ORDER BY r.ord)),
                         now() + make_interval(secs => $18)
-                 FROM input i JOIN ins USING (id)
-                 RETURNING id, message_id
+                 FROM request r
+                 GROUP BY r.message_no
+                 RETURNING id, message_id, routing_key, payload, headers->>'traceparent'
              )
-             -- Every inserted dispatch has its outbox row.
-             SELECT i.id, ob.id FROM ob JOIN input i USING (message_id)",
+             -- The ids inserted, then the outbox rows to hand over (NULL in the other columns).
+             SELECT id, NULL::int8, NULL::uuid, NULL::text, NULL::bytea, NULL::text FROM ins
+             UNION ALL
+             SELECT NULL, ob.* FROM ob",
         )
         .await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
@@ -194,23 +211,16 @@ async fn insert_rows(
                 &messages,
                 &traceparents,
                 &outbox::handoff_grace_secs(),
+                &(requests_per_message.max(1) as i64),
             ],
         )
         .await?;
-    let index: HashMap<Uuid, usize> = rows.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
     let mut inserted = Inserted::default();
     for r in &out {
-        let i = index[&r.get::<_, Uuid>(0)];
-        inserted.ids.push(rows[i].id);
-        inserted.outbox.push(OutboxRow {
-            id: r.get(1),
-            message_id: rows[i].message_id,
-            routing_key: "dispatch.requested".to_owned(),
-            payload: rows[i].message.clone(),
-            traceparent: traceparents[i].clone(),
-            age_seconds: 0.0,
-            publish_failures: 0,
-        });
+        match r.get::<_, Option<Uuid>>(0) {
+            Some(id) => inserted.ids.push(id),
+            None => inserted.outbox.extend(outbox::handed_row(r, 1)),
+        }
     }
     Ok(inserted)
 }
@@ -716,17 +726,9 @@ async fn finish_rows(
              ), ob AS (
                  INSERT INTO outbox (message_id, routing_key, payload, headers, relay_after)
                  SELECT (array_agg(o.event_id ORDER BY o.ord))[1], o.routing_key,
-                        CASE WHEN count(*) = 1 THEN (array_agg(o.event))[1]
-                             ELSE convert_to(
-                                 '{\"events\":['
-                                 || string_agg('{\"event\":' || convert_from(o.event, 'UTF8')
-                                               || COALESCE(',\"traceparent\":'
-                                                           || to_json(o.traceparent)::text, '')
-                                               || '}', ',' ORDER BY o.ord)
-                                 || ']}', 'UTF8') END,
-                        CASE WHEN count(*) = 1 AND bool_and(o.traceparent IS NOT NULL)
-                             THEN jsonb_build_object('traceparent', (array_agg(o.traceparent))[1])
-                        END,
+                        outbox_batch_body('events', 'event', array_agg(o.event ORDER BY o.ord),
+                                          array_agg(o.traceparent ORDER BY o.ord)),
+                        outbox_batch_headers(array_agg(o.traceparent ORDER BY o.ord)),
                         now() + make_interval(secs => $23)
                  FROM outcome o
                  GROUP BY o.routing_key, o.message

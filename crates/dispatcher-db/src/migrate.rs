@@ -67,6 +67,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "outbox_handoff",
         include_str!("../../../migrations/0013_outbox_handoff.sql"),
     ),
+    (
+        14,
+        "batched_messages",
+        include_str!("../../../migrations/0014_batched_messages.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x0d15_9a7c_4e00_0001;

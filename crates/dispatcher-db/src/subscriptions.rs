@@ -207,10 +207,8 @@ pub async fn targets(
                 .push((account, webhook, r.get(4), r.get(5)));
         }
     }
-    match account_ids.iter().find(|a| !out.secrets.contains_key(*a)) {
-        Some(missing) => Err(DbError::Corrupt(format!("account {missing} not found"))),
-        None => Ok(out),
-    }
+    crate::accounts::all_found(account_ids, &out.secrets)?;
+    Ok(out)
 }
 
 /// What [`targets`] found.

@@ -72,6 +72,18 @@ pub trait BatchHandler: Send + Sync + 'static {
     /// Processes a batch and commits its effects. `Ok` means every message in it is done (handled,
     /// skipped as a duplicate, or stored as a dead letter) and may be acknowledged.
     fn handle(&self, batch: &[Incoming]) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// The items a message carries, counted against `batch_max` when a batch is filled: 1, or
+    /// more for a message that holds several (a batch of requests).
+    fn weight(&self, _message: &Incoming) -> usize {
+        1
+    }
+
+    /// What a quarantined message is stored as: itself, `(message id, body)`, or one dead letter
+    /// per item for a message that holds several, so each item can be replayed on its own.
+    fn dead_letter_bodies(&self, message: &Incoming) -> Vec<(Option<String>, Vec<u8>)> {
+        vec![(message.message_id.clone(), message.data.clone())]
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +98,9 @@ pub struct ConsumerConfig {
     pub name: String,
     pub queue: String,
     pub batch_max: usize,
+    /// Unacknowledged messages the consumer may hold (`amqp.prefetch`, or fewer where each
+    /// message carries several items).
+    pub prefetch: u16,
     /// Where messages that keep being refused are quarantined (`dead_letters`).
     pub dead_letters: Pool,
 }
@@ -141,7 +156,7 @@ async fn session<H: BatchHandler>(
     let conn = crate::connect_any(&settings.amqp, &cfg.name).await?;
     let ch = conn.create_channel().await?;
     topology.declare(&ch).await?;
-    ch.basic_qos(settings.amqp.prefetch, BasicQosOptions::default())
+    ch.basic_qos(cfg.prefetch, BasicQosOptions::default())
         .await?;
     let mut consumer = ch
         .basic_consume(
@@ -163,11 +178,17 @@ async fn session<H: BatchHandler>(
         let Some(first) = first else {
             return Err(SessionError::Closed);
         };
-        let mut batch = vec![to_incoming(first?)];
+        let first = to_incoming(first?);
+        let mut weight = handler.weight(&first);
+        let mut batch = vec![first];
         // Take whatever else is already buffered, without waiting for more.
-        while batch.len() < cfg.batch_max {
+        while weight < cfg.batch_max {
             match consumer.next().now_or_never() {
-                Some(Some(d)) => batch.push(to_incoming(d?)),
+                Some(Some(d)) => {
+                    let m = to_incoming(d?);
+                    weight += handler.weight(&m);
+                    batch.push(m);
+                }
                 _ => break,
             }
         }
@@ -257,18 +278,19 @@ async fn isolate<H: BatchHandler>(
                         continue;
                     }
                     warn!(consumer = %cfg.name, message_id = ?m.message_id, error = %reason, "message quarantined");
-                    let row = NewDeadLetter {
-                        queue: cfg.queue.clone(),
-                        message_id: m.message_id.clone(),
-                        reason: format!("refused {refusals} times: {reason}"),
-                        body: m.data.clone(),
-                    };
+                    let rows: Vec<NewDeadLetter> = handler
+                        .dead_letter_bodies(m)
+                        .into_iter()
+                        .map(|(message_id, body)| NewDeadLetter {
+                            queue: cfg.queue.clone(),
+                            message_id,
+                            reason: format!("refused {refusals} times: {reason}"),
+                            body,
+                        })
+                        .collect();
                     let mut retry =
                         Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-                    while let Err(e) =
-                        dead_letters::insert_batch(&cfg.dead_letters, std::slice::from_ref(&row))
-                            .await
-                    {
+                    while let Err(e) = dead_letters::insert_batch(&cfg.dead_letters, &rows).await {
                         warn!(consumer = %cfg.name, error = %e, "cannot store the dead letter; retrying");
                         tokio::select! {
                             _ = cancel.cancelled() => return false,

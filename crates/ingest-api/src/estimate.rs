@@ -8,7 +8,9 @@
 //!   declares) plus unpublished outbox rows. An event message may carry a worker batch's
 //!   outcome events (`worker.events_per_message`), so the event queue's messages are weighed by
 //!   the events a worker batch finishes on average: the recent finished dispatches per finishing
-//!   transaction (rows a transaction wrote share its `xmin`);
+//!   transaction (rows a transaction wrote share its `xmin`); likewise the dispatch queue's
+//!   messages by the requests an ingest transaction accepted (`ingest.requests_per_message`),
+//!   from the recent dispatches still queued;
 //! - drain rate: how many of the most recent dispatches (a primary-key range scan) finished in
 //!   the last few seconds, i.e. what all workers together finish right now.
 
@@ -90,6 +92,24 @@ pub fn weigh(messages: u32, per_message: f64) -> u64 {
     (f64::from(messages) * per_message.max(1.0)).round() as u64
 }
 
+/// The work waiting in the dispatch and event queues (`ready[0]`, `ready[1]`: ready messages,
+/// and whether the queue has consumers), each message weighed by the items its queue's messages
+/// carry (`snapshot`'s figures): all of it, and the part that consumers drain.
+fn weigh_queues(ready: [(u32, bool); 2], snapshot: &Snapshot) -> (u64, u64) {
+    let per_message = [snapshot.requests_per_message, snapshot.events_per_message];
+    let (mut depth, mut consumed) = (0, 0);
+    for ((messages, has_consumers), per_message) in ready.into_iter().zip(per_message) {
+        let work = weigh(messages, per_message);
+        depth += work;
+        // A queue nobody consumes does not drain however long new work waits: it is not
+        // paced for.
+        if has_consumers {
+            consumed += work;
+        }
+    }
+    (depth, consumed)
+}
+
 #[derive(Clone, Copy)]
 struct Snapshot {
     estimate: Duration,
@@ -97,6 +117,8 @@ struct Snapshot {
     drain_per_sec: f64,
     /// Outcome events per event message, recently (see [`weigh`]).
     events_per_message: f64,
+    /// Dispatch requests per `dispatch.requested` message, recently.
+    requests_per_message: f64,
 }
 
 #[derive(Clone)]
@@ -163,6 +185,7 @@ impl Estimator {
                 backlog: 0,
                 drain_per_sec: 0.0,
                 events_per_message: 1.0,
+                requests_per_message: 1.0,
             })),
             queued: Arc::new(AtomicU64::new(0)),
             max_backlog: settings.ingest.max_backlog,
@@ -211,23 +234,15 @@ impl Estimator {
                         channel = c.create_channel().await.ok();
                     }
                 }
-                let (mut depth, mut consumed) = (0, 0);
+                // Ready messages in the dispatch and event queues, and whether each has
+                // consumers: weighed by the items their messages carry when they are used, so a
+                // fresh sample's figures apply to the depths read with it.
+                let mut ready = [(0, false); 2];
                 if let Some(ch) = &channel {
-                    let events_per_message = current.read().expect("estimate").events_per_message;
-                    for (queue, per_message) in [
-                        (topology.dispatch_queue(), 1.0),
-                        (topology.webhook_events_queue(), events_per_message),
-                    ] {
-                        match Topology::depth_and_consumers(ch, &queue).await {
-                            Ok((d, consumers)) => {
-                                let d = weigh(d, per_message);
-                                depth += d;
-                                // A queue nobody consumes does not drain however long new
-                                // work waits: it is not paced for.
-                                if consumers > 0 {
-                                    consumed += d;
-                                }
-                            }
+                    let queues = [topology.dispatch_queue(), topology.webhook_events_queue()];
+                    for (slot, queue) in ready.iter_mut().zip(&queues) {
+                        match Topology::depth_and_consumers(ch, queue).await {
+                            Ok((d, consumers)) => *slot = (d, consumers > 0),
                             Err(_) => {
                                 channel = None;
                                 break;
@@ -235,7 +250,10 @@ impl Estimator {
                         }
                     }
                 }
+                let now = *current.read().expect("estimate");
+                let (_, consumed) = weigh_queues(ready, &now);
                 queued.store(consumed, Ordering::Relaxed);
+                metrics::gauge!("dispatcher_ingest_work_waiting").set(consumed as f64);
                 if tokio::time::Instant::now() < next_sample {
                     continue;
                 }
@@ -243,19 +261,25 @@ impl Estimator {
                 let Ok(sample) = sample(&pool).await else {
                     continue;
                 };
-                let backlog = depth + sample.unsent;
-                let estimate = compute(sample.median, backlog, sample.drain_per_sec);
-                let most = settings.worker.events_per_message.max(1) as f64;
-                *current.write().expect("estimate") = Snapshot {
-                    estimate,
-                    backlog,
+                let most_events = settings.worker.events_per_message.max(1) as f64;
+                let most_requests = settings.ingest.requests_per_message.max(1) as f64;
+                let mut next = Snapshot {
+                    estimate: DEFAULT_LATENCY,
+                    backlog: 0,
                     drain_per_sec: sample.drain_per_sec,
-                    events_per_message: sample.finished_per_commit.clamp(1.0, most),
+                    events_per_message: sample.finished_per_commit.clamp(1.0, most_events),
+                    requests_per_message: sample.queued_per_commit.clamp(1.0, most_requests),
                 };
+                next.backlog = weigh_queues(ready, &next).0 + sample.unsent;
+                next.estimate = compute(sample.median, next.backlog, sample.drain_per_sec);
+                let (backlog, estimate) = (next.backlog, next.estimate);
+                *current.write().expect("estimate") = next;
                 metrics::gauge!("dispatcher_ingest_backlog").set(backlog as f64);
                 metrics::gauge!("dispatcher_ingest_drain_per_second").set(sample.drain_per_sec);
                 metrics::gauge!("dispatcher_ingest_events_per_message")
-                    .set(sample.finished_per_commit.clamp(1.0, most));
+                    .set(sample.finished_per_commit.clamp(1.0, most_events));
+                metrics::gauge!("dispatcher_ingest_requests_per_message")
+                    .set(sample.queued_per_commit.clamp(1.0, most_requests));
                 metrics::gauge!("dispatcher_estimated_completion_seconds")
                     .set(estimate.as_secs_f64());
             }
@@ -273,6 +297,9 @@ struct Sample {
     drain_per_sec: f64,
     /// Recent finished dispatches per transaction that finished them (1 without any).
     finished_per_commit: f64,
+    /// Recent dispatches still queued per transaction that accepted them (1 without any): the
+    /// requests a `dispatch.requested` message carries, up to `ingest.requests_per_message`.
+    queued_per_commit: f64,
 }
 
 async fn sample(pool: &Pool) -> Result<Sample, dispatcher_db::DbError> {
@@ -282,14 +309,18 @@ async fn sample(pool: &Pool) -> Result<Sample, dispatcher_db::DbError> {
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM completed_at - queued_at))::float8,
                     count(*) FILTER (WHERE completed_at > now() - make_interval(secs => $1)),
                     count(*) FILTER (WHERE completed_at IS NOT NULL)::float8
-                        / NULLIF(count(DISTINCT xmin::text) FILTER (WHERE completed_at IS NOT NULL), 0)
-             FROM (SELECT completed_at, queued_at, xmin FROM dispatches ORDER BY id DESC LIMIT 5000) recent",
+                        / NULLIF(count(DISTINCT xmin::text) FILTER (WHERE completed_at IS NOT NULL), 0),
+                    count(*) FILTER (WHERE status = 'queued')::float8
+                        / NULLIF(count(DISTINCT xmin::text) FILTER (WHERE status = 'queued'), 0)
+             FROM (SELECT completed_at, queued_at, status, xmin FROM dispatches
+                   ORDER BY id DESC LIMIT 5000) recent",
             &[&RATE_WINDOW],
         )
         .await?;
     let median: Option<f64> = row.get(0);
     let finished: i64 = row.get(1);
     let per_commit: Option<f64> = row.get(2);
+    let queued_per_commit: Option<f64> = row.get(3);
     let unsent: i64 = client
         .query_one(
             "SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT 100000) o",
@@ -302,6 +333,7 @@ async fn sample(pool: &Pool) -> Result<Sample, dispatcher_db::DbError> {
         unsent: unsent as u64,
         drain_per_sec: finished as f64 / RATE_WINDOW,
         finished_per_commit: per_commit.unwrap_or(1.0),
+        queued_per_commit: queued_per_commit.unwrap_or(1.0),
     })
 }
 

@@ -82,8 +82,7 @@ pub async fn serve(
     let (writer, writer_task) = writer::BatchWriter::start(
         pool.clone(),
         outbox_wake.clone(),
-        settings.ingest.batch_max,
-        settings.ingest.write_lanes,
+        &settings.ingest,
         writer_stop.clone(),
     );
 

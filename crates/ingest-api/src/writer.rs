@@ -8,6 +8,7 @@
 //! single-row transactions into a few dozen larger ones, and a request is still only answered
 //! after its own row is durable.
 
+use dispatcher_config::IngestSettings;
 use dispatcher_db::dispatches::{insert_batch, NewDispatch};
 use dispatcher_db::outbox::OutboxWake;
 use dispatcher_db::{DbError, Pool};
@@ -35,12 +36,11 @@ impl BatchWriter {
     pub fn start(
         pool: Pool,
         wake: OutboxWake,
-        batch_max: usize,
-        write_lanes: usize,
+        settings: &IngestSettings,
         stop: CancellationToken,
     ) -> (Self, JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(batch_max * 8);
-        let handle = tokio::spawn(run(pool, wake, rx, batch_max, write_lanes, stop));
+        let (tx, rx) = mpsc::channel(settings.batch_max * 8);
+        let handle = tokio::spawn(run(pool, wake, rx, settings.clone(), stop));
         (Self { tx }, handle)
     }
 
@@ -64,11 +64,11 @@ async fn run(
     pool: Pool,
     wake: OutboxWake,
     mut rx: mpsc::Receiver<Job>,
-    batch_max: usize,
-    write_lanes: usize,
+    settings: IngestSettings,
     stop: CancellationToken,
 ) {
-    let lanes = Arc::new(Semaphore::new(write_lanes.max(1)));
+    let batch_max = settings.batch_max;
+    let lanes = Arc::new(Semaphore::new(settings.write_lanes.max(1)));
     let mut writing = JoinSet::new();
     loop {
         // A free lane first: while every lane is busy, submissions gather in the channel and
@@ -88,7 +88,13 @@ async fn run(
                 Err(_) => break,
             }
         }
-        writing.spawn(write(pool.clone(), wake.clone(), batch, lane));
+        writing.spawn(write(
+            pool.clone(),
+            wake.clone(),
+            batch,
+            settings.requests_per_message,
+            lane,
+        ));
         while writing.try_join_next().is_some() {}
     }
     // Stopping: every accepted row still gets its commit and its answer.
@@ -96,7 +102,13 @@ async fn run(
 }
 
 /// Writes one batch in one transaction and answers each of its requests.
-async fn write(pool: Pool, wake: OutboxWake, mut batch: Vec<Job>, _lane: OwnedSemaphorePermit) {
+async fn write(
+    pool: Pool,
+    wake: OutboxWake,
+    mut batch: Vec<Job>,
+    requests_per_message: usize,
+    _lane: OwnedSemaphorePermit,
+) {
     // Batches in flight together take row locks on idempotency keys in one order (rows without
     // a key lock nothing another batch could want), so two of them never deadlock.
     batch.sort_by(|a, b| {
@@ -111,7 +123,7 @@ async fn write(pool: Pool, wake: OutboxWake, mut batch: Vec<Job>, _lane: OwnedSe
         replies.push(reply);
     }
     metrics::histogram!("dispatcher_ingest_batch_size").record(rows.len() as f64);
-    match insert_batch(&pool, &rows, &traces).await {
+    match insert_batch(&pool, &rows, &traces, requests_per_message).await {
         Ok(inserted) => {
             wake.hand_over(inserted.outbox);
             for (row, reply) in rows.iter().zip(replies) {

@@ -167,6 +167,7 @@ pub async fn submit_batch(
         account,
         &rows,
         &traceparents,
+        s.settings.ingest.requests_per_message,
         key.as_deref().map(|k| BatchKey {
             key: k,
             request_hash: &request_hash,
