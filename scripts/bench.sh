@@ -140,7 +140,13 @@ if [ -n "${BENCH_BASELINE:-}" ]; then
       drop_queues
       if [ "$build" = baseline ]; then BIN="$base_bin"; fi
       echo "== round $round: $build"
+      # BENCH_CURRENT_ENV="KEY=value ...": settings for this tree's services only, so that one
+      # run compares two configurations (with BENCH_BASELINE=HEAD, of the same code).
+      if [ "$build" = current ]; then
+        for kv in ${BENCH_CURRENT_ENV:-}; do export "$kv"; done
+      fi
       start_services
+      for kv in ${BENCH_CURRENT_ENV:-}; do unset "${kv%%=*}"; done
       BIN="$current_bin" BENCH_MODE=closed BENCH_OUT="$RUN/closed-$build-$round.json" run_bench >"$RUN/closed-$build-$round.log"
       stop_services
     done

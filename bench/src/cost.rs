@@ -39,6 +39,9 @@ struct Snapshot {
     tables: BTreeMap<String, f64>,
     /// Calls per statement (first line of its text) when pg_stat_statements is loaded.
     statements: BTreeMap<String, f64>,
+    /// Executor (and, with `pg_stat_statements.track_planning`, planner) milliseconds per statement, each named by the start of its text and its length
+    /// (which tells apart statements that start alike).
+    statement_ms: BTreeMap<String, f64>,
 }
 
 /// CPU seconds of every process whose command name is `comm` (all of Postgres's backends, the
@@ -178,6 +181,23 @@ impl CostProbe {
                         s.statements.insert(r.get(0), r.get(1));
                     }
                 }
+                if let Ok(rows) = c
+                    .query(
+                        "SELECT left(q, 60) || ' [' || length(q) || ']', sum(t)
+                         FROM (SELECT regexp_replace(query, '\\s+', ' ', 'g') AS q,
+                                      total_exec_time + total_plan_time AS t
+                               FROM pg_stat_statements
+                               WHERE dbid = (SELECT oid FROM pg_database
+                                             WHERE datname = current_database())) s
+                         GROUP BY 1",
+                        &[],
+                    )
+                    .await
+                {
+                    for r in rows {
+                        s.statement_ms.insert(r.get(0), r.get(1));
+                    }
+                }
             }
         }
         s
@@ -232,6 +252,11 @@ impl CostProbe {
             "postgres_rows_written_per_dispatch_by_table": delta(&after.tables, &b.tables),
             "postgres_statements_per_dispatch": if self.statements {
                 serde_json::Value::Object(delta(&after.statements, &b.statements))
+            } else {
+                serde_json::json!("pg_stat_statements is not loaded")
+            },
+            "postgres_ms_per_dispatch_by_statement": if self.statements {
+                serde_json::Value::Object(delta(&after.statement_ms, &b.statement_ms))
             } else {
                 serde_json::json!("pg_stat_statements is not loaded")
             },

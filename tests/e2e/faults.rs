@@ -331,14 +331,15 @@ async fn poison_messages_are_dead_lettered_and_consumers_keep_going() {
     // The services declare the topology as they start; make sure it exists before publishing
     // straight to the queues (declaring is idempotent).
     t.declare(&ch).await.unwrap();
-    for (i, queue) in [
-        t.dispatch_queue(),
-        t.webhook_events_queue(),
-        t.webhook_retry_queue(),
-    ]
-    .iter()
-    .enumerate()
-    {
+    // Each consumer reads a body once, as it arrives; one it cannot read is stored with what its
+    // queue carries and the reason, and acknowledged.
+    let queues = [
+        (t.dispatch_queue(), "dispatch.requested"),
+        (t.webhook_events_queue(), "outcome event"),
+        (t.webhook_retry_queue(), "delivery retry"),
+        (t.provider_events_queue(), "provider.event"),
+    ];
+    for (i, (queue, _)) in queues.iter().enumerate() {
         ch.basic_publish(
             "".into(),
             queue.clone().into(),
@@ -351,12 +352,24 @@ async fn poison_messages_are_dead_lettered_and_consumers_keep_going() {
         .await
         .unwrap();
     }
-    app.wait_count("SELECT count(*) FROM dead_letters", 3).await;
+    app.wait_count("SELECT count(*) FROM dead_letters", queues.len() as i64)
+        .await;
     let listed = app.dispatchctl(&["dlq", "list"]).await;
-    for i in 0..3 {
+    for i in 0..queues.len() {
         assert!(listed.contains(&format!("poison-{i}")), "{listed}");
     }
     assert!(listed.contains("unparseable"));
+    for (i, (queue, kind)) in queues.iter().enumerate() {
+        let stored = app
+            .text(&format!(
+                "SELECT queue || ' ' || reason FROM dead_letters WHERE message_id = 'poison-{i}'"
+            ))
+            .await;
+        assert!(
+            stored.starts_with(&format!("{queue} unparseable {kind}: ")),
+            "{stored}"
+        );
+    }
     let ids = app.submit_many(&acct, 5, 5, &rx.url()).await;
     rx.wait_all_delivered(&ids).await;
     let _ = conn.close(200, "bye".into()).await;

@@ -3,9 +3,10 @@
 //! `dead_letters` with the broker's reason, where `dispatchctl dlq list` shows them.
 
 use crate::process::one_dead_letter_per_request;
+use dispatcher_core::parse_requests;
 use dispatcher_db::dead_letters::{self, NewDeadLetter};
 use dispatcher_db::Pool;
-use dispatcher_mq::{BatchHandler, HandlerError, Incoming};
+use dispatcher_mq::{BatchHandler, HandlerError, Incoming, Received};
 
 pub struct DeadLetterHandler {
     pool: Pool,
@@ -24,7 +25,15 @@ impl DeadLetterHandler {
 }
 
 impl BatchHandler for DeadLetterHandler {
-    async fn handle(&self, batch: &[Incoming]) -> Result<(), HandlerError> {
+    /// Bodies are stored as they are, readable or not.
+    type Body = ();
+    const KIND: &'static str = "dead letter";
+
+    fn read(&self, _message: &Incoming) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn handle(&self, batch: &[Received<()>]) -> Result<(), HandlerError> {
         let mut rows: Vec<NewDeadLetter> = Vec::with_capacity(batch.len());
         for m in batch {
             let queue = m.header("x-first-death-queue").unwrap_or(&self.queue);
@@ -35,7 +44,7 @@ impl BatchHandler for DeadLetterHandler {
             // A message of requests is stored as one dead letter per request, as the worker
             // quarantines them, so each is listed and replayed on its own.
             let bodies = if queue == self.dispatch_queue {
-                one_dead_letter_per_request(m)
+                one_dead_letter_per_request(m, &parse_requests(&m.data).unwrap_or_default())
             } else {
                 vec![(m.message_id.clone(), m.data.clone())]
             };

@@ -101,7 +101,6 @@ pub async fn serve(
         },
         Arc::new(provider_events::ProviderEventHandler::new(
             pool.clone(),
-            topology.provider_events_queue(),
             outbox_wake.clone(),
         )),
         readiness.register("provider-events-consumer"),

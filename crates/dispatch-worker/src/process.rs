@@ -6,9 +6,9 @@ use chrono::{DateTime, Utc};
 use dispatcher_config::Settings;
 use dispatcher_core::email::{self, EmailRequest};
 use dispatcher_core::{
-    parse_requests, request_count, BatchedRequest, DispatchError, DispatchRequested,
-    DispatchStatus, ErrorCode, EventType, OutcomeEvent, ProviderEventMessage, ProviderEventType,
-    TemplateFormat, WebhookData, WebhookPayload,
+    parse_requests, BatchedRequest, DispatchError, DispatchRequested, DispatchStatus, ErrorCode,
+    EventType, OutcomeEvent, ProviderEventMessage, ProviderEventType, TemplateFormat, WebhookData,
+    WebhookPayload,
 };
 use dispatcher_db::dead_letters::{self, NewDeadLetter};
 use dispatcher_db::dispatches::{
@@ -18,7 +18,7 @@ use dispatcher_db::outbox::OutboxWake;
 use dispatcher_db::pool::AsyncCommitPool;
 use dispatcher_db::Pool;
 use dispatcher_mq::topology::DISPATCH_JITTER_STEPS;
-use dispatcher_mq::{BatchHandler, HandlerError, Incoming, Topology};
+use dispatcher_mq::{BatchHandler, HandlerError, Incoming, Received, Topology};
 use dispatcher_outbound::Policy;
 use dispatcher_render::{Document, Renderer};
 use futures::{StreamExt, TryStreamExt};
@@ -419,25 +419,19 @@ fn own_event(
 }
 
 impl BatchHandler for WorkerHandler {
-    async fn handle(&self, batch: &[Incoming]) -> Result<(), HandlerError> {
+    type Body = Vec<BatchedRequest>;
+    const KIND: &'static str = "dispatch.requested";
+
+    fn read(&self, message: &Incoming) -> Result<Self::Body, String> {
+        parse_requests(&message.data).map_err(|e| e.to_string())
+    }
+
+    async fn handle(&self, batch: &[Received<Self::Body>]) -> Result<(), HandlerError> {
         let mut requests: Vec<ClaimRequest> = Vec::with_capacity(batch.len());
         let mut claim_index: HashMap<(Uuid, i32), usize> = HashMap::new();
-        let mut messages: HashMap<Uuid, (&Incoming, BatchedRequest)> = HashMap::new();
-        let mut quarantine = Vec::new();
+        let mut messages: HashMap<Uuid, (&Incoming, &BatchedRequest)> = HashMap::new();
         for m in batch {
-            let parsed = match parse_requests(&m.data) {
-                Ok(parsed) => parsed,
-                Err(e) => {
-                    quarantine.push(NewDeadLetter {
-                        queue: self.queue.clone(),
-                        message_id: m.message_id.clone(),
-                        reason: format!("unparseable dispatch.requested: {e}"),
-                        body: m.data.clone(),
-                    });
-                    continue;
-                }
-            };
-            for r in parsed {
+            for r in &m.body {
                 let key = (r.request.dispatch_id, r.request.provider_attempts);
                 match claim_index.get(&key) {
                     // The same request twice in a batch is a first delivery only if both are.
@@ -451,7 +445,7 @@ impl BatchHandler for WorkerHandler {
                         });
                     }
                 }
-                messages.insert(key.0, (m, r));
+                messages.insert(key.0, (&m.message, r));
             }
         }
         // Finished dispatches are not claimed: a redelivered message is acknowledged untouched,
@@ -468,24 +462,30 @@ impl BatchHandler for WorkerHandler {
             .map_err(HandlerError::from)?
         };
         let limit = self.settings.worker.max_processing_attempts;
-        for id in &claim.exhausted {
-            // Dead-lettered on its own, whatever else its message carried.
-            let (_, r) = &messages[id];
-            quarantine.push(NewDeadLetter {
-                queue: self.queue.clone(),
-                message_id: Some(r.request.message_id.to_string()),
-                reason: format!(
-                    "processing started {limit} times without finishing (its worker stopped \
-                     each time); replay it with `dispatchctl dlq replay`"
-                ),
-                body: serde_json::to_vec(&r.request).expect("request serializes"),
-            });
+        // Each dead-lettered on its own, whatever else its message carried.
+        let exhausted: Vec<NewDeadLetter> = claim
+            .exhausted
+            .iter()
+            .map(|id| {
+                let (message_id, body) = request_dead_letter(&messages[id].1.request);
+                NewDeadLetter {
+                    queue: self.queue.clone(),
+                    message_id,
+                    reason: format!(
+                        "processing started {limit} times without finishing (its worker stopped \
+                         each time); replay it with `dispatchctl dlq replay`"
+                    ),
+                    body,
+                }
+            })
+            .collect();
+        if !exhausted.is_empty() {
+            dead_letters::insert_batch(&self.pool, &exhausted)
+                .await
+                .map_err(HandlerError::from)?;
+            metrics::counter!("dispatcher_messages_dead_lettered_total", "queue" => self.queue.clone())
+                .increment(exhausted.len() as u64);
         }
-        let stored = dead_letters::insert_batch(&self.pool, &quarantine)
-            .await
-            .map_err(HandlerError::from)?;
-        metrics::counter!("dispatcher_messages_dead_lettered_total", "queue" => self.queue.clone())
-            .increment(stored);
         let claimed_ids: Vec<Uuid> = claim.claimed.iter().map(|d| d.id).collect();
         // Each document is in the object store (if one is configured) before the batch commits.
         let settled: Vec<Settled> = match futures::stream::iter(claim.claimed)
@@ -531,27 +531,34 @@ impl BatchHandler for WorkerHandler {
         Ok(())
     }
 
-    fn weight(&self, message: &Incoming) -> usize {
-        request_count(&message.data)
+    fn weight(&self, requests: &Self::Body) -> usize {
+        requests.len()
     }
 
-    fn dead_letter_bodies(&self, message: &Incoming) -> Vec<(Option<String>, Vec<u8>)> {
-        one_dead_letter_per_request(message)
+    fn dead_letter_bodies(&self, message: &Received<Self::Body>) -> Vec<(Option<String>, Vec<u8>)> {
+        one_dead_letter_per_request(message, &message.body)
     }
 }
 
 /// A `dispatch.requested` message as dead letters: one per request it carries (each a single
 /// request, which `dispatchctl dlq replay` sends again on its own), or the message itself when
-/// it holds one request or cannot be read.
-pub fn one_dead_letter_per_request(message: &Incoming) -> Vec<(Option<String>, Vec<u8>)> {
-    match parse_requests(&message.data) {
-        Ok(requests) if requests.len() > 1 => requests
-            .into_iter()
-            .map(|r| {
-                let body = serde_json::to_vec(&r.request).expect("request serializes");
-                (Some(r.request.message_id.to_string()), body)
-            })
-            .collect(),
-        _ => vec![(message.message_id.clone(), message.data.clone())],
+/// it holds one request or could not be read (`requests` empty).
+pub fn one_dead_letter_per_request(
+    message: &Incoming,
+    requests: &[BatchedRequest],
+) -> Vec<(Option<String>, Vec<u8>)> {
+    if requests.len() > 1 {
+        requests
+            .iter()
+            .map(|r| request_dead_letter(&r.request))
+            .collect()
+    } else {
+        vec![(message.message_id.clone(), message.data.clone())]
     }
+}
+
+/// One request as a dead letter: its own message id and a single-request body.
+fn request_dead_letter(request: &DispatchRequested) -> (Option<String>, Vec<u8>) {
+    let body = serde_json::to_vec(request).expect("request serializes");
+    (Some(request.message_id.to_string()), body)
 }

@@ -5,25 +5,19 @@ use dispatcher_core::{
     EventData, EventType, OutcomeEvent, ProviderEventData, ProviderEventMessage, ProviderEventType,
     WebhookPayload,
 };
-use dispatcher_db::dead_letters::{self, NewDeadLetter};
 use dispatcher_db::outbox::{NewMessage, OutboxWake};
 use dispatcher_db::{provider_events, Pool};
-use dispatcher_mq::{BatchHandler, HandlerError, Incoming};
+use dispatcher_mq::{BatchHandler, HandlerError, Incoming, Received};
 
 pub struct ProviderEventHandler {
     pool: Pool,
-    queue: String,
     /// The forwarded events are outbox rows: this process's relay is woken after they commit.
     outbox_wake: OutboxWake,
 }
 
 impl ProviderEventHandler {
-    pub fn new(pool: Pool, queue: String, outbox_wake: OutboxWake) -> Self {
-        Self {
-            pool,
-            queue,
-            outbox_wake,
-        }
+    pub fn new(pool: Pool, outbox_wake: OutboxWake) -> Self {
+        Self { pool, outbox_wake }
     }
 }
 
@@ -64,23 +58,18 @@ fn forward(a: &provider_events::Applied) -> Option<NewMessage> {
 }
 
 impl BatchHandler for ProviderEventHandler {
-    async fn handle(&self, batch: &[Incoming]) -> Result<(), HandlerError> {
-        let mut keys = Vec::with_capacity(batch.len());
-        let mut poison = Vec::new();
-        for m in batch {
-            match serde_json::from_slice::<ProviderEventMessage>(&m.data) {
-                Ok(e) => keys.push((e.provider, e.event_id)),
-                Err(e) => poison.push(NewDeadLetter {
-                    queue: self.queue.clone(),
-                    message_id: m.message_id.clone(),
-                    reason: format!("unparseable provider.event: {e}"),
-                    body: m.data.clone(),
-                }),
-            }
-        }
-        dead_letters::insert_batch(&self.pool, &poison)
-            .await
-            .map_err(HandlerError::from)?;
+    type Body = ProviderEventMessage;
+    const KIND: &'static str = "provider.event";
+
+    fn read(&self, message: &Incoming) -> Result<Self::Body, String> {
+        serde_json::from_slice(&message.data).map_err(|e| e.to_string())
+    }
+
+    async fn handle(&self, batch: &[Received<Self::Body>]) -> Result<(), HandlerError> {
+        let keys: Vec<(String, String)> = batch
+            .iter()
+            .map(|m| (m.body.provider.clone(), m.body.event_id.clone()))
+            .collect();
         if !keys.is_empty() {
             let applied = provider_events::apply(&self.pool, &keys, forward)
                 .await

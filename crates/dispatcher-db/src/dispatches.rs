@@ -210,7 +210,7 @@ async fn insert_rows(
                 &msg_ids,
                 &messages,
                 &traceparents,
-                &outbox::handoff_grace_secs(),
+                &outbox::HANDOFF_GRACE_SECS,
                 &(requests_per_message.max(1) as i64),
             ],
         )
@@ -807,7 +807,7 @@ async fn finish_rows(
                 &started,
                 &sources,
                 &(events_per_message.max(1) as i64),
-                &outbox::handoff_grace_secs(),
+                &outbox::HANDOFF_GRACE_SECS,
             ],
         )
         .await?;
@@ -868,7 +868,7 @@ async fn requeue_rows(
                 &messages,
                 &traces,
                 &sources,
-                &outbox::handoff_grace_secs(),
+                &outbox::HANDOFF_GRACE_SECS,
             ],
         )
         .await?;

@@ -227,9 +227,7 @@ pub async fn delete_sent(pool: &AsyncCommitPool, ids: &[i64]) -> Result<u64, DbE
 
 /// Seconds of [`HANDOFF_GRACE`], the parameter of the hot paths' outbox inserts
 /// (`relay_after = now() + make_interval(secs => $n)`).
-pub fn handoff_grace_secs() -> f64 {
-    HANDOFF_GRACE.as_secs_f64()
-}
+pub const HANDOFF_GRACE_SECS: f64 = HANDOFF_GRACE.as_secs_f64();
 
 /// A row a hot path's outbox insert returned for the hand-over: `id, message_id, routing_key,
 /// payload, headers->>'traceparent'` from column `first` on, or `None` where they are null (a

@@ -68,20 +68,49 @@ impl From<DbError> for HandlerError {
 /// Times one message is refused, on its own, before it is quarantined.
 pub const QUARANTINE_AFTER: u32 = 3;
 
+/// A message with what its handler read from its body.
+#[derive(Debug)]
+pub struct Received<B> {
+    pub message: Incoming,
+    pub body: B,
+}
+
+impl<B> std::ops::Deref for Received<B> {
+    type Target = Incoming;
+
+    fn deref(&self) -> &Incoming {
+        &self.message
+    }
+}
+
 pub trait BatchHandler: Send + Sync + 'static {
+    /// A message's body as the handler reads it.
+    type Body: Send + Sync;
+
+    /// What a message of this queue is called in a dead letter's reason
+    /// (`unparseable dispatch.requested: ...`).
+    const KIND: &'static str;
+
+    /// Reads a message's body, once, when it arrives. A body that cannot be read is stored as a
+    /// dead letter with this error and acknowledged with its batch; it never reaches `handle`.
+    fn read(&self, message: &Incoming) -> Result<Self::Body, String>;
+
     /// Processes a batch and commits its effects. `Ok` means every message in it is done (handled,
     /// skipped as a duplicate, or stored as a dead letter) and may be acknowledged.
-    fn handle(&self, batch: &[Incoming]) -> impl Future<Output = Result<(), HandlerError>> + Send;
+    fn handle(
+        &self,
+        batch: &[Received<Self::Body>],
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
     /// The items a message carries, counted against `batch_max` when a batch is filled: 1, or
     /// more for a message that holds several (a batch of requests).
-    fn weight(&self, _message: &Incoming) -> usize {
+    fn weight(&self, _body: &Self::Body) -> usize {
         1
     }
 
     /// What a quarantined message is stored as: itself, `(message id, body)`, or one dead letter
     /// per item for a message that holds several, so each item can be replayed on its own.
-    fn dead_letter_bodies(&self, message: &Incoming) -> Vec<(Option<String>, Vec<u8>)> {
+    fn dead_letter_bodies(&self, message: &Received<Self::Body>) -> Vec<(Option<String>, Vec<u8>)> {
         vec![(message.message_id.clone(), message.data.clone())]
     }
 }
@@ -178,37 +207,24 @@ async fn session<H: BatchHandler>(
         let Some(first) = first else {
             return Err(SessionError::Closed);
         };
-        let first = to_incoming(first?);
-        let mut weight = handler.weight(&first);
-        let mut batch = vec![first];
+        let mut batch = Batch::default();
+        batch.take(handler, cfg, to_incoming(first?));
         // Take whatever else is already buffered, without waiting for more.
-        while weight < cfg.batch_max {
+        while batch.weight < cfg.batch_max {
             match consumer.next().now_or_never() {
-                Some(Some(d)) => {
-                    let m = to_incoming(d?);
-                    weight += handler.weight(&m);
-                    batch.push(m);
-                }
+                Some(Some(d)) => batch.take(handler, cfg, to_incoming(d?)),
                 _ => break,
             }
         }
         metrics::counter!("dispatcher_messages_consumed_total", "queue" => cfg.queue.clone())
-            .increment(batch.len() as u64);
+            .increment(batch.count as u64);
 
-        let done = match handle_retrying(handler, &batch, cfg, cancel).await {
-            Ok(()) => true,
-            Err(HandlerError::Rejected(reason)) => {
-                warn!(consumer = %cfg.name, error = %reason, size = batch.len(), "batch refused; handling its messages one by one");
-                isolate(handler, &batch, cfg, cancel).await
-            }
-            Err(HandlerError::Transient(_)) => false,
-        };
+        let done = settle(handler, &batch, cfg, cancel).await;
         if !done {
             // Cancelled while the batch could not be committed: hand it back to the broker for
             // another consumer.
-            let last = batch.last().expect("non-empty").delivery_tag;
             ch.basic_nack(
-                last,
+                batch.last_tag,
                 BasicNackOptions {
                     multiple: true,
                     requeue: true,
@@ -216,29 +232,101 @@ async fn session<H: BatchHandler>(
             )
             .await?;
             metrics::counter!("dispatcher_messages_nacked_total", "queue" => cfg.queue.clone())
-                .increment(batch.len() as u64);
+                .increment(batch.count as u64);
             let _ = ch.close(200, "shutdown".into()).await;
             let _ = conn.close(200, "shutdown".into()).await;
             return Ok(());
         }
-        let last = batch.last().expect("non-empty").delivery_tag;
-        ch.basic_ack(last, BasicAckOptions { multiple: true })
+        ch.basic_ack(batch.last_tag, BasicAckOptions { multiple: true })
             .await?;
         // One ack frame covers the whole batch: frames against messages is what batching saves.
         metrics::counter!("dispatcher_ack_frames_total", "queue" => cfg.queue.clone()).increment(1);
         metrics::counter!("dispatcher_messages_acked_total", "queue" => cfg.queue.clone())
-            .increment(batch.len() as u64);
+            .increment(batch.count as u64);
     }
     let _ = ch.close(200, "shutdown".into()).await;
     let _ = conn.close(200, "shutdown".into()).await;
     Ok(())
 }
 
+/// The messages taken for one round, acknowledged together up to `last_tag`.
+struct Batch<B> {
+    read: Vec<Received<B>>,
+    /// Messages whose bodies could not be read, as the dead letters they become.
+    unreadable: Vec<NewDeadLetter>,
+    /// Items in `read` (see [`BatchHandler::weight`]).
+    weight: usize,
+    count: usize,
+    last_tag: u64,
+}
+
+impl<B> Default for Batch<B> {
+    fn default() -> Self {
+        Self {
+            read: Vec::new(),
+            unreadable: Vec::new(),
+            weight: 0,
+            count: 0,
+            last_tag: 0,
+        }
+    }
+}
+
+impl<B> Batch<B> {
+    fn take<H: BatchHandler<Body = B>>(&mut self, handler: &H, cfg: &ConsumerConfig, m: Incoming) {
+        self.count += 1;
+        self.last_tag = m.delivery_tag;
+        match handler.read(&m) {
+            Ok(body) => {
+                self.weight += handler.weight(&body);
+                self.read.push(Received { message: m, body });
+            }
+            Err(e) => {
+                warn!(consumer = %cfg.name, message_id = ?m.message_id, error = %e, "unreadable message quarantined");
+                self.unreadable.push(NewDeadLetter {
+                    queue: cfg.queue.clone(),
+                    message_id: m.message_id,
+                    reason: format!("unparseable {}: {e}", H::KIND),
+                    body: m.data,
+                });
+            }
+        }
+    }
+}
+
+/// Stores the batch's unreadable messages as dead letters and handles the rest. Returns whether
+/// every message is done, false when cancelled first.
+async fn settle<H: BatchHandler>(
+    handler: &H,
+    batch: &Batch<H::Body>,
+    cfg: &ConsumerConfig,
+    cancel: &CancellationToken,
+) -> bool {
+    if !batch.unreadable.is_empty() {
+        if !store_dead_letters(&batch.unreadable, cfg, cancel).await {
+            return false;
+        }
+        metrics::counter!("dispatcher_messages_dead_lettered_total", "queue" => cfg.queue.clone())
+            .increment(batch.unreadable.len() as u64);
+    }
+    if batch.read.is_empty() {
+        return true;
+    }
+    match handle_retrying(handler, &batch.read, cfg, cancel).await {
+        Ok(()) => true,
+        Err(HandlerError::Rejected(reason)) => {
+            warn!(consumer = %cfg.name, error = %reason, size = batch.read.len(), "batch refused; handling its messages one by one");
+            isolate(handler, &batch.read, cfg, cancel).await
+        }
+        Err(HandlerError::Transient(_)) => false,
+    }
+}
+
 /// Handles `batch`, retrying transient failures with backoff. Returns `Ok` once it is handled,
 /// the first `Rejected`, or `Transient` when cancelled before the batch could be handled.
 async fn handle_retrying<H: BatchHandler>(
     handler: &H,
-    batch: &[Incoming],
+    batch: &[Received<H::Body>],
     cfg: &ConsumerConfig,
     cancel: &CancellationToken,
 ) -> Result<(), HandlerError> {
@@ -262,7 +350,7 @@ async fn handle_retrying<H: BatchHandler>(
 /// [`QUARANTINE_AFTER`] times is stored as a dead letter. Returns false when cancelled first.
 async fn isolate<H: BatchHandler>(
     handler: &H,
-    batch: &[Incoming],
+    batch: &[Received<H::Body>],
     cfg: &ConsumerConfig,
     cancel: &CancellationToken,
 ) -> bool {
@@ -278,30 +366,42 @@ async fn isolate<H: BatchHandler>(
                         continue;
                     }
                     warn!(consumer = %cfg.name, message_id = ?m.message_id, error = %reason, "message quarantined");
+                    let reason = format!("refused {refusals} times: {reason}");
                     let rows: Vec<NewDeadLetter> = handler
                         .dead_letter_bodies(m)
                         .into_iter()
                         .map(|(message_id, body)| NewDeadLetter {
                             queue: cfg.queue.clone(),
                             message_id,
-                            reason: format!("refused {refusals} times: {reason}"),
+                            reason: reason.clone(),
                             body,
                         })
                         .collect();
-                    let mut retry =
-                        Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-                    while let Err(e) = dead_letters::insert_batch(&cfg.dead_letters, &rows).await {
-                        warn!(consumer = %cfg.name, error = %e, "cannot store the dead letter; retrying");
-                        tokio::select! {
-                            _ = cancel.cancelled() => return false,
-                            _ = tokio::time::sleep(retry.next_delay()) => {}
-                        }
+                    if !store_dead_letters(&rows, cfg, cancel).await {
+                        return false;
                     }
                     metrics::counter!("dispatcher_messages_quarantined_total", "queue" => cfg.queue.clone())
                         .increment(1);
                     break;
                 }
             }
+        }
+    }
+    true
+}
+
+/// Stores dead letters, retrying until they are stored. Returns false when cancelled first.
+async fn store_dead_letters(
+    rows: &[NewDeadLetter],
+    cfg: &ConsumerConfig,
+    cancel: &CancellationToken,
+) -> bool {
+    let mut retry = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    while let Err(e) = dead_letters::insert_batch(&cfg.dead_letters, rows).await {
+        warn!(consumer = %cfg.name, error = %e, "cannot store a dead letter; retrying");
+        tokio::select! {
+            _ = cancel.cancelled() => return false,
+            _ = tokio::time::sleep(retry.next_delay()) => {}
         }
     }
     true

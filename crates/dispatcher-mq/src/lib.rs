@@ -8,7 +8,7 @@ pub mod readiness;
 pub mod relay;
 pub mod topology;
 
-pub use consumer::{run_consumer, BatchHandler, HandlerError, Incoming};
+pub use consumer::{run_consumer, BatchHandler, HandlerError, Incoming, Received};
 pub use publisher::{OutgoingMessage, Publisher};
 pub use readiness::Readiness;
 pub use topology::Topology;

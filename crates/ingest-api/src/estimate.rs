@@ -94,9 +94,8 @@ pub fn weigh(messages: u32, per_message: f64) -> u64 {
 
 /// The work waiting in the dispatch and event queues (`ready[0]`, `ready[1]`: ready messages,
 /// and whether the queue has consumers), each message weighed by the items its queue's messages
-/// carry (`snapshot`'s figures): all of it, and the part that consumers drain.
-fn weigh_queues(ready: [(u32, bool); 2], snapshot: &Snapshot) -> (u64, u64) {
-    let per_message = [snapshot.requests_per_message, snapshot.events_per_message];
+/// carry (`per_message`, in the same order): all of it, and the part that consumers drain.
+fn weigh_queues(ready: [(u32, bool); 2], per_message: [f64; 2]) -> (u64, u64) {
     let (mut depth, mut consumed) = (0, 0);
     for ((messages, has_consumers), per_message) in ready.into_iter().zip(per_message) {
         let work = weigh(messages, per_message);
@@ -115,10 +114,9 @@ struct Snapshot {
     estimate: Duration,
     backlog: u64,
     drain_per_sec: f64,
-    /// Outcome events per event message, recently (see [`weigh`]).
-    events_per_message: f64,
-    /// Dispatch requests per `dispatch.requested` message, recently.
-    requests_per_message: f64,
+    /// Items per message recently, in the dispatch queue (requests per `dispatch.requested`)
+    /// and in the event queue (outcome events per message): see [`weigh`].
+    per_message: [f64; 2],
 }
 
 #[derive(Clone)]
@@ -184,8 +182,7 @@ impl Estimator {
                 estimate: DEFAULT_LATENCY,
                 backlog: 0,
                 drain_per_sec: 0.0,
-                events_per_message: 1.0,
-                requests_per_message: 1.0,
+                per_message: [1.0; 2],
             })),
             queued: Arc::new(AtomicU64::new(0)),
             max_backlog: settings.ingest.max_backlog,
@@ -250,8 +247,8 @@ impl Estimator {
                         }
                     }
                 }
-                let now = *current.read().expect("estimate");
-                let (_, consumed) = weigh_queues(ready, &now);
+                let per_message = current.read().expect("estimate").per_message;
+                let (_, consumed) = weigh_queues(ready, per_message);
                 queued.store(consumed, Ordering::Relaxed);
                 metrics::gauge!("dispatcher_ingest_work_waiting").set(consumed as f64);
                 if tokio::time::Instant::now() < next_sample {
@@ -263,23 +260,22 @@ impl Estimator {
                 };
                 let most_events = settings.worker.events_per_message.max(1) as f64;
                 let most_requests = settings.ingest.requests_per_message.max(1) as f64;
-                let mut next = Snapshot {
-                    estimate: DEFAULT_LATENCY,
-                    backlog: 0,
+                let per_message = [
+                    sample.queued_per_commit.clamp(1.0, most_requests),
+                    sample.finished_per_commit.clamp(1.0, most_events),
+                ];
+                let backlog = weigh_queues(ready, per_message).0 + sample.unsent;
+                let estimate = compute(sample.median, backlog, sample.drain_per_sec);
+                *current.write().expect("estimate") = Snapshot {
+                    estimate,
+                    backlog,
                     drain_per_sec: sample.drain_per_sec,
-                    events_per_message: sample.finished_per_commit.clamp(1.0, most_events),
-                    requests_per_message: sample.queued_per_commit.clamp(1.0, most_requests),
+                    per_message,
                 };
-                next.backlog = weigh_queues(ready, &next).0 + sample.unsent;
-                next.estimate = compute(sample.median, next.backlog, sample.drain_per_sec);
-                let (backlog, estimate) = (next.backlog, next.estimate);
-                *current.write().expect("estimate") = next;
                 metrics::gauge!("dispatcher_ingest_backlog").set(backlog as f64);
                 metrics::gauge!("dispatcher_ingest_drain_per_second").set(sample.drain_per_sec);
-                metrics::gauge!("dispatcher_ingest_events_per_message")
-                    .set(sample.finished_per_commit.clamp(1.0, most_events));
-                metrics::gauge!("dispatcher_ingest_requests_per_message")
-                    .set(sample.queued_per_commit.clamp(1.0, most_requests));
+                metrics::gauge!("dispatcher_ingest_requests_per_message").set(per_message[0]);
+                metrics::gauge!("dispatcher_ingest_events_per_message").set(per_message[1]);
                 metrics::gauge!("dispatcher_estimated_completion_seconds")
                     .set(estimate.as_secs_f64());
             }

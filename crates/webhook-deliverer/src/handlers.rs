@@ -2,76 +2,54 @@
 
 use crate::attempt::Deliverer;
 use dispatcher_core::event::{delivery_id, webhook_message_id};
-use dispatcher_core::{parse_outcomes, DeliveryTask, EventType, OutcomeEvent};
-use dispatcher_db::dead_letters::{self, NewDeadLetter};
+use dispatcher_core::{parse_outcomes, BatchedOutcome, DeliveryTask, EventType, OutcomeEvent};
 use dispatcher_db::deliveries::{self, Delivery, NewDelivery};
 use dispatcher_db::subscriptions;
-use dispatcher_mq::{BatchHandler, HandlerError, Incoming};
+use dispatcher_mq::{BatchHandler, HandlerError, Incoming, Received};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-fn poison(queue: &str, m: &Incoming, e: serde_json::Error) -> NewDeadLetter {
-    NewDeadLetter {
-        queue: queue.to_owned(),
-        message_id: m.message_id.clone(),
-        reason: format!("unparseable message: {e}"),
-        body: m.data.clone(),
-    }
-}
-
-async fn store_poison(
-    d: &Deliverer,
-    queue: &str,
-    rows: &[NewDeadLetter],
-) -> Result<(), HandlerError> {
-    if !rows.is_empty() {
-        dead_letters::insert_batch(&d.pool, rows)
-            .await
-            .map_err(HandlerError::from)?;
-        metrics::counter!("dispatcher_messages_dead_lettered_total", "queue" => queue.to_owned())
-            .increment(rows.len() as u64);
-    }
-    Ok(())
-}
-
 pub struct EventHandler {
     deliverer: Arc<Deliverer>,
-    queue: String,
     /// Events handled together (`deliverer.batch_max`): a message may carry a whole worker
     /// batch of them, so a batch of messages is delivered in parts of this size.
     events_max: usize,
 }
 
 impl EventHandler {
-    pub fn new(deliverer: Arc<Deliverer>, queue: String, events_max: usize) -> Self {
+    pub fn new(deliverer: Arc<Deliverer>, events_max: usize) -> Self {
         Self {
             deliverer,
-            queue,
             events_max: events_max.max(1),
         }
     }
 }
 
 /// An event with the trace context of the work that produced it.
-type Traced = (OutcomeEvent, Option<String>);
+type Traced<'a> = (&'a OutcomeEvent, Option<String>);
 
 impl BatchHandler for EventHandler {
-    async fn handle(&self, batch: &[Incoming]) -> Result<(), HandlerError> {
-        let mut events = Vec::with_capacity(batch.len());
-        let mut bad = Vec::new();
-        for m in batch {
-            match parse_outcomes(&m.data) {
-                Ok(parsed) => events.extend(parsed.into_iter().map(|b| {
+    type Body = Vec<BatchedOutcome>;
+    const KIND: &'static str = "outcome event";
+
+    fn read(&self, message: &Incoming) -> Result<Self::Body, String> {
+        parse_outcomes(&message.data).map_err(|e| e.to_string())
+    }
+
+    async fn handle(&self, batch: &[Received<Self::Body>]) -> Result<(), HandlerError> {
+        let events: Vec<Traced<'_>> = batch
+            .iter()
+            .flat_map(|m| {
+                m.body.iter().map(|b| {
                     // A single event's context is in its message's headers.
                     let traceparent = b
                         .traceparent
+                        .clone()
                         .or_else(|| m.header("traceparent").map(str::to_owned));
-                    (b.event, traceparent)
-                })),
-                Err(e) => bad.push(poison(&self.queue, m, e)),
-            }
-        }
-        store_poison(&self.deliverer, &self.queue, &bad).await?;
+                    (&b.event, traceparent)
+                })
+            })
+            .collect();
         // Each part commits its own deliveries; the messages are acknowledged after the last.
         // A part done again after a crash finds its deliveries written and skips them.
         for part in events.chunks(self.events_max) {
@@ -82,7 +60,7 @@ impl BatchHandler for EventHandler {
 }
 
 impl EventHandler {
-    async fn deliver(&self, events: &[Traced]) -> Result<(), HandlerError> {
+    async fn deliver(&self, events: &[Traced<'_>]) -> Result<(), HandlerError> {
         // Where each event goes: its dispatch's own callback URL (carried in the event) and the
         // account's matching subscriptions, read with the accounts' signing secrets (one query
         // per event type in the batch).
@@ -190,31 +168,27 @@ impl EventHandler {
 
 pub struct RetryHandler {
     deliverer: Arc<Deliverer>,
-    queue: String,
 }
 
 impl RetryHandler {
-    pub fn new(deliverer: Arc<Deliverer>, queue: String) -> Self {
-        Self { deliverer, queue }
+    pub fn new(deliverer: Arc<Deliverer>) -> Self {
+        Self { deliverer }
     }
 }
 
 impl BatchHandler for RetryHandler {
-    async fn handle(&self, batch: &[Incoming]) -> Result<(), HandlerError> {
-        let mut tasks: HashMap<uuid::Uuid, u32> = HashMap::new();
-        let mut bad = Vec::new();
-        for m in batch {
-            match serde_json::from_slice::<DeliveryTask>(&m.data) {
-                Ok(t) => {
-                    tasks.insert(t.delivery_id, t.attempt);
-                }
-                Err(e) => bad.push(poison(&self.queue, m, e)),
-            }
-        }
-        store_poison(&self.deliverer, &self.queue, &bad).await?;
-        if tasks.is_empty() {
-            return Ok(());
-        }
+    type Body = DeliveryTask;
+    const KIND: &'static str = "delivery retry";
+
+    fn read(&self, message: &Incoming) -> Result<Self::Body, String> {
+        serde_json::from_slice(&message.data).map_err(|e| e.to_string())
+    }
+
+    async fn handle(&self, batch: &[Received<Self::Body>]) -> Result<(), HandlerError> {
+        let tasks: HashMap<uuid::Uuid, u32> = batch
+            .iter()
+            .map(|m| (m.body.delivery_id, m.body.attempt))
+            .collect();
         let ids: Vec<_> = tasks.keys().copied().collect();
         let current = deliveries::get_many(&self.deliverer.pool, &ids)
             .await

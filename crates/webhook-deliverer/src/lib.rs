@@ -44,7 +44,6 @@ pub async fn serve(
 
     let events = Arc::new(EventHandler::new(
         deliverer.clone(),
-        topology.webhook_events_queue(),
         settings.deliverer.batch_max,
     ));
     // Several consumers, each its own channel: one batch commits while the next is delivered.
@@ -72,7 +71,7 @@ pub async fn serve(
             prefetch: settings.amqp.prefetch,
             dead_letters: pool.clone(),
         },
-        Arc::new(RetryHandler::new(deliverer, topology.webhook_retry_queue())),
+        Arc::new(RetryHandler::new(deliverer)),
         readiness.register("retry-consumer"),
         cancel.clone(),
     ));
