@@ -18,7 +18,11 @@ make -s venv
 cargo build --release --bins -q
 BIN="${CARGO_TARGET_DIR:-target}/release"
 export DISPATCHER__RENDER__HELPER
-if [ -n "${BENCH_BASELINE:-}" ] || [ "${BENCH_MODE:-}" = closed ]; then
+if [ -n "${DISPATCHER__RENDER__HELPER:-}" ]; then
+  # A helper chosen by the caller (the release build's, say, for a batch-ingest run without the
+  # whole-program link; its PDF figures are then not the shipped helper's).
+  :
+elif [ -n "${BENCH_BASELINE:-}" ] || [ "${BENCH_MODE:-}" = closed ]; then
   # The closed-loop phases render text templates only, which never reach the PDF helper: the
   # release build's helper does, without the whole-program link (a long build of its own).
   DISPATCHER__RENDER__HELPER="$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)/dispatch-render"

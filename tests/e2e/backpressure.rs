@@ -119,22 +119,6 @@ async fn slow_provider(delay_ms: Arc<AtomicU64>) -> String {
     url
 }
 
-/// A counter or gauge from a service's `/metrics` (0 until it is first recorded).
-async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.ingest_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
-}
-
 fn dispatch_ids(body: &serde_json::Value) -> Vec<String> {
     match body.get("data") {
         Some(items) => items
@@ -169,7 +153,7 @@ async fn submissions_wait_their_turn_while_the_workers_fall_behind_and_nothing_i
     let provider = slow_provider(Arc::new(AtomicU64::new(200))).await;
     let rx = Receiver::start().await;
     let acct = app.create_account("paced@example.com").await;
-    let paced_count = || metric(&app, "dispatcher_ingest_paced_total");
+    let paced_count = || app.ingest_metric("dispatcher_ingest_paced_total");
     let mut ids = Vec::new();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let paced = loop {
@@ -248,8 +232,12 @@ async fn batches_go_in_at_full_speed_up_to_their_burst_and_wait_their_turn_past_
     // ... and how much is waiting: the depths are read from the broker as soon as the
     // estimator's connection is up.
     wait_until(PATIENCE, Duration::from_millis(100), || async move {
-        let rate = metric(app_ref, "dispatcher_ingest_drain_per_second").await;
-        let waiting = metric(app_ref, "dispatcher_ingest_work_waiting").await;
+        let rate = app_ref
+            .ingest_metric("dispatcher_ingest_drain_per_second")
+            .await;
+        let waiting = app_ref
+            .ingest_metric("dispatcher_ingest_work_waiting")
+            .await;
         ok_if(rate > 0.0 && waiting > 40.0, || {
             format!("drain rate {rate}/s, {waiting} waiting")
         })
@@ -258,22 +246,25 @@ async fn batches_go_in_at_full_speed_up_to_their_burst_and_wait_their_turn_past_
     // A single submission behind them waits its turn ...
     let (one, took) = submit("/v1/dispatches?async=true", item.clone()).await;
     ids.extend(one);
-    let paced = metric(&app, "dispatcher_ingest_paced_total").await;
+    let paced = app.ingest_metric("dispatcher_ingest_paced_total").await;
     assert!(
         took >= pace_max_wait && paced >= 1.0,
         "single not paced: answered after {took:?}, {paced} paced, {} waiting",
-        metric(&app, "dispatcher_ingest_work_waiting").await
+        app.ingest_metric("dispatcher_ingest_work_waiting").await
     );
     // ... a batch of 50 does not: at most 151 are waiting, within its burst.
     ids.extend(submit("/v1/dispatches/batch", batch(50)).await.0);
-    assert_eq!(metric(&app, "dispatcher_ingest_paced_total").await, paced);
+    assert_eq!(
+        app.ingest_metric("dispatcher_ingest_paced_total").await,
+        paced
+    );
     // Past the burst, batches wait their turn too.
     let mut batches = 0;
     loop {
         let (more, took) = submit("/v1/dispatches/batch", batch(50)).await;
         ids.extend(more);
         batches += 1;
-        if metric(&app, "dispatcher_ingest_paced_total").await > paced {
+        if app.ingest_metric("dispatcher_ingest_paced_total").await > paced {
             assert!(took >= pace_max_wait, "paced for {took:?}");
             break;
         }
@@ -318,8 +309,10 @@ async fn batched_outcome_events_count_as_the_events_they_carry() {
     // The ingest's backlog counts the 30 events, not the messages.
     let (probe, want) = (&app, ids.len() as f64);
     let (backlog, per_message) = wait_until(PATIENCE, Duration::from_millis(200), || async move {
-        let backlog = metric(probe, "dispatcher_ingest_backlog").await;
-        let per_message = metric(probe, "dispatcher_ingest_events_per_message").await;
+        let backlog = probe.ingest_metric("dispatcher_ingest_backlog").await;
+        let per_message = probe
+            .ingest_metric("dispatcher_ingest_events_per_message")
+            .await;
         match backlog >= want {
             true => Ok((backlog, per_message)),
             false => Err(format!(

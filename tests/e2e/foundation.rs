@@ -362,9 +362,17 @@ async fn idempotency_keys_replay_or_conflict() {
 
 #[tokio::test]
 async fn concurrent_repeats_of_keys_in_any_order_make_one_dispatch_each() {
-    // Several insert batches are in flight at once; repeats of the same keys land in different
-    // batches in different orders, and must neither deadlock nor write a second dispatch.
-    let app = TestApp::spawn_with(Services::ALL, &[("DISPATCHER__INGEST__WRITE_LANES", "4")]).await;
+    // Several insert batches are in flight at once (batches of 4 over 4 lanes: any batch goes
+    // beside the others); repeats of the same keys land in different batches in different
+    // orders, and must neither deadlock nor write a second dispatch.
+    let app = TestApp::spawn_with(
+        Services::ALL,
+        &[
+            ("DISPATCHER__INGEST__WRITE_LANES", "4"),
+            ("DISPATCHER__INGEST__BATCH_MAX", "4"),
+        ],
+    )
+    .await;
     let acct = app.create_account("idem-many@example.com").await;
     let keys = 20;
     let sends: Vec<usize> = (0..10)
@@ -407,6 +415,12 @@ async fn concurrent_repeats_of_keys_in_any_order_make_one_dispatch_each() {
     assert_eq!(
         app.count("SELECT count(*) FROM dispatches").await,
         keys as i64
+    );
+    assert!(
+        app.ingest_metric("dispatcher_ingest_parallel_writes_total")
+            .await
+            > 0.0,
+        "some batches were written beside others"
     );
 }
 

@@ -791,6 +791,22 @@ impl TestApp {
         resp.json().await.unwrap()
     }
 
+    /// A counter or gauge from the ingest's `/metrics` (0 until it is first recorded).
+    pub async fn ingest_metric(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.ingest_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+    }
+
     /// A direct query on the test database (not through any proxy).
     pub async fn count(&self, sql: &str) -> i64 {
         self.query_one(sql).await.get(0)
