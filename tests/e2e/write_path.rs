@@ -1,9 +1,11 @@
 //! The writes a dispatch costs, counted row by row with triggers: a `store` dispatch whose message
 //! arrives for the first time is read and then finished in one write (no `processing` step), its
 //! webhook delivery is written once, with its first attempt, and copies of its message change
-//! nothing.
+//! nothing; nor do copies of its outcome event.
 
-use dispatcher_core::DispatchRequested;
+use dispatcher_core::{
+    BatchedOutcome, DispatchRequested, OutcomeBatch, OutcomeEvent, WebhookPayload,
+};
 use dispatcher_e2e::{
     ok_if, queue_state, wait_queue_state, wait_until, Receiver, Services, TestApp, AMQP_URL,
     PATIENCE,
@@ -258,4 +260,134 @@ async fn a_batchs_requests_share_messages_and_a_quarantined_one_is_dead_lettered
             .await,
         10
     );
+}
+
+#[tokio::test]
+async fn copies_of_an_outcome_event_send_no_webhook_again() {
+    let mut app = TestApp::spawn_with(
+        Services {
+            deliverer: false,
+            ..Services::ALL
+        },
+        &[],
+    )
+    .await;
+    let c = app.pool.get().await.unwrap();
+    c.batch_execute(WRITE_LOG).await.unwrap();
+    let own = Receiver::start().await;
+    let subscriber = Receiver::start().await;
+    let acct = app.create_account("event-copies@example.com").await;
+    let resp = app
+        .post(
+            &app.ingest_url,
+            "/v1/webhooks",
+            &acct,
+            &json!({"event": "dispatch.completed", "callbackUrl": subscriber.url()}),
+        )
+        .await;
+    assert_eq!(resp.status(), 201);
+    let deliverer = app.child_token();
+    app.start_deliverer(deliverer.clone());
+    let resp = app
+        .post(
+            &app.ingest_url,
+            "/v1/dispatches?async=true",
+            &acct,
+            &json!({"template": {"format": "text", "body": "hello"}, "data": {},
+                    "callbackUrl": own.url()}),
+        )
+        .await;
+    assert_eq!(resp.status(), 202);
+    own.wait_for(1).await;
+    subscriber.wait_for(1).await;
+    app.wait_equal("SELECT count(*) FROM delivery_attempts", 2)
+        .await;
+
+    // The event again, as a relay that published it twice would send it: alone, twice, and
+    // twice in one batched message. Its deliveries are written: no copy sends anything.
+    let row = c
+        .query_one(
+            "SELECT event_id, dispatch_id, payload FROM deliveries LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let event = OutcomeEvent {
+        event_id: row.get(0),
+        account_id: acct.account_id,
+        dispatch_id: row.get(1),
+        callback_url: Some(own.url()),
+        payload: serde_json::from_slice::<WebhookPayload>(row.get::<_, &[u8]>(2)).unwrap(),
+    };
+    let single = serde_json::to_vec(&event).unwrap();
+    let batched = serde_json::to_vec(&OutcomeBatch {
+        events: vec![
+            BatchedOutcome {
+                event: event.clone(),
+                traceparent: None,
+            };
+            2
+        ],
+    })
+    .unwrap();
+    let topology = dispatcher_mq::Topology::from_settings(&app.settings);
+    let conn = dispatcher_mq::connect(AMQP_URL, "write-path-event-copies")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    for (i, body) in [&single, &single, &batched].into_iter().enumerate() {
+        ch.basic_publish(
+            topology.events_exchange().into(),
+            "dispatch.completed".into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default()
+                .with_message_id(format!("event-copy-{i}").into())
+                .with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let _ = conn.close(200, "done".into()).await;
+
+    // Every copy taken and acknowledged: once the deliverer stops, none is back in the queue.
+    let queue = topology.webhook_events_queue();
+    let q = queue.as_str();
+    wait_until(PATIENCE, Duration::from_millis(50), || async move {
+        let (ready, _) = queue_state(q).await;
+        ok_if(ready == 0, || format!("copies not taken: {ready} ready"))
+    })
+    .await;
+    deliverer.cancel();
+    wait_until(PATIENCE, Duration::from_millis(50), || async move {
+        let (_, consumers) = queue_state(q).await;
+        ok_if(consumers == 0, || "deliverer did not stop".into())
+    })
+    .await;
+    assert_eq!(queue_state(q).await.0, 0, "every copy was acknowledged");
+
+    assert_eq!(
+        own.requests().len(),
+        1,
+        "one webhook to the dispatch's callback"
+    );
+    assert_eq!(
+        subscriber.requests().len(),
+        1,
+        "one webhook to the subscriber"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM delivery_attempts").await, 2);
+    let log = c
+        .query(
+            "SELECT op || ' ' || status FROM write_log WHERE tbl = 'deliveries'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>();
+    assert_eq!(log, ["INSERT succeeded", "INSERT succeeded"]);
 }

@@ -168,55 +168,116 @@ pub async fn set_enabled(
     Ok(switched == 1)
 }
 
-/// Where a batch's events of one type go, and how their webhooks are signed, in one statement:
-/// the accounts' active subscriptions for `event` (those naming it or its family (`family`, e.g.
-/// `provider.*`), and those for `*` when `wildcard`: operational events are only sent to
-/// subscriptions that name them), and every account's signing secrets (an account not found is
-/// an error).
+/// One event type an account's events in a batch have: its subscriptions are those naming
+/// `event` or its `family` (`provider.*`), and those for `*` when `wildcard` (operational events
+/// are only sent to subscriptions that name them).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Wanted {
+    pub account_id: Uuid,
+    pub event: String,
+    pub family: String,
+    pub wildcard: bool,
+}
+
+/// Everything a batch of outcome events needs before its webhooks are sent, in one statement:
+/// the active subscriptions for each of `wanted` (each named once), the signing secrets of every account in
+/// `accounts` (one not found is an error), and the deliveries already written for the events
+/// (`event_ids`, of the dispatches `dispatch_ids`) by an earlier copy of them.
 pub async fn targets(
     pool: &Pool,
-    account_ids: &[Uuid],
-    event: &str,
-    family: &str,
-    wildcard: bool,
+    accounts: &[Uuid],
+    wanted: &[Wanted],
+    dispatch_ids: &[Uuid],
+    event_ids: &[Uuid],
 ) -> Result<Targets, DbError> {
     let client = pool.get().await?;
+    // Three kinds of row in one answer, told apart by the first column: 'a' an account and its
+    // secrets, 's' a subscription for one of the wanted event types, 'd' an existing delivery
+    // (its id, status and attempts). Existing deliveries are found through their dispatch (an
+    // index) and narrowed to the events.
     let stmt = client
         .prepare_cached(
-            "SELECT a.id, a.webhook_secret,
-                    CASE WHEN a.previous_secret_until > now() THEN a.previous_webhook_secret END,
-                    s.id, s.callback_url, s.rate_limit
-             FROM accounts a
-             LEFT JOIN webhook_subscriptions s
-               ON s.account_id = a.id AND s.deleted_at IS NULL AND s.disabled_at IS NULL
-              AND (s.event = $2 OR s.event = $3 OR ($4 AND s.event = '*'))
-             WHERE a.id = ANY($1)",
+            "SELECT 'a' AS kind, a.id AS account_id, a.webhook_secret AS secret,
+                    CASE WHEN a.previous_secret_until > now() THEN a.previous_webhook_secret END
+                        AS previous_secret,
+                    NULL::text AS event, NULL::uuid AS id, NULL::text AS url,
+                    NULL::integer AS rate_limit, NULL::text AS status, NULL::integer AS attempts
+             FROM accounts a WHERE a.id = ANY($1)
+             UNION ALL
+             SELECT 's', w.account_id, NULL, NULL, w.event, s.id, s.callback_url, s.rate_limit,
+                    NULL, NULL
+             FROM unnest($2::uuid[], $3::text[], $4::text[], $5::bool[])
+                      AS w(account_id, event, family, wildcard)
+             JOIN webhook_subscriptions s
+               ON s.account_id = w.account_id AND s.deleted_at IS NULL AND s.disabled_at IS NULL
+              AND (s.event = w.event OR s.event = w.family OR (w.wildcard AND s.event = '*'))
+             UNION ALL
+             SELECT 'd', NULL, NULL, NULL, NULL, d.id, NULL, NULL, d.status, d.attempts
+             FROM deliveries d WHERE d.dispatch_id = ANY($6) AND d.event_id = ANY($7)",
+        )
+        .await?;
+    let account_ids: Vec<Uuid> = wanted.iter().map(|w| w.account_id).collect();
+    let events: Vec<&str> = wanted.iter().map(|w| w.event.as_str()).collect();
+    let families: Vec<&str> = wanted.iter().map(|w| w.family.as_str()).collect();
+    let wildcards: Vec<bool> = wanted.iter().map(|w| w.wildcard).collect();
+    let rows = client
+        .query(
+            &stmt,
+            &[
+                &accounts,
+                &account_ids,
+                &events,
+                &families,
+                &wildcards,
+                &dispatch_ids,
+                &event_ids,
+            ],
         )
         .await?;
     let mut out = Targets::default();
-    for r in client
-        .query(&stmt, &[&account_ids, &event, &family, &wildcard])
-        .await?
-    {
-        let account: Uuid = r.get(0);
-        if let std::collections::hash_map::Entry::Vacant(slot) = out.secrets.entry(account) {
-            slot.insert(crate::accounts::secrets_from(r.get(1), r.get(2))?);
-        }
-        if let Some(webhook) = r.get::<_, Option<Uuid>>(3) {
-            out.subscriptions
-                .push((account, webhook, r.get(4), r.get(5)));
+    for r in rows {
+        match r.get::<_, &str>("kind") {
+            "a" => {
+                let secrets =
+                    crate::accounts::secrets_from(r.get("secret"), r.get("previous_secret"))?;
+                out.secrets.insert(r.get("account_id"), secrets);
+            }
+            "s" => out
+                .subscriptions
+                .entry((r.get("account_id"), r.get("event")))
+                .or_default()
+                .push(Target {
+                    webhook_id: r.get("id"),
+                    url: r.get("url"),
+                    rate_limit: r.get("rate_limit"),
+                }),
+            _ => {
+                out.existing
+                    .insert(r.get("id"), (r.get("status"), r.get("attempts")));
+            }
         }
     }
-    crate::accounts::all_found(account_ids, &out.secrets)?;
+    crate::accounts::all_found(accounts, &out.secrets)?;
     Ok(out)
+}
+
+/// A subscription an event goes to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub webhook_id: Uuid,
+    pub url: String,
+    /// Requests per second, if the subscription limits them.
+    pub rate_limit: Option<i32>,
 }
 
 /// What [`targets`] found.
 #[derive(Debug, Default)]
 pub struct Targets {
-    /// (account, subscription, callback URL, rate limit).
-    pub subscriptions: Vec<(Uuid, Uuid, String, Option<i32>)>,
+    /// By (account, event type).
+    pub subscriptions: HashMap<(Uuid, String), Vec<Target>>,
     pub secrets: HashMap<Uuid, Vec<WebhookSecret>>,
+    /// The deliveries of the events written already: (status, attempts) by delivery id.
+    pub existing: HashMap<Uuid, (String, i32)>,
 }
 
 /// Disables subscriptions, each with its reason, in the caller's transaction; returns those that

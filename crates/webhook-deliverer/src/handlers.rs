@@ -2,11 +2,11 @@
 
 use crate::attempt::Deliverer;
 use dispatcher_core::event::{delivery_id, webhook_message_id};
-use dispatcher_core::{parse_outcomes, BatchedOutcome, DeliveryTask, EventType, OutcomeEvent};
+use dispatcher_core::{parse_outcomes, BatchedOutcome, DeliveryTask, OutcomeEvent};
 use dispatcher_db::deliveries::{self, Delivery, NewDelivery};
-use dispatcher_db::subscriptions;
+use dispatcher_db::subscriptions::{self, Targets, Wanted};
 use dispatcher_mq::{BatchHandler, HandlerError, Incoming, Received};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 pub struct EventHandler {
@@ -62,50 +62,51 @@ impl BatchHandler for EventHandler {
 impl EventHandler {
     async fn deliver(&self, events: &[Traced<'_>]) -> Result<(), HandlerError> {
         // Where each event goes: its dispatch's own callback URL (carried in the event) and the
-        // account's matching subscriptions, read with the accounts' signing secrets (one query
-        // per event type in the batch).
-        type Target = (Option<uuid::Uuid>, String, Option<i32>);
-        let mut subscribed: HashMap<(uuid::Uuid, &'static str), Vec<Target>> = HashMap::new();
-        let mut secrets = HashMap::new();
-        let types: std::collections::BTreeSet<&'static str> = events
+        // account's matching subscriptions. They are read in one statement with the accounts'
+        // signing secrets and the deliveries an earlier copy of these events wrote.
+        let mut accounts: Vec<uuid::Uuid> = events.iter().map(|(e, _)| e.account_id).collect();
+        accounts.sort_unstable();
+        accounts.dedup();
+        let wanted: Vec<Wanted> = events
             .iter()
-            .map(|(e, _)| e.payload.event_type.as_str())
+            .map(|(e, _)| {
+                let event_type = e.payload.event_type;
+                Wanted {
+                    account_id: e.account_id,
+                    event: event_type.as_str().to_owned(),
+                    family: event_type.family_filter(),
+                    wildcard: !event_type.is_operational(),
+                }
+            })
+            .collect::<HashSet<_>>()
+            .into_iter()
             .collect();
-        for event_type in types.into_iter().filter_map(EventType::parse) {
-            let accounts: Vec<uuid::Uuid> = events
-                .iter()
-                .filter(|(e, _)| e.payload.event_type == event_type)
-                .map(|(e, _)| e.account_id)
-                .collect::<std::collections::HashSet<_>>()
-                .into_iter()
-                .collect();
-            if accounts.is_empty() {
-                continue;
-            }
-            let targets = subscriptions::targets(
-                &self.deliverer.pool,
-                &accounts,
-                event_type.as_str(),
-                &event_type.family_filter(),
-                !event_type.is_operational(),
-            )
-            .await
-            .map_err(HandlerError::from)?;
-            secrets.extend(targets.secrets);
-            for (account, webhook, url, rate_limit) in targets.subscriptions {
-                subscribed
-                    .entry((account, event_type.as_str()))
-                    .or_default()
-                    .push((Some(webhook), url, rate_limit));
-            }
-        }
+        let dispatch_ids: Vec<uuid::Uuid> = events.iter().map(|(e, _)| e.dispatch_id).collect();
+        let event_ids: Vec<uuid::Uuid> = events.iter().map(|(e, _)| e.event_id).collect();
+        let Targets {
+            subscriptions: subscribed,
+            secrets,
+            existing,
+        } = subscriptions::targets(
+            &self.deliverer.pool,
+            &accounts,
+            &wanted,
+            &dispatch_ids,
+            &event_ids,
+        )
+        .await
+        .map_err(HandlerError::from)?;
         let mut rows: Vec<(NewDelivery, Option<i32>)> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         for (e, traceparent) in events {
             let payload = serde_json::to_vec(&e.payload).expect("payload serializes");
             let own = e.callback_url.clone().map(|url| (None, url, None));
-            let key = (e.account_id, e.payload.event_type.as_str());
-            let subs = subscribed.get(&key).into_iter().flatten().cloned();
+            let key = (e.account_id, e.payload.event_type.as_str().to_owned());
+            let subs = subscribed
+                .get(&key)
+                .into_iter()
+                .flatten()
+                .map(|t| (Some(t.webhook_id), t.url.clone(), t.rate_limit));
             for (webhook, url, rate_limit) in own.into_iter().chain(subs) {
                 // The endpoint key: the subscription for subscribed deliveries, else the URL.
                 let endpoint = webhook
@@ -142,21 +143,18 @@ impl EventHandler {
             return Err(HandlerError::Rejected(reason));
         }
         // A delivery is written with its first attempt. One that exists already came from an
-        // earlier copy of this event: only one never attempted is attempted here; one with
-        // attempts has its retry scheduled (the same commit wrote it), or is finished.
-        let ids: Vec<uuid::Uuid> = rows.iter().map(|(n, _)| n.id).collect();
-        let mut stored: HashMap<uuid::Uuid, Delivery> =
-            deliveries::get_many(&self.deliverer.pool, &ids)
-                .await
-                .map_err(HandlerError::from)?
-                .into_iter()
-                .map(|d| (d.id, d))
-                .collect();
+        // earlier copy of this event: only one never attempted (held) is attempted here; one
+        // with attempts has its retry scheduled (the same commit wrote it), or is finished.
         let todo = rows
             .into_iter()
-            .filter_map(|(n, rate_limit)| match stored.remove(&n.id) {
-                None => Some(Delivery::unstored(n, rate_limit)),
-                Some(d) => (d.status == "pending" && d.attempts == 0).then_some(d),
+            .filter_map(|(n, rate_limit)| {
+                let stored = existing.get(&n.id);
+                if stored.is_some_and(|(status, attempts)| status != "pending" || *attempts > 0) {
+                    return None;
+                }
+                let mut d = Delivery::unstored(n, rate_limit);
+                d.stored = stored.is_some();
+                Some(d)
             })
             .collect();
         self.deliverer
