@@ -502,7 +502,8 @@ async fn broker_messages_and_webhooks_match_the_schemas() {
         let body = String::from_utf8(m.body.clone()).expect("message bodies are UTF-8 JSON");
         let schema = if schema == "dispatch.requested.schema.json" {
             // The requests of one insert travel together.
-            if dispatcher_core::request_count(&m.body) > 1 {
+            let requests = dispatcher_core::parse_requests(&m.body).expect("a requested body");
+            if requests.len() > 1 {
                 "dispatch.requests.schema.json"
             } else {
                 schema

@@ -227,20 +227,6 @@ pub fn parse_requests(body: &[u8]) -> Result<Vec<BatchedRequest>, serde_json::Er
     )
 }
 
-/// How many requests a `dispatch.requested` body carries, without reading them (1 for a single
-/// request and for a body that is not a batch at all): how a consumer weighs a message when it
-/// fills a batch.
-pub fn request_count(body: &[u8]) -> usize {
-    #[derive(Deserialize)]
-    struct Count {
-        requests: Vec<serde::de::IgnoredAny>,
-    }
-    if !first_key_is(body, "requests") {
-        return 1;
-    }
-    serde_json::from_slice::<Count>(body).map_or(1, |c| c.requests.len().max(1))
-}
-
 /// A message body holding one item (`T`) or a batch of them (`B`, an object whose first key is
 /// `key`). An empty batch is refused rather than taken as nothing, and an error names the
 /// problem of the shape the body was meant to have.
@@ -488,7 +474,6 @@ mod tests {
             provider_attempts: 0,
         };
         let one = serde_json::to_vec(&request(1)).unwrap();
-        assert_eq!(request_count(&one), 1);
         let parsed = parse_requests(&one).unwrap();
         assert_eq!(parsed.len(), 1);
         assert_eq!(parsed[0].request, request(1));
@@ -507,7 +492,6 @@ mod tests {
             ],
         };
         let body = serde_json::to_vec(&batch).unwrap();
-        assert_eq!(request_count(&body), 2);
         assert_eq!(parse_requests(&body).unwrap(), batch.requests);
 
         assert!(parse_requests(br#"{"requests": []}"#)
@@ -519,8 +503,10 @@ mod tests {
             e.to_string().contains("x") || e.to_string().contains("missing"),
             "{e}"
         );
-        // A key that only starts like the batch's is not the batch.
-        assert_eq!(request_count(br#"{"requestsX": [1, 2]}"#), 1);
+        // A key that only starts like the batch's is not the batch: the error is a single
+        // request's.
+        let e = parse_requests(br#"{"requestsX": [1, 2]}"#).unwrap_err();
+        assert!(e.to_string().contains("requestsX"), "{e}");
         assert!(parse_requests(b"not json").is_err());
     }
 

@@ -18,10 +18,10 @@ pub mod template;
 
 pub use error::{DispatchError, ErrorCode};
 pub use event::{
-    parse_outcomes, parse_requests, request_count, BatchedOutcome, BatchedRequest,
-    DeliveryEventData, DeliveryTask, DispatchRequested, EndpointEventData, EventData, EventType,
-    InboundProviderEvent, OutcomeBatch, OutcomeEvent, ProviderEventData, ProviderEventMessage,
-    ProviderEventType, RequestBatch, WebhookData, WebhookPayload,
+    parse_outcomes, parse_requests, BatchedOutcome, BatchedRequest, DeliveryEventData,
+    DeliveryTask, DispatchRequested, EndpointEventData, EventData, EventType, InboundProviderEvent,
+    OutcomeBatch, OutcomeEvent, ProviderEventData, ProviderEventMessage, ProviderEventType,
+    RequestBatch, WebhookData, WebhookPayload,
 };
 pub use status::{DispatchStatus, TransitionError};
 pub use template::{RenderError, TemplateFormat, TemplateSyntaxError};

@@ -217,7 +217,7 @@ async fn session<H: BatchHandler>(
             }
         }
         metrics::counter!("dispatcher_messages_consumed_total", "queue" => cfg.queue.clone())
-            .increment(batch.count as u64);
+            .increment(batch.count() as u64);
 
         let done = settle(handler, &batch, cfg, cancel).await;
         if !done {
@@ -232,7 +232,7 @@ async fn session<H: BatchHandler>(
             )
             .await?;
             metrics::counter!("dispatcher_messages_nacked_total", "queue" => cfg.queue.clone())
-                .increment(batch.count as u64);
+                .increment(batch.count() as u64);
             let _ = ch.close(200, "shutdown".into()).await;
             let _ = conn.close(200, "shutdown".into()).await;
             return Ok(());
@@ -242,7 +242,7 @@ async fn session<H: BatchHandler>(
         // One ack frame covers the whole batch: frames against messages is what batching saves.
         metrics::counter!("dispatcher_ack_frames_total", "queue" => cfg.queue.clone()).increment(1);
         metrics::counter!("dispatcher_messages_acked_total", "queue" => cfg.queue.clone())
-            .increment(batch.count as u64);
+            .increment(batch.count() as u64);
     }
     let _ = ch.close(200, "shutdown".into()).await;
     let _ = conn.close(200, "shutdown".into()).await;
@@ -254,9 +254,8 @@ struct Batch<B> {
     read: Vec<Received<B>>,
     /// Messages whose bodies could not be read, as the dead letters they become.
     unreadable: Vec<NewDeadLetter>,
-    /// Items in `read` (see [`BatchHandler::weight`]).
+    /// Items in `read` (see [`BatchHandler::weight`]), and 1 for each unreadable message.
     weight: usize,
-    count: usize,
     last_tag: u64,
 }
 
@@ -266,15 +265,18 @@ impl<B> Default for Batch<B> {
             read: Vec::new(),
             unreadable: Vec::new(),
             weight: 0,
-            count: 0,
             last_tag: 0,
         }
     }
 }
 
 impl<B> Batch<B> {
+    /// Messages taken, read or not.
+    fn count(&self) -> usize {
+        self.read.len() + self.unreadable.len()
+    }
+
     fn take<H: BatchHandler<Body = B>>(&mut self, handler: &H, cfg: &ConsumerConfig, m: Incoming) {
-        self.count += 1;
         self.last_tag = m.delivery_tag;
         match handler.read(&m) {
             Ok(body) => {
@@ -283,6 +285,7 @@ impl<B> Batch<B> {
             }
             Err(e) => {
                 warn!(consumer = %cfg.name, message_id = ?m.message_id, error = %e, "unreadable message quarantined");
+                self.weight += 1;
                 self.unreadable.push(NewDeadLetter {
                     queue: cfg.queue.clone(),
                     message_id: m.message_id,

@@ -104,6 +104,8 @@ async fn run(
                 },
             }
         }
+        // Writes that finished but were not joined yet are not in flight.
+        while writing.try_join_next().is_some() {}
         if !writing.is_empty() {
             metrics::counter!("dispatcher_ingest_parallel_writes_total").increment(1);
         }
@@ -113,7 +115,6 @@ async fn run(
             batch,
             settings.requests_per_message,
         ));
-        while writing.try_join_next().is_some() {}
     }
     // Stopping: every accepted row still gets its commit and its answer.
     while writing.join_next().await.is_some() {}
