@@ -203,6 +203,46 @@ impl CostProbe {
         s
     }
 
+    /// Where the dispatches `ids` spent their time, from their rows (medians, ms): `queuedAt`
+    /// (taken before the insert commits) to the worker's start, the start to the finish, and
+    /// the finish to the first webhook attempt. Run after [`CostProbe::finish`], so that its own
+    /// statement is not counted in the costs.
+    pub async fn stages(&self, ids: &[String]) -> serde_json::Value {
+        let Some(db) = &self.db else {
+            return serde_json::json!("no database");
+        };
+        let row = db
+            .query_one(
+                "WITH d AS (
+                     SELECT x.queued_at, x.started_at, x.completed_at,
+                            min(a.attempted_at) AS attempted_at
+                     FROM dispatches x JOIN delivery_attempts a ON a.dispatch_id = x.id
+                     WHERE x.id = ANY($1::text[]::uuid[]) AND x.status = 'completed'
+                     GROUP BY x.id
+                 )
+                 SELECT count(*)::float8,
+                        percentile_cont(0.5) WITHIN GROUP
+                            (ORDER BY extract(epoch FROM started_at - queued_at))::float8,
+                        percentile_cont(0.5) WITHIN GROUP
+                            (ORDER BY extract(epoch FROM completed_at - started_at))::float8,
+                        percentile_cont(0.5) WITHIN GROUP
+                            (ORDER BY extract(epoch FROM attempted_at - completed_at))::float8
+                 FROM d",
+                &[&ids],
+            )
+            .await;
+        let ms = |s: Option<f64>| s.map(|s| (s * 1e6).round() / 1e3);
+        match row {
+            Ok(r) => serde_json::json!({
+                "dispatches": r.get::<_, f64>(0),
+                "queued_to_started_p50_ms": ms(r.get(1)),
+                "started_to_completed_p50_ms": ms(r.get(2)),
+                "completed_to_first_attempt_p50_ms": ms(r.get(3)),
+            }),
+            Err(e) => serde_json::json!(format!("stages not read: {e}")),
+        }
+    }
+
     /// The costs since [`CostProbe::start`], per dispatch of `n`.
     pub async fn finish(&self, n: usize) -> serde_json::Value {
         let after = self.snapshot().await;

@@ -704,6 +704,7 @@ async fn closed_loop_e2e(
     let last = wait_arrivals(arrivals, &ids, Duration::from_secs(300)).await?;
     let delivered_secs = last.duration_since(start).as_secs_f64();
     let cost = probe.finish(ids.len()).await;
+    let stages = probe.stages(&ids).await;
     let result = serde_json::json!({
         "clients": clients,
         "dispatches": ids.len(),
@@ -711,6 +712,7 @@ async fn closed_loop_e2e(
         "delivered_per_second": ids.len() as f64 / delivered_secs,
         "ingest_latency": percentiles(ingest),
         "submit_to_webhook": arrivals.submit_to_webhook(&sent),
+        "stages": stages,
         "cost": cost,
     });
     println!("{}", serde_json::to_string_pretty(&result)?);
