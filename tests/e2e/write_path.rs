@@ -14,6 +14,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
 use serde_json::{json, Value};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Every row version written to `dispatches`, `deliveries` and `outbox` from now on, in
@@ -36,6 +37,63 @@ const WRITE_LOG: &str = "
         FOR EACH ROW EXECUTE FUNCTION log_write();
     CREATE TRIGGER outbox_log AFTER INSERT ON outbox
         FOR EACH ROW EXECUTE FUNCTION log_write();";
+
+/// The row versions written to `tbl` since `WRITE_LOG` was installed, in order: the operation
+/// and the row's status (or the outbox row's routing key).
+async fn written(c: &tokio_postgres::Client, tbl: &str) -> Vec<String> {
+    c.query(
+        "SELECT op || ' ' || COALESCE(status, routing_key) FROM write_log
+         WHERE tbl = $1 ORDER BY ctid",
+        &[&tbl],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get::<_, String>(0))
+    .collect()
+}
+
+/// Publishes each body as its own persistent message, each a first delivery as far as the
+/// broker knows (as after a relay that published twice).
+async fn publish_copies(exchange: &str, routing_key: &str, bodies: &[&[u8]]) {
+    let conn = dispatcher_mq::connect(AMQP_URL, "write-path-copies")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    for (i, body) in bodies.iter().enumerate() {
+        ch.basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default()
+                .with_message_id(format!("copy-{i}").into())
+                .with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// Waits until the consumer has taken every message of `queue`, stops it, and checks that none
+/// comes back: what it had not acknowledged would return to the queue.
+async fn drain_then_stop(queue: &str, consumer: &CancellationToken) {
+    wait_until(PATIENCE, Duration::from_millis(50), || async move {
+        let (ready, _) = queue_state(queue).await;
+        ok_if(ready == 0, || format!("copies not taken: {ready} ready"))
+    })
+    .await;
+    consumer.cancel();
+    wait_until(PATIENCE, Duration::from_millis(50), || async move {
+        let (_, consumers) = queue_state(queue).await;
+        ok_if(consumers == 0, || "the consumer did not stop".into())
+    })
+    .await;
+    assert_eq!(queue_state(queue).await.0, 0, "every copy was acknowledged");
+}
 
 #[tokio::test]
 async fn a_store_dispatch_is_finished_in_one_write_and_copies_of_its_message_change_nothing() {
@@ -74,26 +132,8 @@ async fn a_store_dispatch_is_finished_in_one_write_and_copies_of_its_message_cha
         queued_at: body["queuedAt"].as_str().unwrap().parse().unwrap(),
         provider_attempts: 0,
     };
-    let conn = dispatcher_mq::connect(AMQP_URL, "write-path-copies")
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    for i in 0..3 {
-        ch.basic_publish(
-            "".into(),
-            queue.clone().into(),
-            BasicPublishOptions::default(),
-            &serde_json::to_vec(&copy).unwrap(),
-            BasicProperties::default()
-                .with_message_id(format!("copy-{i}").into())
-                .with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    }
-    let _ = conn.close(200, "done".into()).await;
+    let copy = serde_json::to_vec(&copy).unwrap();
+    publish_copies("", &queue, &[&copy, &copy, &copy]).await;
     wait_queue_state(&queue, (4, 0)).await;
 
     // A worker takes all four, then stops: what it had not acknowledged would be back in the
@@ -101,43 +141,13 @@ async fn a_store_dispatch_is_finished_in_one_write_and_copies_of_its_message_cha
     let worker = app.child_token();
     app.start_worker(worker.clone());
     let hooks = rx.wait_for(1).await;
-    let q = queue.as_str();
-    wait_until(PATIENCE, Duration::from_millis(50), || async move {
-        let (ready, _) = queue_state(q).await;
-        ok_if(ready == 0, || format!("copies not taken: {ready} ready"))
-    })
-    .await;
-    worker.cancel();
-    wait_until(PATIENCE, Duration::from_millis(50), || async move {
-        let (_, consumers) = queue_state(q).await;
-        ok_if(consumers == 0, || "worker did not stop".into())
-    })
-    .await;
-    assert_eq!(
-        queue_state(&queue).await.0,
-        0,
-        "every copy was acknowledged"
-    );
+    drain_then_stop(&queue, &worker).await;
     app.wait_equal("SELECT count(*) FROM outbox", 0).await;
     app.wait_equal("SELECT count(*) FROM delivery_attempts", 1)
         .await;
 
     // The dispatch: inserted queued, then one update straight to completed.
-    let log = |tbl: &'static str| {
-        let c = &c;
-        async move {
-            c.query(
-                "SELECT op || ' ' || COALESCE(status, routing_key) FROM write_log
-                 WHERE tbl = $1 ORDER BY ctid",
-                &[&tbl],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get::<_, String>(0))
-            .collect::<Vec<_>>()
-        }
-    };
+    let log = |tbl| written(&c, tbl);
     assert_eq!(
         log("dispatches").await,
         ["INSERT queued", "UPDATE completed"]
@@ -331,42 +341,15 @@ async fn copies_of_an_outcome_event_send_no_webhook_again() {
     })
     .unwrap();
     let topology = dispatcher_mq::Topology::from_settings(&app.settings);
-    let conn = dispatcher_mq::connect(AMQP_URL, "write-path-event-copies")
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    for (i, body) in [&single, &single, &batched].into_iter().enumerate() {
-        ch.basic_publish(
-            topology.events_exchange().into(),
-            "dispatch.completed".into(),
-            BasicPublishOptions::default(),
-            body,
-            BasicProperties::default()
-                .with_message_id(format!("event-copy-{i}").into())
-                .with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    }
-    let _ = conn.close(200, "done".into()).await;
+    publish_copies(
+        &topology.events_exchange(),
+        "dispatch.completed",
+        &[&single, &single, &batched],
+    )
+    .await;
 
     // Every copy taken and acknowledged: once the deliverer stops, none is back in the queue.
-    let queue = topology.webhook_events_queue();
-    let q = queue.as_str();
-    wait_until(PATIENCE, Duration::from_millis(50), || async move {
-        let (ready, _) = queue_state(q).await;
-        ok_if(ready == 0, || format!("copies not taken: {ready} ready"))
-    })
-    .await;
-    deliverer.cancel();
-    wait_until(PATIENCE, Duration::from_millis(50), || async move {
-        let (_, consumers) = queue_state(q).await;
-        ok_if(consumers == 0, || "deliverer did not stop".into())
-    })
-    .await;
-    assert_eq!(queue_state(q).await.0, 0, "every copy was acknowledged");
+    drain_then_stop(&topology.webhook_events_queue(), &deliverer).await;
 
     assert_eq!(
         own.requests().len(),
@@ -379,15 +362,8 @@ async fn copies_of_an_outcome_event_send_no_webhook_again() {
         "one webhook to the subscriber"
     );
     assert_eq!(app.count("SELECT count(*) FROM delivery_attempts").await, 2);
-    let log = c
-        .query(
-            "SELECT op || ' ' || status FROM write_log WHERE tbl = 'deliveries'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect::<Vec<_>>();
-    assert_eq!(log, ["INSERT succeeded", "INSERT succeeded"]);
+    assert_eq!(
+        written(&c, "deliveries").await,
+        ["INSERT succeeded", "INSERT succeeded"]
+    );
 }

@@ -99,8 +99,9 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// The first attempt of a delivery not written yet.
-    pub fn unstored(n: NewDelivery, rate_limit: Option<i32>) -> Self {
+    /// The first attempt of a delivery: not written yet, or (`stored`) written without an
+    /// attempt by a hold.
+    pub fn first_attempt(n: NewDelivery, rate_limit: Option<i32>, stored: bool) -> Self {
         Delivery {
             id: n.id,
             account_id: n.account_id,
@@ -115,7 +116,7 @@ impl Delivery {
             traceparent: n.traceparent,
             event_type: n.event_type,
             rate_limit,
-            stored: false,
+            stored,
         }
     }
 

@@ -3,6 +3,7 @@
 use crate::{DbError, Pool};
 use chrono::{DateTime, Utc};
 use dispatcher_core::signing::WebhookSecret;
+use dispatcher_core::EventType;
 use std::collections::HashMap;
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -168,25 +169,17 @@ pub async fn set_enabled(
     Ok(switched == 1)
 }
 
-/// One event type an account's events in a batch have: its subscriptions are those naming
-/// `event` or its `family` (`provider.*`), and those for `*` when `wildcard` (operational events
-/// are only sent to subscriptions that name them).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Wanted {
-    pub account_id: Uuid,
-    pub event: String,
-    pub family: String,
-    pub wildcard: bool,
-}
-
 /// Everything a batch of outcome events needs before its webhooks are sent, in one statement:
-/// the active subscriptions for each of `wanted` (each named once), the signing secrets of every account in
-/// `accounts` (one not found is an error), and the deliveries already written for the events
-/// (`event_ids`, of the dispatches `dispatch_ids`) by an earlier copy of them.
+/// the active subscriptions for each (account, event type) of `wanted` (each named once): those
+/// naming the type or its family (`provider.*`), and those for `*` unless the type is
+/// operational (operational events only go to subscriptions that name them); the signing secrets
+/// of every account in `accounts` (one not found is an error); and the deliveries already
+/// written for the events (`event_ids`, of the dispatches `dispatch_ids`) by an earlier copy of
+/// them.
 pub async fn targets(
     pool: &Pool,
     accounts: &[Uuid],
-    wanted: &[Wanted],
+    wanted: &[(Uuid, EventType)],
     dispatch_ids: &[Uuid],
     event_ids: &[Uuid],
 ) -> Result<Targets, DbError> {
@@ -216,10 +209,10 @@ pub async fn targets(
              FROM deliveries d WHERE d.dispatch_id = ANY($6) AND d.event_id = ANY($7)",
         )
         .await?;
-    let account_ids: Vec<Uuid> = wanted.iter().map(|w| w.account_id).collect();
-    let events: Vec<&str> = wanted.iter().map(|w| w.event.as_str()).collect();
-    let families: Vec<&str> = wanted.iter().map(|w| w.family.as_str()).collect();
-    let wildcards: Vec<bool> = wanted.iter().map(|w| w.wildcard).collect();
+    let account_ids: Vec<Uuid> = wanted.iter().map(|w| w.0).collect();
+    let events: Vec<&str> = wanted.iter().map(|w| w.1.as_str()).collect();
+    let families: Vec<String> = wanted.iter().map(|w| w.1.family_filter()).collect();
+    let wildcards: Vec<bool> = wanted.iter().map(|w| !w.1.is_operational()).collect();
     let rows = client
         .query(
             &stmt,
@@ -242,15 +235,19 @@ pub async fn targets(
                     crate::accounts::secrets_from(r.get("secret"), r.get("previous_secret"))?;
                 out.secrets.insert(r.get("account_id"), secrets);
             }
-            "s" => out
-                .subscriptions
-                .entry((r.get("account_id"), r.get("event")))
-                .or_default()
-                .push(Target {
-                    webhook_id: r.get("id"),
-                    url: r.get("url"),
-                    rate_limit: r.get("rate_limit"),
-                }),
+            "s" => {
+                // The type is one of `wanted`'s, sent in as its name.
+                let event_type = EventType::parse(r.get("event"))
+                    .ok_or_else(|| DbError::Corrupt("an event type read back changed".into()))?;
+                out.subscriptions
+                    .entry((r.get("account_id"), event_type))
+                    .or_default()
+                    .push(Target {
+                        webhook_id: r.get("id"),
+                        url: r.get("url"),
+                        rate_limit: r.get("rate_limit"),
+                    })
+            }
             _ => {
                 out.existing
                     .insert(r.get("id"), (r.get("status"), r.get("attempts")));
@@ -274,7 +271,7 @@ pub struct Target {
 #[derive(Debug, Default)]
 pub struct Targets {
     /// By (account, event type).
-    pub subscriptions: HashMap<(Uuid, String), Vec<Target>>,
+    pub subscriptions: HashMap<(Uuid, EventType), Vec<Target>>,
     pub secrets: HashMap<Uuid, Vec<WebhookSecret>>,
     /// The deliveries of the events written already: (status, attempts) by delivery id.
     pub existing: HashMap<Uuid, (String, i32)>,

@@ -2,9 +2,9 @@
 
 use crate::attempt::Deliverer;
 use dispatcher_core::event::{delivery_id, webhook_message_id};
-use dispatcher_core::{parse_outcomes, BatchedOutcome, DeliveryTask, OutcomeEvent};
+use dispatcher_core::{parse_outcomes, BatchedOutcome, DeliveryTask, EventType, OutcomeEvent};
 use dispatcher_db::deliveries::{self, Delivery, NewDelivery};
-use dispatcher_db::subscriptions::{self, Targets, Wanted};
+use dispatcher_db::subscriptions::{self, Targets};
 use dispatcher_mq::{BatchHandler, HandlerError, Incoming, Received};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -67,17 +67,9 @@ impl EventHandler {
         let mut accounts: Vec<uuid::Uuid> = events.iter().map(|(e, _)| e.account_id).collect();
         accounts.sort_unstable();
         accounts.dedup();
-        let wanted: Vec<Wanted> = events
+        let wanted: Vec<(uuid::Uuid, EventType)> = events
             .iter()
-            .map(|(e, _)| {
-                let event_type = e.payload.event_type;
-                Wanted {
-                    account_id: e.account_id,
-                    event: event_type.as_str().to_owned(),
-                    family: event_type.family_filter(),
-                    wildcard: !event_type.is_operational(),
-                }
-            })
+            .map(|(e, _)| (e.account_id, e.payload.event_type))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -101,7 +93,7 @@ impl EventHandler {
         for (e, traceparent) in events {
             let payload = serde_json::to_vec(&e.payload).expect("payload serializes");
             let own = e.callback_url.clone().map(|url| (None, url, None));
-            let key = (e.account_id, e.payload.event_type.as_str().to_owned());
+            let key = (e.account_id, e.payload.event_type);
             let subs = subscribed
                 .get(&key)
                 .into_iter()
@@ -152,9 +144,7 @@ impl EventHandler {
                 if stored.is_some_and(|(status, attempts)| status != "pending" || *attempts > 0) {
                     return None;
                 }
-                let mut d = Delivery::unstored(n, rate_limit);
-                d.stored = stored.is_some();
-                Some(d)
+                Some(Delivery::first_attempt(n, rate_limit, stored.is_some()))
             })
             .collect();
         self.deliverer
