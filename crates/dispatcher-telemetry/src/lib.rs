@@ -17,6 +17,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::collections::HashMap;
 use std::sync::OnceLock;
+use std::time::Duration;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -113,6 +114,11 @@ pub fn set_remote_parent(span: &tracing::Span, traceparent: Option<&str>) {
     let _ = span.set_parent(cx);
 }
 
+/// How often recorded histogram samples are folded into their buckets when nothing scrapes.
+const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// The name of the thread that folds them, so that a test can find it.
+const METRICS_UPKEEP_THREAD: &str = "metrics-upkeep";
+
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn metrics_handle() -> PrometheusHandle {
     METRICS
@@ -126,7 +132,55 @@ pub fn metrics_handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // Fails only if another recorder was installed first, in which case ours stays unused.
             let _ = metrics::set_global_recorder(recorder);
+            keep_up(handle.clone());
             handle
         })
         .clone()
+}
+
+/// The recorder keeps every histogram sample until a scrape renders it. A process that nobody
+/// scrapes (no Prometheus yet, or one that stopped) would hold them all: tens of megabytes an
+/// hour at a thousand dispatches a second. A thread of its own, not a task, because the
+/// recorder is process-wide and outlives any one runtime (tests start several).
+fn keep_up(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name(METRICS_UPKEEP_THREAD.into())
+        .spawn(move || loop {
+            std::thread::sleep(METRICS_UPKEEP_EVERY);
+            handle.run_upkeep();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no metrics upkeep thread: histograms are folded only when scraped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thread_names() -> Vec<String> {
+        std::fs::read_dir("/proc/self/task")
+            .expect("Linux exposes the process's threads")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn one_thread_folds_histograms_without_a_scrape() {
+        metrics_handle();
+        metrics_handle();
+        let upkeep = || {
+            thread_names()
+                .into_iter()
+                .filter(|n| n == METRICS_UPKEEP_THREAD)
+                .count()
+        };
+        // The thread names itself once it runs.
+        let named_by = std::time::Instant::now() + Duration::from_secs(5);
+        while upkeep() == 0 && std::time::Instant::now() < named_by {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(upkeep(), 1);
+    }
 }
