@@ -169,6 +169,8 @@ fields = [
     ("accepted/s", lambda p: p["accepted_per_second"]),
     ("ingest p50 ms", lambda p: p["ingest_latency"]["p50_ms"]),
     ("submit→webhook p50 ms", lambda p: p["submit_to_webhook"]["p50_ms"]),
+    ("in flight at half-time", lambda p: p["backlog"]["in_flight_by_quarter"][1]),
+    ("in flight at last accept", lambda p: p["backlog"]["in_flight_by_quarter"][3]),
     ("machine CPU-ms/dispatch", lambda p: p["cost"]["cpu_ms_per_dispatch"]["machine"]),
     ("Postgres CPU-ms/dispatch", lambda p: p["cost"]["cpu_ms_per_dispatch"]["postgres"]),
     ("PG rows written/dispatch",

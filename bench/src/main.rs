@@ -705,11 +705,16 @@ async fn closed_loop_e2e(
     let delivered_secs = last.duration_since(start).as_secs_f64();
     let cost = probe.finish(ids.len()).await;
     let stages = probe.stages(&ids).await;
+    let quarters = in_flight_by_quarter(arrivals, &sent, start, accepted_secs);
     let result = serde_json::json!({
         "clients": clients,
         "dispatches": ids.len(),
         "accepted_per_second": ids.len() as f64 / accepted_secs,
         "delivered_per_second": ids.len() as f64 / delivered_secs,
+        "backlog": {
+            "in_flight_by_quarter": quarters,
+            "drain_after_last_accept_ms": (delivered_secs - accepted_secs) * 1000.0,
+        },
         "ingest_latency": percentiles(ingest),
         "submit_to_webhook": arrivals.submit_to_webhook(&sent),
         "stages": stages,
@@ -717,6 +722,28 @@ async fn closed_loop_e2e(
     });
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(result)
+}
+
+/// How many submitted dispatches were still waiting for their webhook at the end of each quarter
+/// of the submitting window. Flat when delivery keeps pace with ingest (what is in flight is the
+/// pipeline itself, its rate times its latency); rising quarter by quarter when a backlog builds.
+/// The delivered rate alone cannot tell the two apart: it always trails the accepted rate by the
+/// last dispatch's own latency.
+fn in_flight_by_quarter(
+    arrivals: &Arrivals,
+    sent: &[(String, Instant)],
+    start: Instant,
+    accepted_secs: f64,
+) -> Vec<usize> {
+    let at = arrivals.at.lock().unwrap();
+    (1..=4)
+        .map(|q| {
+            let t = start + Duration::from_secs_f64(accepted_secs * q as f64 / 4.0);
+            sent.iter()
+                .filter(|(id, submitted)| *submitted <= t && at[id] > t)
+                .count()
+        })
+        .collect()
 }
 
 /// Phase 4: `cfg.n` dispatches submitted as fast as they are accepted (128 in flight), until
